@@ -1,0 +1,24 @@
+# Two entry points: `make demo` trains the RARL agent on RARL-Shapes-v0, `make test` runs the tests.
+# Each creates .venv with pip when it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: venv demo test clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: venv
+	$(PY) scripts/train_agent.py
+
+test: venv
+	$(PY) -m pytest -n 2 tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

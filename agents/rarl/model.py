@@ -1,0 +1,110 @@
+"""The paper's recurrent attention-aware module (Chen et al. 2018, "Proposed Method").
+
+Per region i of step t: a fully-connected layer embeds the cropped features, an LSTM cell takes
+the embedding and the shared previous state ``(h_{t-1}, c_{t-1})`` and gives ``h_{t,i}``, and a
+fully-connected classifier gives the region's label scores ``s_{t,i}``. The region states are
+averaged into ``h_t`` (and ``c_t``, our reading: the paper only names ``h_t``); the localization
+layer maps ``h_t`` to the mean of a Gaussian of standard deviation ``sigma = 0.11`` over the next
+centre. A learned baseline ``b_t`` (Mnih et al. 2014) reads ``h_t`` without back-propagating into
+it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: The paper's standard deviation of the location policy, in [-1, 1] image coordinates.
+SIGMA = 0.11
+
+
+@dataclass
+class AgentOutput:
+    """One step of the agent for a batch of B images and K regions."""
+
+    scores: torch.Tensor  # [B, K, L] region label scores (logits)
+    loc_mean: torch.Tensor  # [B, 2] mean of the next centre, in [-1, 1]
+    baseline: torch.Tensor  # [B] predicted return
+    state: tuple[torch.Tensor, torch.Tensor]  # (h_t, c_t), each [B, H]
+
+
+class RARLAgent(nn.Module):
+    """FC embed -> LSTM cell per region -> classifier; localization and baseline on the mean state.
+
+    Args:
+        in_features: ``C * s * s``, the size of one flattened region crop.
+        num_classes: L.
+        embed_dim, hidden_dim: the embedding and LSTM sizes.
+        sigma: standard deviation of the Gaussian location policy.
+        dropout: dropout on the region features before the embedding (training only).
+        recurrent_classifier: classify from the LSTM state (the paper, "Ours-C"); ``False``
+            classifies each region from its embedding alone while the LSTM still drives the
+            location ("Ours-B" of the paper's Table 4).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        embed_dim: int = 512,
+        hidden_dim: int = 512,
+        sigma: float = SIGMA,
+        dropout: float = 0.2,
+        recurrent_classifier: bool = True,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.hidden_dim = hidden_dim
+        self.sigma = sigma
+        self.recurrent_classifier = recurrent_classifier
+        self.embed = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, embed_dim), nn.ReLU())
+        self.lstm = nn.LSTMCell(embed_dim, hidden_dim)
+        self.classifier = nn.Linear(hidden_dim if recurrent_classifier else embed_dim, num_classes)
+        self.locator = nn.Linear(hidden_dim, 2)
+        self.baseline = nn.Linear(hidden_dim, 1)
+        nn.init.zeros_(self.locator.weight)  # start looking at the middle, spread by sigma
+        nn.init.zeros_(self.locator.bias)
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        zeros = torch.zeros(batch, self.hidden_dim, device=device)
+        return zeros, zeros.clone()
+
+    def forward(self, glimpses: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> AgentOutput:
+        """One iteration.
+
+        Args:
+            glimpses: ``[B, K, C, s, s]`` region crops.
+            state: ``(h_{t-1}, c_{t-1})``, each ``[B, H]``.
+        """
+        b, k = glimpses.shape[:2]
+        x = self.embed(glimpses.reshape(b * k, -1))  # [B*K, E]
+        h_prev, c_prev = (s.repeat_interleave(k, dim=0) for s in state)  # [B*K, H]
+        h, c = self.lstm(x, (h_prev, c_prev))
+        scores = self.classifier(h if self.recurrent_classifier else x).reshape(b, k, -1)  # [B,K,L]
+        h_t = h.reshape(b, k, -1).mean(1)  # [B,H]
+        c_t = c.reshape(b, k, -1).mean(1)
+        return AgentOutput(
+            scores=scores,
+            loc_mean=torch.tanh(self.locator(h_t)),
+            baseline=self.baseline(h_t.detach()).squeeze(-1),
+            state=(h_t, c_t),
+        )
+
+    def config(self) -> dict:
+        """The constructor arguments (stored in checkpoints to rebuild the agent)."""
+        return {
+            "in_features": self.in_features,
+            "num_classes": self.num_classes,
+            "embed_dim": self.embed[1].out_features,
+            "hidden_dim": self.hidden_dim,
+            "sigma": self.sigma,
+            "dropout": self.embed[0].p,
+            "recurrent_classifier": self.recurrent_classifier,
+        }
+
+
+__all__ = ["SIGMA", "AgentOutput", "RARLAgent"]

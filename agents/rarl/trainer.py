@@ -1,0 +1,311 @@
+"""Training and evaluating the RARL agent on cached features (read top to bottom, CleanRL style).
+
+``train(config)`` runs the paper's recipe: per batch, B episodes of T glimpses on the training
+split's feature maps (random crop + flip views as augmentation), the hybrid loss
+(classification + REINFORCE with a learned baseline), Adam. It logs to TensorBoard, saves a
+resumable checkpoint every epoch, and finally evaluates on the evaluation split with learned,
+random and fixed (image middle) centres.
+
+Ready to grow: the batches come from one generator (:func:`feature_batches`), the model may be
+wrapped in ``DistributedDataParallel`` (``torchrun`` sets ``WORLD_SIZE``; each rank then takes its
+shard of every epoch and only rank 0 writes), and a fine-tuned backbone only has to produce
+``feature_maps`` with a gradient: the crop is differentiable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from agents.rarl.model import RARLAgent
+from agents.rarl.rollout import rarl_loss, rollout, scores_to_probs
+from rarl_gym import metrics
+from rarl_gym.env_settings import EnvSettings
+from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError
+from rarl_gym.features.store import FeatureStore
+from rarl_gym.glimpse import random_views, ten_views
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (saved in its checkpoint)."""
+
+    env_id: str = "RARL-Shapes-v0"
+    env_kwargs: dict = field(default_factory=dict)  # overrides of the env's registered kwargs
+    run_dir: str = "runs/rarl-shapes"
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    rl_weight: float = 1.0
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    dropout: float = 0.2
+    augment_crop: float = 0.875  # side of the random training crop (the paper: (N - 64) / N); 1 = off
+    eval_views: int = 1  # 1 (whole image) or 10 (4 corners + centre, mirrored)
+    eval_split: str | None = None  # default: the dataset's evaluation split
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when there is a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device {name!r}", "use 'auto', 'cpu' or 'cuda[:N]'") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no GPU is visible", "use --device cpu (or auto)")
+    return device
+
+
+def distributed() -> tuple[int, int]:
+    """``(rank, world_size)``; initialises the process group when run under ``torchrun``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def feature_batches(
+    store: FeatureStore, batch_size: int, generator: torch.Generator, device, *, rank: int = 0, world: int = 1
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled ``(feature_maps [B, C, H, W], labels [B, L])``; rank r takes every world-th batch."""
+    order = torch.randperm(len(store), generator=generator).numpy()
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in batches[rank::world]:
+        yield store.batch(idx, device)
+
+
+def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: TrainConfig) -> RARLAgent:
+    return RARLAgent(
+        channels * settings.glimpse_size**2,
+        num_classes,
+        embed_dim=config.embed_dim,
+        hidden_dim=config.hidden_dim,
+        dropout=config.dropout,
+    )
+
+
+@torch.no_grad()
+def predict(
+    agent: RARLAgent,
+    store: FeatureStore,
+    settings: EnvSettings,
+    *,
+    centers: str = "learned",
+    views: int = 1,
+    crop: float = 0.875,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label probabilities ``[N, L]`` and rewards ``[N]`` of a whole split (test-time policy: the mean).
+
+    ``views=10`` averages the probabilities of the ten views (4 corner crops of side ``crop`` and
+    the centre crop, and their mirrors), cropped on the feature map.
+    """
+    agent.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    probs, rewards = [], []
+    for lo in range(0, len(store), batch_size):
+        feats, labels = store.batch(np.arange(lo, min(lo + batch_size, len(store))), device)
+        b = feats.shape[0]
+        if views == 1:
+            view = None
+        elif views == 10:
+            v, f = ten_views(crop, device=device)
+            view = (v.repeat(b, 1), f.repeat(b))
+            feats, labels = feats.repeat_interleave(10, 0), labels.repeat_interleave(10, 0)
+        else:
+            raise ConfigError(f"views must be 1 or 10, got {views}", "use --views 1 or --views 10")
+        out = rollout(agent, feats, labels, **settings.rollout_kwargs(), centers=centers, sample=False, generator=generator, view=view)
+        p = scores_to_probs(out.fused)
+        probs.append(p.reshape(b, -1, p.shape[-1]).mean(1).cpu())
+        rewards.append(out.reward.reshape(b, -1).mean(1).cpu())
+    return torch.cat(probs).numpy(), torch.cat(rewards).numpy()
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+def save_checkpoint(path: Path, **state) -> None:
+    """Write atomically: a crash mid-write never damages the previous checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}", "pass the checkpoint file or the run folder that holds checkpoint.pt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
+        raise CheckpointError(f"{path} is not a readable rarl-gym checkpoint ({type(err).__name__}: {err})", "pass a checkpoint.pt written by train_agent.py") from err
+
+
+def agent_from_checkpoint(ckpt: dict) -> RARLAgent:
+    agent = RARLAgent(**ckpt["agent_config"])
+    agent.load_state_dict(ckpt["model"])
+    return agent.eval()
+
+
+def _check_resume(ckpt: dict, config: TrainConfig, settings: EnvSettings) -> None:
+    """A resumed run must have the configuration it was started with (epochs may grow)."""
+    saved = dict(ckpt["config"])
+    now = dataclasses.asdict(config)
+    ignore = {"epochs", "progress", "device", "run_dir"}
+    diff = {k: (saved.get(k), now[k]) for k in now if k not in ignore and saved.get(k) != now[k]}
+    if ckpt["settings"] != settings.to_dict():
+        diff["env settings"] = (ckpt["settings"], settings.to_dict())
+    if diff:
+        lines = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"the checkpoint in {config.run_dir} comes from another configuration ({lines})",
+            "resume with the same options, or start a new run with another --run-dir",
+        )
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(), "generator": generator.get_state()}
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    generator.set_state(state["generator"])
+
+
+# -- the training loop -------------------------------------------------------------------------
+def train(config: TrainConfig, *, resume: bool = False) -> dict:
+    """Train (or resume) a run; returns the final evaluation (see :func:`evaluate_run`)."""
+    rank, world = distributed()
+    device = pick_device(config.device)
+    run_dir = Path(config.run_dir)
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.exists() and not resume:
+        raise RunExistsError(
+            f"the run folder {run_dir} already holds a run ({ckpt_path})",
+            "pass --resume to continue it, or --run-dir NEW_FOLDER to start another",
+        )
+    if resume and not ckpt_path.exists():
+        raise CheckpointError(f"--resume: there is no checkpoint in {run_dir}", "check --run-dir, or drop --resume to start a new run")
+
+    settings = EnvSettings.from_env_id(config.env_id, config.env_kwargs)
+    train_store = settings.source.open_split(settings.split, progress=config.progress and rank == 0)[1]
+    eval_store = settings.source.open_split(config.eval_split or settings.source.eval_split, progress=config.progress and rank == 0)[1]
+
+    torch.manual_seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
+    random.seed(config.seed + rank)
+    generator = torch.Generator().manual_seed(config.seed)  # the same data order on every rank
+    agent = build_agent(settings, len(train_store.classes), train_store.channels, config).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start_epoch, step = 0, 0
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        _check_resume(ckpt, config, settings)
+        agent.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt["rng"], generator)
+        start_epoch, step = ckpt["epoch"], ckpt["step"]
+    model = torch.nn.parallel.DistributedDataParallel(agent, static_graph=True) if world > 1 else agent
+
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(str(run_dir / "tb"))
+        bar = tqdm(total=config.epochs, initial=start_epoch, desc="train RARL", unit="epoch", disable=not config.progress)
+    device_gen = torch.Generator(device=device).manual_seed(config.seed + rank)
+    if resume:
+        device_gen.set_state(ckpt["rng"]["device_generator"])
+    reward_curve: list[float] = list(ckpt.get("reward_curve", [])) if resume else []
+    start = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        agent.train()
+        sums = {"loss": 0.0, "cls": 0.0, "reinforce": 0.0, "baseline": 0.0, "reward": 0.0}
+        batches = 0
+        for feats, labels in feature_batches(train_store, config.batch_size, generator, device, rank=rank, world=world):
+            view = None
+            if config.augment_crop < 1.0:
+                view = random_views(feats.shape[0], config.augment_crop, generator=device_gen, device=device)
+            out = rollout(model if world == 1 else model.module, feats, labels, **settings.rollout_kwargs(), generator=device_gen, view=view)
+            losses = rarl_loss(out, labels, rl_weight=config.rl_weight)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), 5.0)
+            optimizer.step()
+            step += 1
+            batches += 1
+            for key in ("loss", "cls", "reinforce", "baseline"):
+                sums[key] += float(losses[key].detach())
+            sums["reward"] += float(out.reward.mean())
+        means = {k: v / max(batches, 1) for k, v in sums.items()}
+        reward_curve.append(means["reward"])
+        if rank == 0:
+            for key, value in means.items():
+                writer.add_scalar(f"train/{key}", value, step)
+            bar.set_postfix(reward=f"{means['reward']:.3f}", cls=f"{means['cls']:.3f}")
+            bar.update(1)
+            save_checkpoint(
+                ckpt_path,
+                model=agent.state_dict(),
+                optimizer=optimizer.state_dict(),
+                rng={**_rng_state(generator), "device_generator": device_gen.get_state()},
+                epoch=epoch + 1,
+                step=step,
+                config=dataclasses.asdict(config),
+                settings=settings.to_dict(),
+                agent_config=agent.config(),
+                reward_curve=reward_curve,
+            )
+    if rank != 0:
+        return {}
+    bar.close()
+    train_seconds = time.perf_counter() - start
+    results = evaluate_run(agent, eval_store, settings, config, device=device)
+    results["train_seconds"] = round(train_seconds, 1)
+    results["reward_curve"] = [round(r, 4) for r in reward_curve]
+    for name, row in results["policies"].items():
+        writer.add_scalar(f"eval/mAP_area_{name}", row["mAP_area"], step)
+    writer.close()
+    (run_dir / "metrics.json").write_text(json.dumps({k: v for k, v in results.items() if k != "reports"}, indent=1))
+    return results
+
+
+def evaluate_run(agent: RARLAgent, store: FeatureStore, settings: EnvSettings, config: TrainConfig, *, device) -> dict:
+    """Metrics of the learned policy and of random and fixed (image middle) centres on ``store``.
+
+    Returns a JSON-ready dict (``split``, ``views``, ``policies``: one metrics dict per centre
+    policy) plus ``reports``: the :class:`rarl_gym.metrics.MetricReport` objects.
+    """
+    policies, reports = {}, {}
+    for centers in ("learned", "random", "center"):
+        probs, rewards = predict(agent, store, settings, centers=centers, views=config.eval_views, crop=config.augment_crop, device=device)
+        reports[centers] = metrics.evaluate(probs, store.labels, classes=store.classes)
+        policies[centers] = {**reports[centers].to_dict(), "reward": float(rewards.mean())}
+    return {"split": store.meta["key"]["split"], "views": config.eval_views, "policies": policies, "reports": reports}
+
+
+__all__ = ["TrainConfig", "agent_from_checkpoint", "evaluate_run", "load_checkpoint", "pick_device", "predict", "train"]

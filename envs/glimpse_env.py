@@ -1,0 +1,202 @@
+"""``GlimpseEnv``: multi-label recognition of one image as one episode of glimpses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from envs.core import GlimpseEpisodes
+from rarl_gym.env_settings import EnvSettings
+from rarl_gym.errors import ActionError, ConfigError, check_choice
+from rarl_gym.glimpse import boxes_to_pixels
+
+
+class GlimpseEnv(gym.Env):
+    """
+    ## Description
+    Multi-label image recognition as a sequential decision problem, after "Recurrent Attentional
+    Reinforcement Learning for Multi-label Image Recognition" (Chen et al., AAAI 2018). One image
+    is one episode. A frozen CNN computed the image's feature map once (it is cached); at each
+    step the agent sees the features of K = 9 anchor regions (3 scales x 3 aspect ratios) around
+    its current glimpse centre, bilinearly cropped from the feature map, and chooses the next
+    centre. The regions' label scores of iterations 1..T are fused by category-wise max, and the
+    episode's only reward is the top-k overlap of the fused scores with the true labels.
+
+    ## Action Space
+    ``mode="locate"`` (default): ``Box(-1, 1, (2,), float32)``, the next glimpse centre ``(x, y)``
+    in image coordinates (``(-1, -1)`` top-left, ``(1, 1)`` bottom-right). The env scores the
+    regions it shows with its own linear region scorer, fitted once on the training split.
+
+    ``mode="joint"`` (the paper's formulation): ``Box(-1, 1, (2 + L,), float32)``: the centre,
+    then the agent's label scores for the regions it was shown in this step's observation.
+
+    An action of the wrong shape, with NaN or outside the bounds raises
+    :class:`rarl_gym.errors.ActionError` (clip it, e.g. with ``gymnasium.wrappers.ClipAction``).
+
+    ## Observation Space
+    ``Dict(glimpses=Box(-inf, inf, (K, C, s, s), float32), step=Discrete(T + 1))``: the cropped
+    features of the K regions (C backbone channels, ``s = glimpse_size``) and the step index.
+    Step 0 shows the whole image in all K slots.
+
+    ## Rewards
+    0 until the last step; then ``|top-k(fused scores) ∩ G| / k`` (discount 1, so the return is
+    this one number, in [0, 1]). ``k = "adaptive"`` (default) uses the number of true labels G;
+    an int fixes k. Difficult labels are left out of the ranking.
+
+    ## Starting State
+    ``reset`` takes the next image of the split in a seeded random order (``seed`` reshuffles);
+    ``options={"index": i}`` picks image ``i``.
+
+    ## Episode End
+    The episode terminates after ``T + 1`` steps (step 0 chooses the first centre, steps 1..T
+    score regions). There is no truncation. The final ``info`` holds ``labels`` ``[L]`` (1 / 0 / -1),
+    ``scores`` ``[L]`` (fused), ``boxes`` ``[T, K, 4]`` (every region shown, in pixels of the
+    original image), ``centers`` ``[T, 2]`` and ``image_id``.
+
+    ## Arguments
+    ``gym.make("RARL-Shapes-v0", **kwargs)`` (also ``RARL-VOC07-v0`` and ``RARL-COCO2014-v0``):
+
+    * ``dataset``: ``"shapes"``, ``"voc07"`` or ``"coco"`` (set by the env id).
+    * ``split``: the split to draw images from (default: the training split).
+    * ``root``: the dataset root (default ``$RARL_DATA/<dataset>``; unused by Shapes).
+    * ``backbone``, ``pretrained``, ``input_size``: the frozen feature extractor
+      (default ``efficientnet_lite0``, ImageNet weights, 256 px for Shapes and 448 for real data).
+    * ``glimpse_size``: ``s``, the side of each region's crop (1, 3 or 7; default 1).
+    * ``num_steps``: T (default 5). ``scales``, ``ratios``: the anchors (fractions of the image
+      side; aspect ratios w:h). ``k``: the reward's k.
+    * ``mode``: ``"locate"`` or ``"joint"``. ``render_mode``: ``None`` or ``"rgb_array"``.
+    * ``cache_dir``: the feature cache (default ``$RARL_CACHE`` or ``~/.cache/rarl_gym``).
+    * ``dataset_kwargs``: passed to the dataset (Shapes: ``num_images``, ``image_size``, ``seed``).
+
+    ## Vectorized environment
+    Episodes have a fixed length, so B of them run in lockstep: ``envs.core.GlimpseEpisodes``
+    steps B images with one batched crop. ``gym.make_vec`` works with the sync and async
+    vectorisers.
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
+
+    def __init__(self, render_mode: str | None = None, progress: bool = True, **kwargs: Any):
+        if render_mode is not None:
+            check_choice("render_mode", render_mode, tuple(self.metadata["render_modes"]))
+        self.settings = settings = EnvSettings.from_kwargs(**kwargs)
+        self.source = settings.source
+        self.split = settings.split
+        self.data, self.store = self.source.open_split(settings.split, progress=progress)
+        self.mode = settings.mode
+        self.render_mode = render_mode
+        self.classes = self.store.classes
+        self.episodes = GlimpseEpisodes(
+            num_steps=settings.num_steps,
+            glimpse_size=settings.glimpse_size,
+            scales=settings.scales,
+            ratios=settings.ratios,
+            k=settings.k,
+            scorer=self.source.region_scorer(progress=progress) if settings.mode == "locate" else None,
+        )
+        num_regions = self.episodes.num_regions
+        num_classes = len(self.classes)
+        obs_shape = (num_regions, self.store.channels, settings.glimpse_size, settings.glimpse_size)
+        self.observation_space = spaces.Dict(
+            {
+                "glimpses": spaces.Box(-np.inf, np.inf, obs_shape, np.float32),
+                "step": spaces.Discrete(settings.num_steps + 1),
+            }
+        )
+        act_dim = 2 if settings.mode == "locate" else 2 + num_classes
+        self.action_space = spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
+        self._order: np.ndarray | None = None  # the seeded image order, drawn at the first reset
+        self._cursor = 0
+        self._index = -1
+
+    # -- Gymnasium API -------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None or self._order is None:
+            self._order = self.np_random.permutation(len(self.store))
+            self._cursor = 0
+        options = options or {}
+        if "index" in options:
+            index = int(options["index"])
+            if not 0 <= index < len(self.store):
+                raise ConfigError(f"options['index']={index} is outside the split", f"use 0 <= index < {len(self.store)}")
+        else:
+            index = int(self._order[self._cursor])
+            self._cursor = (self._cursor + 1) % len(self._order)
+        self._index = index
+        feats, labels = self.store.batch([index])
+        glimpses = self.episodes.reset(feats, labels)
+        return self._obs(glimpses), {"image_id": self.store.image_ids[index]}
+
+    def step(self, action):
+        if self._index < 0 or self.episodes.done:
+            raise RuntimeError("call reset() before step(): the episode is over or has not started")
+        action = self._check_action(action)
+        centers = torch.from_numpy(action[None, :2])
+        scores = None if self.mode == "locate" else torch.from_numpy(action[None, 2:])
+        glimpses, reward = self.episodes.step(centers, scores)
+        terminated = self.episodes.done
+        info: dict[str, Any] = {}
+        if terminated:
+            info = self._final_info()
+            glimpses = torch.zeros((1, *self.observation_space["glimpses"].shape))
+        return self._obs(glimpses), float(reward[0]), terminated, False, info
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        from rarl_gym.render import draw_glimpses
+
+        image = self.data.load_image(self._index) if self._index >= 0 else None
+        if image is None:
+            return np.zeros((64, 64, 3), dtype=np.uint8)
+        history = [b[0] for b in self.episodes.history] if self.episodes.history else []
+        w, h = image.size
+        return draw_glimpses(image, [boxes_to_pixels(b, w, h).numpy() for b in history])
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _obs(self, glimpses: torch.Tensor) -> dict:
+        step = min(self.episodes.t, self.episodes.num_steps)
+        return {"glimpses": glimpses[0].numpy().astype(np.float32, copy=False), "step": step}
+
+    def _check_action(self, action) -> np.ndarray:
+        try:
+            a = np.asarray(action, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ActionError(f"the action {action!r} is not numeric", "pass a float array") from err
+        shape = self.action_space.shape
+        if a.shape != shape:
+            raise ActionError(
+                f"the action has shape {a.shape}, the action space {self.action_space} wants {shape}",
+                "pass the centre (x, y)" + ("" if self.mode == "locate" else " followed by the L label scores"),
+            )
+        if not np.isfinite(a).all():
+            raise ActionError(f"the action contains NaN or inf: {a}", "check the policy's output for NaN")
+        if (a < -1.0 - 1e-6).any() or (a > 1.0 + 1e-6).any():
+            raise ActionError(
+                f"the action {a} is outside the action space [-1, 1]",
+                "clip it (np.clip(a, -1, 1) or gymnasium.wrappers.ClipAction)",
+            )
+        return np.clip(a, -1.0, 1.0)
+
+    def _final_info(self) -> dict:
+        w, h = self.store.image_sizes[self._index]
+        history = torch.stack([b[0] for b in self.episodes.history])  # [T,K,4]
+        centers = torch.stack([c[0] for c in self.episodes.centers])  # [T,2]
+        return {
+            "labels": self.store.labels[self._index].copy(),
+            "scores": self.episodes.fused[0].numpy().copy(),
+            "boxes": boxes_to_pixels(history, float(w), float(h)).numpy(),
+            "centers": centers.numpy(),
+            "image_id": self.store.image_ids[self._index],
+        }
+
+
+__all__ = ["GlimpseEnv"]

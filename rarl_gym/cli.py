@@ -1,0 +1,61 @@
+"""Shared pieces of the command-line scripts: clean errors, env overrides, result tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rarl_gym.errors import ConfigError, RarlGymError
+
+
+def run_cli(fn: Callable[[], None]) -> int:
+    """Run a script body: a :class:`RarlGymError` prints its message (problem and fix) and exits 2."""
+    try:
+        fn()
+    except RarlGymError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the checkpoint of the last finished epoch is kept; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def env_overrides(env_kwargs: str, **options) -> dict:
+    """Env kwargs from a JSON string plus the options given on the command line.
+
+    ``data_root`` becomes the env's ``root``; options that are ``None`` are left out.
+    """
+    try:
+        overrides = json.loads(env_kwargs)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--env-kwargs is not valid JSON ({err})", 'write a JSON object, e.g. \'{"glimpse_size": 3}\'') from err
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"--env-kwargs must be a JSON object, got {type(overrides).__name__}", 'e.g. \'{"glimpse_size": 3}\'')
+    names = {"data_root": "root"}
+    overrides.update({names.get(k, k): v for k, v in options.items() if v is not None})
+    return overrides
+
+
+def comparison_table(policies: dict[str, dict]) -> str:
+    """One line per centre policy: mAP (area and VOC07), CF1, OF1, mean reward, in percent."""
+    cols = ("mAP_area", "mAP_voc07", "CF1", "OF1", "reward")
+    head = f"{'centres':<10}" + "".join(f"{c:>11}" for c in cols)
+    rows = [head] + [f"{name:<10}" + "".join(f"{100 * (row.get(c) or 0):>11.1f}" for c in cols) for name, row in policies.items()]
+    return "\n".join(rows)
+
+
+def print_results(results: dict, json_path: Path | None = None) -> None:
+    """Print the metrics of the learned policy and the comparison of centre policies."""
+    report = results["reports"]["learned"]
+    print(f"\nTest metrics on split {results['split']!r} ({results['views']} view(s), learned centres):")
+    print(report.table())
+    print("\nSame trained model, other centres:")
+    print(comparison_table(results["policies"]))
+    if json_path is not None:
+        print(f"\nJSON: {json_path}")
+
+
+__all__ = ["comparison_table", "env_overrides", "print_results", "run_cli"]

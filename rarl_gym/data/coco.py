@@ -1,0 +1,220 @@
+"""MS-COCO as a multi-label dataset (80 classes, image-level labels from the instance annotations).
+
+Layout (the official one)::
+
+    <root>/<split>/*.jpg                                  e.g. <root>/train2014/COCO_train2014_000000000009.jpg
+    <root>/annotations/instances_<split>.json
+
+Any split with both present works (``train2014``, ``val2014``, ``train2017``, ``val2017``...).
+
+Labels: class c is :data:`PRESENT` (1) when the image has at least one annotation of category c,
+crowd annotations (``iscrowd=1``) included, else :data:`ABSENT` (0); COCO has no "difficult" label.
+Images without any annotation are kept, with all-zero labels. Classes are the json's categories in
+ascending category id order (the official order: person, bicycle, car, ...), named as in the json.
+Images are ordered by ascending image id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from rarl_gym.data.base import ABSENT, PRESENT, MultiLabelDataset
+from rarl_gym.data.voc import _file_sizes, _fingerprint, dataset_root, image_header_size, open_rgb
+from rarl_gym.errors import ConfigError, CorruptFileError, DatasetNotFoundError
+
+#: The splits of the official archives that carry instance annotations.
+COCO_SPLITS: tuple[str, ...] = ("train2014", "val2014", "train2017", "val2017")
+
+COCO_LAYOUT = "<root>/<split>/*.jpg and <root>/annotations/instances_<split>.json"
+_INSTANCES = re.compile(r"^instances_(?P<split>.+)\.json$")
+
+
+def _source(split: str) -> str:
+    year = "2017" if split.endswith("2017") else "2014"
+    return (
+        f"download train{year}.zip, val{year}.zip and annotations_trainval{year}.zip from "
+        "https://cocodataset.org/#download and extract them into root (they create "
+        f"train{year}/, val{year}/ and annotations/)"
+    )
+
+
+class COCODataset(MultiLabelDataset):
+    """A split of MS-COCO.
+
+    Args:
+        root: the folder that holds ``annotations/``; default ``$RARL_DATA/coco``.
+        split: ``train2014``, ``val2014``, ``train2017``, ``val2017``, or any split whose
+            ``annotations/instances_<split>.json`` exists.
+
+    Raises:
+        DatasetNotFoundError: the annotations json, the image folder or images are missing.
+        ConfigError: ``split`` is neither an official split nor one present on disk.
+        CorruptFileError: the json is malformed (the message names the file).
+    """
+
+    name = "coco"
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train2014"):
+        self.root = dataset_root(root, "coco", "coco")
+        self.split = split
+        self.annotation_dir = self.root / "annotations"
+        self.annotation_file = self.annotation_dir / f"instances_{split}.json"
+        self.image_dir = self.root / split
+        self._check_layout()
+        self.coco = self._load_json()
+        self._build()
+        self._cache_key: str | None = None
+
+    # ------------------------------------------------------------------ construction
+    def _not_found(self, problem: str) -> DatasetNotFoundError:
+        return DatasetNotFoundError(
+            f"{problem}; the COCO dataset must be laid out as {COCO_LAYOUT} with root={self.root}",
+            _source(self.split),
+        )
+
+    def splits_present(self) -> list[str]:
+        """The splits whose ``annotations/instances_<split>.json`` exists."""
+        if not self.annotation_dir.is_dir():
+            return []
+        return sorted(m["split"] for p in self.annotation_dir.iterdir() if (m := _INSTANCES.match(p.name)))
+
+    def _check_layout(self) -> None:
+        if not self.root.is_dir():
+            raise self._not_found(f"{self.root} does not exist")
+        if not self.annotation_dir.is_dir():
+            raise self._not_found(f"{self.annotation_dir} does not exist")
+        if not self.annotation_file.is_file():
+            present = self.splits_present()
+            if self.split in COCO_SPLITS:
+                raise self._not_found(
+                    f"annotation file {self.annotation_file} does not exist; splits present: {present or 'none'}"
+                )
+            raise ConfigError(
+                f"unknown COCO split {self.split!r}: there is no {self.annotation_file}",
+                f"use one of the splits present: {', '.join(map(repr, present)) or 'none (no instances_*.json found)'}",
+            )
+        if not self.image_dir.is_dir():
+            raise self._not_found(f"image folder {self.image_dir} does not exist")
+
+    def _load_json(self):
+        from pycocotools.coco import COCO
+
+        fix = f"replace {self.annotation_file.name} with an intact copy ({_source(self.split)})"
+        try:
+            with open(self.annotation_file, "rb") as f:
+                data = json.load(f)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CorruptFileError(f"malformed JSON annotation file {self.annotation_file}: {exc}", fix) from exc
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
+            data.get("categories"), list
+        ):
+            raise CorruptFileError(
+                f"annotation file {self.annotation_file} is not a COCO instances file "
+                "(a JSON object with 'images' and 'categories' lists)",
+                fix,
+            )
+        data.setdefault("annotations", [])
+        coco = COCO()
+        coco.dataset = data
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                coco.createIndex()
+        except (KeyError, TypeError) as exc:
+            raise CorruptFileError(
+                f"annotation file {self.annotation_file} has a malformed image, annotation or category entry "
+                f"(missing or bad field {exc})",
+                fix,
+            ) from exc
+        return coco
+
+    def _build(self) -> None:
+        coco = self.coco
+        self.category_ids: tuple[int, ...] = tuple(sorted(coco.cats))
+        self.classes = tuple(str(coco.cats[c]["name"]) for c in self.category_ids)
+        self._image_ids: list[int] = sorted(coco.imgs)
+        self._files = [str(coco.imgs[i]["file_name"]) for i in self._image_ids]
+        have = {e.name for e in os.scandir(self.image_dir)}
+        missing = [f for f in self._files if Path(f).name not in have and not (self.image_dir / f).is_file()]
+        if missing:
+            raise self._not_found(
+                f"{len(missing)} of the {len(self._files)} images of split {self.split!r} are missing from "
+                f"{self.image_dir} (first: {', '.join(missing[:5])})"
+            )
+        row = {image_id: i for i, image_id in enumerate(self._image_ids)}
+        col = {cat_id: c for c, cat_id in enumerate(self.category_ids)}
+        labels = np.full((len(row), len(col)), ABSENT, dtype=np.int8)
+        for ann in coco.dataset["annotations"]:  # not coco.anns: that dict drops duplicate annotation ids
+            i, c = row.get(ann["image_id"]), col.get(ann["category_id"])
+            if i is None or c is None:
+                raise CorruptFileError(
+                    f"annotation file {self.annotation_file}: annotation {ann.get('id')} refers to an unknown "
+                    f"image id {ann['image_id']} or category id {ann['category_id']}",
+                    f"replace the file with an intact copy ({_source(self.split)})",
+                )
+            labels[i, c] = PRESENT
+        labels.setflags(write=False)
+        self._labels = labels
+
+    # ------------------------------------------------------------------ contract
+    def __len__(self) -> int:
+        return len(self._image_ids)
+
+    def image_id(self, index: int) -> str:
+        """The COCO image id, as a string."""
+        return str(self._image_ids[index])
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / self._files[index]
+
+    def load_image(self, index: int) -> Image.Image:
+        return open_rgb(self.image_path(index))
+
+    def labels(self) -> np.ndarray:
+        """``[N, C]`` int8 (read-only): 1 present, 0 absent."""
+        return self._labels
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(width, height)`` from the json; from the JPEG header when the json lacks it."""
+        info = self.coco.imgs[self._image_ids[index]]
+        if "width" in info and "height" in info:
+            return int(info["width"]), int(info["height"])
+        return image_header_size(self.image_path(index))
+
+    def boxes(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The annotations of image ``index``.
+
+        Returns:
+            boxes: ``[n, 4]`` float32 ``x0, y0, x1, y1`` in pixels (from COCO's ``x, y, w, h``).
+            classes: ``[n]`` int64 class indices into :attr:`classes`.
+            difficult: ``[n]`` bool, all False (COCO has no difficult flag; crowd boxes are included).
+        """
+        col = {cat_id: c for c, cat_id in enumerate(self.category_ids)}
+        anns = self.coco.imgToAnns.get(self._image_ids[index], [])
+        xywh = np.asarray([a.get("bbox", [0, 0, 0, 0]) for a in anns], dtype=np.float32).reshape(-1, 4)
+        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        classes = np.asarray([col[a["category_id"]] for a in anns], dtype=np.int64)
+        return xyxy, classes, np.zeros(len(anns), dtype=bool)
+
+    def cache_key(self) -> str:
+        """``coco-<split>-<N>-<hash of the ids, files, classes, labels and JPEG file sizes>``."""
+        if self._cache_key is None:
+            digest = _fingerprint(
+                np.asarray(self._image_ids, dtype=np.int64).tobytes(),
+                "\n".join(self._files).encode(),
+                "\n".join(self.classes).encode(),
+                self._labels.tobytes(),
+                _file_sizes(self.image_path(i) for i in range(len(self))),
+            )
+            self._cache_key = f"coco-{self.split}-{len(self)}-{digest}"
+        return self._cache_key
+
+
+__all__ = ["COCODataset", "COCO_SPLITS"]

@@ -1,0 +1,58 @@
+"""Errors that name the problem and the fix.
+
+Every user-facing failure of rarl-gym raises one of these, never a bare traceback from deep
+inside torch or PIL. Each message says what is wrong and, after ``Fix:``, what to do.
+"""
+
+from __future__ import annotations
+
+
+class RarlGymError(Exception):
+    """Base class of rarl-gym's errors."""
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(problem if fix is None else f"{problem}\nFix: {fix}")
+
+
+class ConfigError(RarlGymError, ValueError):
+    """A wrong argument: unknown kwarg, unknown backbone, bad value."""
+
+
+class DatasetNotFoundError(RarlGymError, FileNotFoundError):
+    """A dataset folder is missing or incomplete."""
+
+
+class CorruptFileError(RarlGymError, ValueError):
+    """A file of a dataset (JPEG, XML, JSON) or of a cache cannot be read."""
+
+
+class ActionError(RarlGymError, ValueError):
+    """An action outside the action space: wrong shape, NaN, out of bounds."""
+
+
+class CheckpointError(RarlGymError, ValueError):
+    """A checkpoint that does not fit: another configuration, a missing or corrupt file."""
+
+
+class RunExistsError(RarlGymError, FileExistsError):
+    """A run folder that already holds a run (rarl-gym never overwrites one silently)."""
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}", f"use one of {', '.join(map(repr, choices))}")
+
+
+__all__ = [
+    "ActionError",
+    "CheckpointError",
+    "ConfigError",
+    "CorruptFileError",
+    "DatasetNotFoundError",
+    "RarlGymError",
+    "RunExistsError",
+    "check_choice",
+]

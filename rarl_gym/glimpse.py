@@ -1,0 +1,221 @@
+"""Glimpses: anchor boxes around a centre, their bilinear crop from a feature map, and fusion.
+
+Coordinates. Centres and boxes live in *image coordinates*: ``[-1, 1]`` on both axes, ``(-1, -1)``
+the top-left corner of the image and ``(1, 1)`` the bottom-right one, whatever the image's size in
+pixels. Boxes are ``(x1, y1, x2, y2)``. Because the backbone sees the image resized to a square,
+a box in image coordinates maps onto the feature map by a plain affine map (:func:`crop`) and onto
+the original picture by :func:`boxes_to_pixels`.
+
+Every function here is batched: no Python loop over images or boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.ops import roi_align
+
+# The paper's anchors for an N = 512 input: areas 80^2, 160^2, 320^2 pixels, i.e. square sides of
+# 80/512, 160/512 and 320/512 of the image side; aspect ratios (w:h) 2:1, 1:1, 1:2.
+DEFAULT_SCALES: tuple[float, ...] = (80 / 512, 160 / 512, 320 / 512)
+DEFAULT_RATIOS: tuple[float, ...] = (2.0, 1.0, 0.5)
+
+WHOLE_IMAGE = (-1.0, -1.0, 1.0, 1.0)
+
+
+def anchor_offsets(
+    scales: Sequence[float] = DEFAULT_SCALES,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Half-extents of the K = len(scales) * len(ratios) anchors, scale-major.
+
+    A scale ``s`` is the side of the square of the same area, as a fraction of the image side;
+    a ratio ``r`` is width / height. The anchor is ``s * sqrt(r)`` wide and ``s / sqrt(r)`` high
+    (fractions of the image), i.e. half-extents ``(s sqrt(r), s / sqrt(r))`` in ``[-1, 1]`` units.
+
+    Returns:
+        offsets: ``[K, 2]`` half-width and half-height in image coordinates.
+    """
+    s = torch.as_tensor(scales, dtype=dtype, device=device)
+    r = torch.as_tensor(ratios, dtype=dtype, device=device).sqrt()
+    half_w = (s[:, None] * r[None, :]).reshape(-1)
+    half_h = (s[:, None] / r[None, :]).reshape(-1)
+    return torch.stack([half_w, half_h], dim=-1)
+
+
+def anchor_boxes(
+    centers: torch.Tensor,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+) -> torch.Tensor:
+    """The K anchor boxes around each centre, clipped to the image.
+
+    Args:
+        centers: ``[B, 2]`` glimpse centres ``(x, y)`` in ``[-1, 1]`` image coordinates.
+        scales: square-equivalent sides as fractions of the image side.
+        ratios: aspect ratios width / height.
+
+    Returns:
+        boxes: ``[B, K, 4]`` ``(x1, y1, x2, y2)`` in image coordinates, clipped to ``[-1, 1]``.
+    """
+    offsets = anchor_offsets(scales, ratios, device=centers.device, dtype=centers.dtype)  # [K,2]
+    c = centers[:, None, :]  # [B,1,2]
+    boxes = torch.cat([c - offsets, c + offsets], dim=-1)  # [B,K,4]
+    return boxes.clamp(-1.0, 1.0)
+
+
+def whole_image_boxes(batch: int, k: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``[B, K, 4]`` boxes that all cover the whole image (the observation of step 0)."""
+    return torch.tensor(WHOLE_IMAGE, device=device, dtype=dtype).expand(batch, k, 4).clone()
+
+
+def crop(
+    feature_maps: torch.Tensor,
+    boxes: torch.Tensor,
+    size: int,
+    *,
+    sampling_ratio: int = -1,
+) -> torch.Tensor:
+    """Bilinear RoI crop (``torchvision.ops.roi_align``) of K boxes per feature map.
+
+    Differentiable with respect to ``feature_maps``, so a fine-tuned backbone learns through it.
+
+    Args:
+        feature_maps: ``[B, C, H, W]``; the map covers the whole image.
+        boxes: ``[B, K, 4]`` in image coordinates (see module docstring).
+        size: output side ``s``: each region is resampled to ``s x s``.
+        sampling_ratio: bilinear samples per output bin and axis; ``-1`` adapts it to the box
+            size, so that ``s = 1`` is the mean of the region (RoI average pooling).
+
+    Returns:
+        glimpses: ``[B, K, C, s, s]``.
+    """
+    b, c, h, w = feature_maps.shape
+    k = boxes.shape[1]
+    scale = boxes.new_tensor([w, h, w, h]) / 2.0
+    px = (boxes + 1.0) * scale  # [B,K,4] in feature-map pixels (pixel edges at integers)
+    index = torch.arange(b, device=boxes.device, dtype=boxes.dtype).repeat_interleave(k)
+    rois = torch.cat([index[:, None], px.reshape(b * k, 4)], dim=1)  # [B*K, 5]
+    out = roi_align(
+        feature_maps,
+        rois.to(feature_maps.dtype),
+        output_size=(size, size),
+        spatial_scale=1.0,
+        sampling_ratio=sampling_ratio,
+        aligned=True,
+    )  # [B*K, C, s, s]
+    return out.reshape(b, k, c, size, size)
+
+
+def fuse(scores: torch.Tensor, dims: int | Sequence[int] = 1) -> torch.Tensor:
+    """Category-wise max-pooling of region scores.
+
+    Args:
+        scores: ``[B, ..., L]`` scores of several regions (and steps) per image.
+        dims: the region / step dimensions to pool over (all but the batch and the class
+            dimension for ``[B, T, K, L]``: ``dims=(1, 2)``).
+
+    Returns:
+        fused: ``[B, L]`` the maximum over the pooled dimensions, per class.
+    """
+    if isinstance(dims, int):
+        dims = (dims,)
+    return torch.amax(scores, dim=tuple(dims))
+
+
+def boxes_to_pixels(boxes: torch.Tensor, width: float, height: float) -> torch.Tensor:
+    """Image-coordinate boxes ``[..., 4]`` to pixel boxes of a ``width x height`` picture."""
+    scale = boxes.new_tensor([width, height, width, height]) / 2.0
+    return (boxes + 1.0) * scale
+
+
+def num_anchors(scales: Sequence[float], ratios: Sequence[float]) -> int:
+    """K, the number of regions per glimpse."""
+    return len(scales) * len(ratios)
+
+
+def grid_centers(n: int, *, margin: float = 0.5) -> torch.Tensor:
+    """``[n*n, 2]`` centres of a regular ``n x n`` grid (cell centres), e.g. for fixed-grid baselines."""
+    ticks = (torch.arange(n, dtype=torch.float32) + margin) / n * 2.0 - 1.0
+    yy, xx = torch.meshgrid(ticks, ticks, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)
+
+
+
+
+
+def view_to_image(boxes: torch.Tensor, views: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
+    """Map boxes given in a view's coordinates to image coordinates.
+
+    A *view* is a sub-window of the image (the crop of a data augmentation or of ten-view
+    testing), optionally mirrored. Cropping the feature map at the mapped boxes is the same as
+    cropping the view's feature map, without resampling the whole map.
+
+    Args:
+        boxes: ``[B, K, 4]`` boxes in view coordinates (``[-1, 1]`` over the view).
+        views: ``[B, 4]`` the view windows in image coordinates.
+        flips: ``[B]`` bool, views that are mirrored left-right (default: none).
+
+    Returns:
+        ``[B, K, 4]`` boxes in image coordinates.
+    """
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    if flips is not None:
+        f = flips[:, None]
+        x1, x2 = torch.where(f, -x2, x1), torch.where(f, -x1, x2)
+    center = (views[:, None, :2] + views[:, None, 2:]) / 2  # [B,1,2]
+    half = (views[:, None, 2:] - views[:, None, :2]) / 2
+    cx, cy, hx, hy = center[..., 0], center[..., 1], half[..., 0], half[..., 1]
+    return torch.stack([cx + x1 * hx, cy + y1 * hy, cx + x2 * hx, cy + y2 * hy], dim=-1)
+
+
+def random_views(batch: int, crop: float, *, generator: torch.Generator | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training augmentation: a random square crop of side ``crop`` (fraction of the image) and a
+    random left-right flip per image, as the paper's random (N - 64)-crop and flip.
+
+    Returns:
+        views ``[B, 4]`` in image coordinates and flips ``[B]`` bool.
+    """
+    side = 2.0 * crop
+    lo = torch.rand(batch, 2, generator=generator, device=device) * (2.0 - side) - 1.0
+    views = torch.cat([lo, lo + side], dim=1)
+    flips = torch.rand(batch, generator=generator, device=device) < 0.5
+    return views, flips
+
+
+def ten_views(crop: float, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ten test views: 4 corner crops and the centre crop of side ``crop``, and their mirrors.
+
+    Returns:
+        views ``[10, 4]`` in image coordinates and flips ``[10]`` bool.
+    """
+    side = 2.0 * crop
+    lo = torch.tensor(
+        [[-1.0, -1.0], [1.0 - side, -1.0], [-1.0, 1.0 - side], [1.0 - side, 1.0 - side], [-side / 2, -side / 2]],
+        device=device,
+    )
+    five = torch.cat([lo, lo + side], dim=1)
+    views = torch.cat([five, five], dim=0)
+    flips = torch.arange(10, device=device) >= 5
+    return views, flips
+
+
+__all__ = [
+    "DEFAULT_RATIOS",
+    "DEFAULT_SCALES",
+    "anchor_boxes",
+    "anchor_offsets",
+    "boxes_to_pixels",
+    "crop",
+    "fuse",
+    "grid_centers",
+    "num_anchors",
+    "random_views",
+    "ten_views",
+    "view_to_image",
+    "whole_image_boxes",
+]

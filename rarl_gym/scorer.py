@@ -1,0 +1,112 @@
+"""A linear region scorer: region features -> label logits.
+
+It serves two purposes:
+
+* the env's own classifier in ``mode="locate"``: fitted once on the training split's region
+  features (multiple-instance style: the category-wise max over random glimpse regions of an
+  image is trained against the image's labels), saved beside the feature cache, so that any RL
+  algorithm can learn where to look without a classifier of its own;
+* with ``regions_per_image=0`` (the whole image only) it is the global-image linear classifier
+  baseline on the same frozen backbone (the CNN-SVM / VeryDeep analogue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES, anchor_boxes, crop, fuse, whole_image_boxes
+
+
+class RegionScorer(nn.Module):
+    """Label logits of glimpse regions: mean over the ``s x s`` cells, then one linear layer."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(channels, num_classes)
+
+    def forward(self, glimpses: torch.Tensor) -> torch.Tensor:
+        """``[..., C, s, s]`` -> ``[..., L]``."""
+        return self.linear(glimpses.mean(dim=(-2, -1)))
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy ``[B, L]`` against labels 1 / 0, difficult (-1) entries ignored."""
+    mask = (labels >= 0).to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0).to(logits.dtype), reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+def training_regions(
+    batch: int,
+    regions_per_image: int,
+    scales: Sequence[float],
+    ratios: Sequence[float],
+    generator: torch.Generator | None,
+    device,
+) -> torch.Tensor:
+    """``[B, 1 + n*K, 4]``: the whole image plus the anchors of ``n`` uniform random centres."""
+    whole = whole_image_boxes(batch, 1, device=device)
+    if regions_per_image == 0:
+        return whole
+    centres = torch.rand(batch * regions_per_image, 2, generator=generator, device=device) * 2 - 1
+    boxes = anchor_boxes(centres, scales, ratios).reshape(batch, -1, 4)
+    return torch.cat([whole, boxes], dim=1)
+
+
+def fit_region_scorer(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    regions_per_image: int = 5,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> RegionScorer:
+    """Fit a :class:`RegionScorer` by category-wise max over regions (multiple-instance learning).
+
+    Args:
+        features: ``[N, C, H, W]`` feature maps of the training split.
+        labels: ``[N, L]`` 1 / 0 / -1.
+        regions_per_image: random glimpse centres per image and epoch (each gives K anchors);
+            0 trains on the whole image alone (the global linear classifier).
+    """
+    generator = torch.Generator(device=features.device).manual_seed(seed)
+    n, c = features.shape[:2]
+    scorer = RegionScorer(c, labels.shape[1]).to(features.device)
+    opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=generator, device=features.device).split(batch_size):
+            boxes = training_regions(len(idx), regions_per_image, scales, ratios, generator, features.device)
+            logits = fuse(scorer(crop(features[idx], boxes, 1)))  # [B,L]
+            loss = masked_bce(logits, labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return scorer.eval().requires_grad_(False)
+
+
+def save_scorer(scorer: RegionScorer, path: str | Path, meta: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": scorer.state_dict(), "meta": meta}, tmp)
+    tmp.replace(path)
+
+
+def load_scorer(path: str | Path) -> tuple[RegionScorer, dict]:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    weight = blob["state_dict"]["linear.weight"]
+    scorer = RegionScorer(weight.shape[1], weight.shape[0])
+    scorer.load_state_dict(blob["state_dict"])
+    return scorer.eval().requires_grad_(False), blob["meta"]
+
+
+__all__ = ["RegionScorer", "fit_region_scorer", "load_scorer", "masked_bce", "save_scorer", "training_regions"]
