@@ -96,14 +96,14 @@ class FeatureStore:
 
     def batch(self, index, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Feature maps ``[B, C, H, W]`` float32 and labels ``[B, L]`` of the images ``index``."""
-        index = np.sort(np.asarray(index)) if np.ndim(index) else np.asarray([index])
+        index = np.atleast_1d(np.asarray(index))
         feats = torch.from_numpy(np.ascontiguousarray(self.features[index])).to(device=device, dtype=torch.float32)
         labels = torch.from_numpy(self.labels[index]).to(device)
         return feats, labels
 
     def load_all(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The whole ``[N, C, H, W]`` array as one tensor (for training on small splits)."""
-        return torch.from_numpy(np.ascontiguousarray(self.features)).to(device=device, dtype=dtype)
+        return torch.from_numpy(np.array(self.features)).to(device=device, dtype=dtype)
 
     @classmethod
     def open(cls, path: str | Path) -> FeatureStore:

@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from rarl_gym.glimpse import (
+    DEFAULT_RATIOS,
+    DEFAULT_SCALES,
+    anchor_boxes,
+    boxes_to_pixels,
+    crop,
+    fuse,
+    random_views,
+    ten_views,
+    view_to_image,
+    whole_image_boxes,
+)
+
+
+def test_anchor_boxes_of_the_paper():
+    boxes = anchor_boxes(torch.zeros(1, 2))
+    assert boxes.shape == (1, 9, 4)
+    # scale 160/512 at ratio 1:1 is a square of side 0.3125 of the image = half-extent 0.3125
+    assert torch.allclose(boxes[0, 4], torch.tensor([-0.3125, -0.3125, 0.3125, 0.3125]))
+    # ratio 2:1 at scale 80/512: width 2x height, same area as the square
+    w = boxes[0, 0, 2] - boxes[0, 0, 0]
+    h = boxes[0, 0, 3] - boxes[0, 0, 1]
+    assert float(w / h) == pytest.approx(2.0)
+    assert float(w * h) == pytest.approx((2 * 80 / 512) ** 2)
+    # the 320/512 anchors are 4x the side of the 80/512 ones
+    assert float(boxes[0, 6, 2] / boxes[0, 0, 2]) == pytest.approx(4.0)
+
+
+def test_anchor_boxes_are_clipped_to_the_image():
+    boxes = anchor_boxes(torch.tensor([[0.9, -1.0]]))
+    assert boxes.min() >= -1 and boxes.max() <= 1
+    big = boxes[0, 8]  # 320/512, ratio 1:2: half-extents (0.442, 0.884)
+    assert torch.allclose(big, torch.tensor([0.9 - 0.625 / math.sqrt(2), -1.0, 1.0, -1.0 + 0.625 * math.sqrt(2)]), atol=1e-6)
+
+
+def test_crop_of_one_cell_and_of_the_mean():
+    fmap = torch.arange(16.0).reshape(1, 1, 4, 4)
+    # the box of feature cell (row 1, col 2) exactly, in image coordinates: x in [0, 0.5], y in [-0.5, 0]
+    cell = torch.tensor([[[0.0, -0.5, 0.5, 0.0]]])
+    assert crop(fmap, cell, 1).item() == pytest.approx(6.0)
+    # s = 1 over the whole image is the global mean (RoI average pooling)
+    whole = whole_image_boxes(1, 1)
+    assert crop(fmap, whole, 1).item() == pytest.approx(7.5)
+    # s = 2 over the whole image: the four 2x2 quadrant means
+    quad = crop(fmap, whole, 2)[0, 0, 0]
+    assert torch.allclose(quad, torch.tensor([[2.5, 4.5], [10.5, 12.5]]))
+
+
+def test_crop_is_batched_and_differentiable():
+    fmap = torch.randn(3, 5, 6, 6, requires_grad=True)
+    boxes = anchor_boxes(torch.rand(3, 2) * 2 - 1)
+    out = crop(fmap, boxes, 3)
+    assert out.shape == (3, 9, 5, 3, 3)
+    out[1].sum().backward()
+    assert fmap.grad[1].abs().sum() > 0 and fmap.grad[0].abs().sum() == 0 and fmap.grad[2].abs().sum() == 0
+    # each image's crop comes from its own map
+    assert torch.allclose(out[2], crop(fmap[2:3].detach(), boxes[2:3], 3)[0])
+
+
+def test_fuse_is_category_wise_max():
+    scores = torch.tensor([[[[0.1, 0.9], [0.5, 0.2]], [[0.7, 0.0], [0.3, 0.4]]]])  # [1, T=2, K=2, L=2]
+    assert torch.equal(fuse(scores, dims=(1, 2)), torch.tensor([[0.7, 0.9]]))
+
+
+def test_boxes_to_pixels():
+    px = boxes_to_pixels(torch.tensor([[-1.0, -1.0, 0.0, 1.0]]), 200, 100)
+    assert torch.equal(px, torch.tensor([[0.0, 0.0, 100.0, 100.0]]))
+
+
+def test_view_to_image_maps_and_mirrors():
+    boxes = torch.tensor([[[-1.0, -1.0, 0.0, 0.0]]])  # top-left quarter of the view
+    view = torch.tensor([[0.0, 0.0, 1.0, 1.0]])  # bottom-right quarter of the image
+    assert torch.allclose(view_to_image(boxes, view), torch.tensor([[[0.0, 0.0, 0.5, 0.5]]]))
+    mirrored = view_to_image(boxes, view, torch.tensor([True]))
+    assert torch.allclose(mirrored, torch.tensor([[[0.5, 0.0, 1.0, 0.5]]]))
+    whole = torch.tensor([[-1.0, -1.0, 1.0, 1.0]])
+    assert torch.allclose(view_to_image(boxes, whole), boxes)
+
+
+def test_ten_views_and_random_views():
+    views, flips = ten_views(0.75)
+    assert views.shape == (10, 4) and flips.tolist() == [False] * 5 + [True] * 5
+    assert torch.allclose(views[:, 2] - views[:, 0], torch.full((10,), 1.5))
+    assert torch.allclose(views[4], torch.tensor([-0.75, -0.75, 0.75, 0.75]))
+    assert views.min() == -1 and views.max() == 1
+    v, f = random_views(500, 0.875, generator=torch.Generator().manual_seed(0))
+    assert v.min() >= -1 and v.max() <= 1 and torch.allclose(v[:, 2] - v[:, 0], torch.full((500,), 1.75))
+    assert 0.4 < f.float().mean() < 0.6
+
+
+def test_defaults_are_the_papers():
+    assert DEFAULT_RATIOS == (2.0, 1.0, 0.5)
+    assert [round(s * 512) for s in DEFAULT_SCALES] == [80, 160, 320]

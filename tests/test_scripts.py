@@ -1,0 +1,82 @@
+"""The command-line scripts end to end, on the small tiny-backbone Shapes split."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import evaluate  # noqa: E402
+import train_agent  # noqa: E402
+
+
+@pytest.fixture
+def train_args(small_kwargs, tmp_path):
+    kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
+
+    def args(run, *extra):
+        return ["--env-kwargs", json.dumps(kwargs), "--run-dir", str(tmp_path / run), "--batch-size", "16", "--no-progress", *extra]
+
+    return args
+
+
+def test_train_writes_a_run_and_prints_the_table(train_args, tmp_path, capsys):
+    assert train_agent.main(train_args("a", "--epochs", "2")) == 0
+    out = capsys.readouterr().out
+    assert "mAP (area)" in out and "mAP (VOC07 11-point)" in out and "CF1 (top-3" in out
+    assert "learned" in out and "random" in out and "center" in out
+    run = tmp_path / "a"
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "rng", "step", "config", "settings"}
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["policies"]) == {"learned", "random", "center"} and len(metrics["reward_curve"]) == 2
+    assert 0.0 <= metrics["policies"]["learned"]["mAP_area"] <= 1.0
+
+    # a second run into the same folder is refused, and the first run is untouched
+    before = (run / "checkpoint.pt").read_bytes()
+    assert train_agent.main(train_args("a", "--epochs", "2")) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+    # resuming with another configuration is refused
+    assert train_agent.main(train_args("a", "--resume", "--lr", "0.1", "--epochs", "3")) == 2
+    assert "another configuration" in capsys.readouterr().err
+
+    # evaluate.py prints the same table and writes JSON
+    assert evaluate.main([str(run / "checkpoint.pt"), "--out", str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    assert "mAP (area)" in out
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["mAP_area"] == pytest.approx(metrics["policies"]["learned"]["mAP_area"])
+    assert evaluate.main([str(run), "--views", "10", "--out", str(tmp_path / "e10.json")]) == 0
+    assert json.loads((tmp_path / "e10.json").read_text())["views"] == 10
+
+
+def test_resume_continues_exactly(train_args, tmp_path):
+    assert train_agent.main(train_args("full", "--epochs", "2")) == 0
+    assert train_agent.main(train_args("cut", "--epochs", "1")) == 0
+    assert train_agent.main(train_args("cut", "--resume", "--epochs", "2")) == 0
+    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert cut["epoch"] == 2 and cut["step"] == full["step"]
+    for name, value in full["model"].items():
+        assert torch.allclose(value, cut["model"][name]), name
+    assert cut["reward_curve"] == full["reward_curve"]
+
+
+def test_clean_errors(train_args, tmp_path, capsys):
+    assert train_agent.main(["--env", "RARL-Nope-v0", "--run-dir", str(tmp_path / "x")]) == 2
+    assert "unknown env id" in capsys.readouterr().err
+    assert train_agent.main(["--env-kwargs", "{nope", "--run-dir", str(tmp_path / "x")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert train_agent.main(train_args("y", "--resume")) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert evaluate.main([str(tmp_path / "junk.pt")]) == 2
+    assert "not a readable rarl-gym checkpoint" in capsys.readouterr().err
