@@ -42,7 +42,7 @@ def env_overrides(env_kwargs: str, **options) -> dict:
 def comparison_table(policies: dict[str, dict]) -> str:
     """One line per centre policy: mAP (area and VOC07), CF1, OF1, mean reward, in percent."""
     cols = ("mAP_area", "mAP_voc07", "CF1", "OF1", "reward")
-    head = f"{'centres':<10}" + "".join(f"{c:>11}" for c in cols)
+    head = f"{'row':<10}" + "".join(f"{c:>11}" for c in cols)
     rows = [head] + [f"{name:<10}" + "".join(f"{100 * (row.get(c) or 0):>11.1f}" for c in cols) for name, row in policies.items()]
     return "\n".join(rows)
 
@@ -52,7 +52,7 @@ def print_results(results: dict, json_path: Path | None = None) -> None:
     report = results["reports"]["learned"]
     print(f"\nTest metrics on split {results['split']!r} ({results['views']} view(s), learned centres):")
     print(report.table())
-    print("\nSame trained model, other centres:")
+    print("\nSame trained model with other centres, and the global-image linear classifier (global):")
     print(comparison_table(results["policies"]))
     if json_path is not None:
         print(f"\nJSON: {json_path}")

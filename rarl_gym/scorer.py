@@ -94,6 +94,28 @@ def fit_region_scorer(
     return scorer.eval().requires_grad_(False)
 
 
+def pooled_features(store, batch_size: int = 256) -> torch.Tensor:
+    """``[N, C]`` global average of every feature map of a :class:`FeatureStore` (batched reads)."""
+    parts = [torch.from_numpy(store.features[i : i + batch_size].astype("float32")).mean(dim=(2, 3)) for i in range(0, len(store), batch_size)]
+    return torch.cat(parts)
+
+
+def fit_global_classifier(
+    pooled: torch.Tensor, labels: torch.Tensor, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0
+) -> RegionScorer:
+    """The global-image linear classifier (CNN-SVM / VeryDeep analogue): BCE on pooled features ``[N, C]``."""
+    generator = torch.Generator().manual_seed(seed)
+    scorer = RegionScorer(pooled.shape[1], labels.shape[1])
+    opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(pooled), generator=generator).split(batch_size):
+            loss = masked_bce(scorer.linear(pooled[idx]), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return scorer.eval().requires_grad_(False)
+
+
 def save_scorer(scorer: RegionScorer, path: str | Path, meta: dict) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -109,4 +131,4 @@ def load_scorer(path: str | Path) -> tuple[RegionScorer, dict]:
     return scorer.eval().requires_grad_(False), blob["meta"]
 
 
-__all__ = ["RegionScorer", "fit_region_scorer", "load_scorer", "masked_bce", "save_scorer", "training_regions"]
+__all__ = ["RegionScorer", "fit_global_classifier", "fit_region_scorer", "pooled_features", "load_scorer", "masked_bce", "save_scorer", "training_regions"]

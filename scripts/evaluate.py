@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Evaluate a trained RARL checkpoint: print the metrics table and write them as JSON.
+"""Evaluate a trained agent: print the metrics table and write them as JSON.
+
+Takes a RARL checkpoint.pt, an SB3 model.zip or a CEM cem.npz (agents/custom), or the run folder.
 
 Examples:
     python scripts/evaluate.py runs/rarl-shapes/checkpoint.pt
     python scripts/evaluate.py runs/rarl-voc07 --views 10 --markdown
     python scripts/evaluate.py runs/rarl-voc07 --split test --centers random --out /tmp/voc-random.json
+    python scripts/evaluate.py runs/ppo-shapes/model.zip
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from rarl_gym.cli import run_cli  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint.pt, or the run folder holding it")
+    p.add_argument("checkpoint", help="checkpoint.pt / model.zip / cem.npz, or the run folder holding it")
     p.add_argument("--split", default=None, help="split to evaluate (default: the dataset's evaluation split)")
     p.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="1 view or the ten-view test")
@@ -32,11 +35,52 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _env_agent_file(path: Path) -> str | None:
+    """``model.zip`` (SB3) or ``cem.npz`` (CEM) when ``path`` is one or a run folder holding one."""
+    for name in ("model.zip", "cem.npz"):
+        if path.name == name or (path.is_dir() and (path / name).exists()):
+            return name
+    return None
+
+
+def evaluate_env_agent(args: argparse.Namespace, kind: str) -> None:
+    """An agent trained through the env (agents/sb3, agents/custom): one episode per image."""
+    from agents.sb3.common import check_views, evaluate_policy_on_split
+    from rarl_gym import metrics
+    from rarl_gym.env_settings import EnvSettings
+
+    check_views(args.views)
+    if kind == "model.zip":
+        from agents.sb3.train import load_model
+
+        policy, config = load_model(args.checkpoint, args.device)
+    else:
+        from agents.custom.cem import load_cem
+
+        policy, config = load_cem(args.checkpoint)
+    env_kwargs = {**config["env_kwargs"], **({"root": args.data_root} if args.data_root else {})}
+    settings = EnvSettings.from_env_id(config["env_id"], env_kwargs)
+    split = args.split or settings.source.eval_split
+    pred = evaluate_policy_on_split(policy, config["env_id"], env_kwargs, split, centers=args.centers, seed=config.get("seed", 0))
+    report = metrics.evaluate(pred.probs, pred.labels, classes=pred.classes)
+    reward = float(pred.rewards.mean())
+    print(f"{settings.dataset} split {split!r}, {config['algo']}, {args.centers} centres, mean reward {reward:.3f}")
+    print(report.markdown() if args.markdown else report.table())
+    path = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / f"eval-{split}-{args.centers}-1v.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"split": split, "views": 1, "centers": args.centers, "reward": reward, **report.to_dict()}, indent=1))
+    print(f"\nJSON: {out}")
+
+
 def evaluate_checkpoint(args: argparse.Namespace) -> None:
     from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint, pick_device, predict
     from rarl_gym import metrics
     from rarl_gym.env_settings import EnvSettings
 
+    kind = _env_agent_file(Path(args.checkpoint))
+    if kind is not None:
+        return evaluate_env_agent(args, kind)
     ckpt = load_checkpoint(args.checkpoint)
     settings = EnvSettings.from_kwargs(**ckpt["settings"])
     if args.data_root is not None:

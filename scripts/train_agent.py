@@ -10,6 +10,8 @@ Examples:
     python scripts/train_agent.py --resume --epochs 40        # continue runs/rarl-shapes
     python scripts/train_agent.py --env RARL-VOC07-v0 --data-root ../shared/data/voc07 --eval-views 10
     python scripts/train_agent.py --env-kwargs '{"dataset_kwargs": {"num_images": 200}}' --epochs 2
+    python scripts/train_agent.py --algo ppo --total-timesteps 300000   # Stable-Baselines3, runs/ppo-shapes
+    python scripts/train_agent.py --algo cem                            # agents/custom/cem.py
 """
 
 from __future__ import annotations
@@ -22,15 +24,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rarl_gym.cli import env_overrides, print_results, run_cli  # noqa: E402
+from rarl_gym.errors import ConfigError  # noqa: E402
 
 #: Command-line options that set a TrainConfig field of the same name.
 CONFIG_OPTIONS = ("epochs", "batch_size", "lr", "seed", "eval_views")
+#: The agents trained through the env (Stable-Baselines3's and agents/custom's).
+ENV_ALGOS = ("ppo", "a2c", "sac", "td3", "recurrentppo", "cem")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default=None, help="env id (default RARL-Shapes-v0, or the resumed run's)")
-    p.add_argument("--algo", default="rarl", choices=["rarl"], help="the agent (default rarl, the paper's)")
+    p.add_argument("--algo", default="rarl", choices=["rarl", *ENV_ALGOS], help="the agent (default rarl, the paper's; cem: agents/custom)")
     p.add_argument("--data-root", default=None, help="dataset root (default $RARL_DATA/<dataset>)")
     p.add_argument("--backbone", default=None, help="backbone name (default efficientnet_lite0)")
     p.add_argument("--env-kwargs", default="{}", help='JSON object of env kwargs, e.g. \'{"glimpse_size": 3}\'')
@@ -41,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-4)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--eval-views", type=int, choices=[1, 10], default=None, help="1 view or the ten-view test")
+    p.add_argument("--total-timesteps", type=int, default=None, help="env steps of the run, not rarl (default 300000; on --resume the new total)")
+    p.add_argument("--n-envs", type=int, default=None, help="parallel envs of an SB3 agent (default 8)")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -52,6 +59,10 @@ def main(argv=None) -> int:
 
 
 def _train(args: argparse.Namespace) -> None:
+    if args.algo in ENV_ALGOS:
+        return _train_env_agent(args)
+    if args.total_timesteps is not None or args.n_envs is not None:
+        raise ConfigError("--total-timesteps and --n-envs are for the agents trained through the env", "use --epochs with --algo rarl")
     from agents.rarl.trainer import TrainConfig, load_checkpoint, train
 
     run_dir = args.run_dir or f"runs/{args.algo}-{(args.env or 'RARL-Shapes-v0').split('-')[1].lower()}"
@@ -68,6 +79,28 @@ def _train(args: argparse.Namespace) -> None:
     results = train(config, resume=args.resume)
     if results:
         print_results(results, Path(run_dir) / "metrics.json")
+
+
+def _train_env_agent(args: argparse.Namespace) -> None:
+    """SB3 agents (agents/sb3) and custom ones (agents/custom): env steps instead of epochs."""
+    rarl_only = [f"--{n.replace('_', '-')}" for n in ("epochs", "batch_size", "eval_views") if getattr(args, n) is not None]
+    if rarl_only or (args.algo == "cem" and (args.lr is not None or args.n_envs is not None)):
+        raise ConfigError(f"{', '.join(rarl_only) or '--lr / --n-envs'} do(es) not apply to --algo {args.algo}", "use --total-timesteps")
+    run_dir = args.run_dir or f"runs/{args.algo}-{(args.env or 'RARL-Shapes-v0').split('-')[1].lower()}"
+    overrides = env_overrides(args.env_kwargs, data_root=args.data_root, backbone=args.backbone)
+    common = dict(env_id=args.env, env_kwargs=overrides, run_dir=run_dir, seed=args.seed, progress=not args.no_progress, resume=args.resume)
+    if args.total_timesteps is not None:
+        common["total_timesteps"] = args.total_timesteps
+    if args.algo == "cem":
+        from agents.custom.cem import train_cem
+
+        results = train_cem(**common)
+    else:
+        from agents.sb3.train import train_sb3
+
+        lr = {"learning_rate": args.lr} if args.lr is not None else None
+        results = train_sb3(args.algo, device=args.device, n_envs=args.n_envs, overrides=lr, **common)
+    print_results(results, Path(run_dir) / "metrics.json")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,10 @@ def test_center_policies():
     assert rollout(agent, feats, labels, centers="center").centers.abs().max() == 0
     rand = rollout(agent, feats, labels, centers="random", generator=torch.Generator().manual_seed(1)).centers
     assert rand.std() > 0.3
+    grid = rollout(agent, feats, labels, centers="grid").centers
+    assert grid[0].tolist() == [[0.0, 0.0], [-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5], [0.5, 0.5]]
     with pytest.raises(ValueError, match="centers must be"):
-        rollout(agent, feats, labels, centers="grid")
+        rollout(agent, feats, labels, centers="spiral")
 
 
 def test_env_and_batched_rollout_agree(small_kwargs):

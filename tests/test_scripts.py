@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import evaluate  # noqa: E402
 import train_agent  # noqa: E402
+import visualize  # noqa: E402
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def test_train_writes_a_run_and_prints_the_table(train_args, tmp_path, capsys):
     assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "rng", "step", "config", "settings"}
     assert list((run / "tb").glob("events.out.tfevents.*"))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["policies"]) == {"learned", "random", "center"} and len(metrics["reward_curve"]) == 2
+    assert set(metrics["policies"]) == {"learned", "random", "center", "grid", "global"} and len(metrics["reward_curve"]) == 2
     assert 0.0 <= metrics["policies"]["learned"]["mAP_area"] <= 1.0
 
     # a second run into the same folder is refused, and the first run is untouched
@@ -56,6 +58,19 @@ def test_train_writes_a_run_and_prints_the_table(train_args, tmp_path, capsys):
     assert result["mAP_area"] == pytest.approx(metrics["policies"]["learned"]["mAP_area"])
     assert evaluate.main([str(run), "--views", "10", "--out", str(tmp_path / "e10.json")]) == 0
     assert json.loads((tmp_path / "e10.json").read_text())["views"] == 10
+
+    # visualize.py draws Figure 2: one PNG per image, the regions on the picture
+    assert visualize.main([str(run), "--images", "0", "3", "--out", str(tmp_path / "fig")]) == 0
+    pngs = sorted((tmp_path / "fig").glob("*.png"))
+    assert [p.name for p in pngs] == ["shapes-test-000000.png", "shapes-test-000003.png"]
+    from PIL import Image
+
+    from rarl_gym.data.shapes import ShapesDataset
+
+    fig = np.asarray(Image.open(pngs[0]))
+    original = np.asarray(ShapesDataset("test", num_images=40, image_size=64).load_image(0))
+    assert fig.shape == (64 + 30, 64, 3) and (fig[:64] != original).any()
+    assert visualize.main([str(run), "--images", "99"]) == 2
 
 
 def test_resume_continues_exactly(train_args, tmp_path):

@@ -17,8 +17,10 @@ from agents.rarl.model import RARLAgent
 from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES, anchor_boxes, crop, fuse, view_to_image, whole_image_boxes
 from rarl_gym.reward import ADAPTIVE, topk_overlap
 
-#: Where the centres come from: the agent's policy, uniform random, or the image middle.
-CENTER_POLICIES = ("learned", "random", "center")
+#: Where the centres come from: the agent's policy, uniform random, the image middle, or a fixed
+#: grid (the middle, then the centres of the four quadrants, cycling).
+CENTER_POLICIES = ("learned", "random", "center", "grid")
+GRID = ((0.0, 0.0), (-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5))
 
 
 @dataclass
@@ -49,8 +51,9 @@ def rollout(
 
     Args:
         feature_maps: ``[B, C, H, W]``; labels: ``[B, L]`` (1 / 0 / -1).
-        centers: ``"learned"`` (the agent's Gaussian policy), ``"random"`` (uniform in [-1, 1]^2)
-            or ``"center"`` (always the image middle); the agent classifies in every case.
+        centers: ``"learned"`` (the agent's Gaussian policy), ``"random"`` (uniform in [-1, 1]^2),
+            ``"center"`` (always the image middle) or ``"grid"`` (:data:`GRID`, a fixed set of
+            windows); the agent classifies in every case.
         sample: draw centres from the Gaussian (training); ``False`` takes its mean (test).
         view: ``(windows [B, 4], flips [B])``: each episode sees only that (mirrored) window of
             its image (augmentation, ten-view test; :func:`rarl_gym.glimpse.random_views`).
@@ -83,8 +86,9 @@ def rollout(
         elif centers == "random":
             loc = torch.rand(b, 2, generator=generator, device=device) * 2 - 1
             log_probs.append(torch.zeros(b, device=device))
-        elif centers == "center":
-            loc = torch.zeros(b, 2, device=device)
+        elif centers in ("center", "grid"):
+            xy = (0.0, 0.0) if centers == "center" else GRID[t % len(GRID)]
+            loc = torch.tensor(xy, device=device).expand(b, 2)
             log_probs.append(torch.zeros(b, device=device))
         else:
             raise ValueError(f"centers must be one of {CENTER_POLICIES}, got {centers!r}")

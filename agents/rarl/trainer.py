@@ -4,7 +4,7 @@
 split's feature maps (random crop + flip views as augmentation), the hybrid loss
 (classification + REINFORCE with a learned baseline), Adam. It logs to TensorBoard, saves a
 resumable checkpoint every epoch, and finally evaluates on the evaluation split with learned,
-random and fixed (image middle) centres.
+random, fixed (image middle) and fixed-grid centres, next to the global-image linear classifier.
 
 Ready to grow: the batches come from one generator (:func:`feature_batches`), the model may be
 wrapped in ``DistributedDataParallel`` (``torchrun`` sets ``WORLD_SIZE``; each rank then takes its
@@ -28,12 +28,15 @@ import torch
 import torch.distributed as dist
 
 from agents.rarl.model import RARLAgent
-from agents.rarl.rollout import rarl_loss, rollout, scores_to_probs
+from agents.rarl.rollout import CENTER_POLICIES, rarl_loss, rollout, scores_to_probs
 from rarl_gym import metrics
 from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError
 from rarl_gym.features.store import FeatureStore
-from rarl_gym.glimpse import random_views, ten_views
+from rarl_gym.reward import topk_overlap
+from rarl_gym.glimpse import crop as crop_regions
+from rarl_gym.glimpse import random_views, ten_views, whole_image_boxes
+from rarl_gym.scorer import RegionScorer, fit_global_classifier, pooled_features
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -139,6 +142,18 @@ def predict(
         probs.append(p.reshape(b, -1, p.shape[-1]).mean(1).cpu())
         rewards.append(out.reward.reshape(b, -1).mean(1).cpu())
     return torch.cat(probs).numpy(), torch.cat(rewards).numpy()
+
+
+@torch.no_grad()
+def predict_global(scorer: RegionScorer, store: FeatureStore, *, views: int = 1, crop: float = 0.875, batch_size: int = 256) -> np.ndarray:
+    """Probabilities ``[N, L]`` of the global-image linear classifier (sigmoid), over 1 or 10 views."""
+    windows = whole_image_boxes(1, 1)[0] if views == 1 else ten_views(crop)[0]  # [V,4]
+    probs = []
+    for lo in range(0, len(store), batch_size):
+        feats, _ = store.batch(np.arange(lo, min(lo + batch_size, len(store))))
+        boxes = windows.expand(feats.shape[0], *windows.shape)
+        probs.append(torch.sigmoid(scorer(crop_regions(feats, boxes, 1))).mean(1))
+    return torch.cat(probs).numpy()
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -284,7 +299,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
         return {}
     bar.close()
     train_seconds = time.perf_counter() - start
-    results = evaluate_run(agent, eval_store, settings, config, device=device)
+    results = evaluate_run(agent, eval_store, settings, config, device=device, train_store=train_store)
     results["train_seconds"] = round(train_seconds, 1)
     results["reward_curve"] = [round(r, 4) for r in reward_curve]
     for name, row in results["policies"].items():
@@ -294,17 +309,27 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     return results
 
 
-def evaluate_run(agent: RARLAgent, store: FeatureStore, settings: EnvSettings, config: TrainConfig, *, device) -> dict:
-    """Metrics of the learned policy and of random and fixed (image middle) centres on ``store``.
+def evaluate_run(
+    agent: RARLAgent, store: FeatureStore, settings: EnvSettings, config: TrainConfig, *, device, train_store: FeatureStore | None = None
+) -> dict:
+    """Metrics on ``store`` of the learned policy, of the same model with random, fixed (image
+    middle) and fixed-grid centres, and (given ``train_store``) of the global-image linear
+    classifier fitted on the training split's features.
 
-    Returns a JSON-ready dict (``split``, ``views``, ``policies``: one metrics dict per centre
-    policy) plus ``reports``: the :class:`rarl_gym.metrics.MetricReport` objects.
+    Returns a JSON-ready dict (``split``, ``views``, ``policies``: one metrics dict per row)
+    plus ``reports``: the :class:`rarl_gym.metrics.MetricReport` objects.
     """
     policies, reports = {}, {}
-    for centers in ("learned", "random", "center"):
+    for centers in CENTER_POLICIES:
         probs, rewards = predict(agent, store, settings, centers=centers, views=config.eval_views, crop=config.augment_crop, device=device)
         reports[centers] = metrics.evaluate(probs, store.labels, classes=store.classes)
         policies[centers] = {**reports[centers].to_dict(), "reward": float(rewards.mean())}
+    if train_store is not None:
+        scorer = fit_global_classifier(pooled_features(train_store), torch.from_numpy(train_store.labels), seed=config.seed)
+        probs = predict_global(scorer, store, views=config.eval_views, crop=config.augment_crop)
+        reports["global"] = metrics.evaluate(probs, store.labels, classes=store.classes)
+        reward = topk_overlap(torch.from_numpy(probs), torch.from_numpy(store.labels).long()).mean()
+        policies["global"] = {**reports["global"].to_dict(), "reward": float(reward)}
     return {"split": store.meta["key"]["split"], "views": config.eval_views, "policies": policies, "reports": reports}
 
 

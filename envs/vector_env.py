@@ -1,0 +1,324 @@
+"""``GlimpseVectorEnv``: B glimpse episodes in lockstep, one batched crop per step.
+
+Every episode has exactly ``T + 1`` steps and all B sub-envs start together, so they end together
+and stay in lockstep forever: each step is one call of :class:`envs.core.GlimpseEpisodes` on B
+images (one batched ``roi_align``), and the autoreset at the end of the episodes is one batched
+read of the B next feature maps. The results equal those of B :class:`envs.glimpse_env.GlimpseEnv`
+in a ``SyncVectorEnv(..., autoreset_mode="SameStep")`` driven with the same actions and seeds.
+
+:class:`SB3VecEnvAdapter` (or :func:`to_sb3`) exposes it as a Stable-Baselines3 ``VecEnv``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
+
+from envs.core import GlimpseEpisodes
+from rarl_gym.env_settings import EnvSettings
+from rarl_gym.errors import ActionError, ConfigError, check_choice
+
+ObsDict = dict[str, np.ndarray]
+
+
+def check_actions(actions: Any, space: spaces.Box, mode: str) -> np.ndarray:
+    """Validate a batch of actions ``[B, A]`` against the batched ``space``; return them clipped to [-1, 1].
+
+    Raises :class:`ActionError` (same wording as ``GlimpseEnv``) for a wrong shape, NaN / inf, or
+    a value outside ``[-1, 1]`` (beyond a 1e-6 tolerance), naming the offending sub-envs.
+    """
+    try:
+        a = np.asarray(actions, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ActionError(f"the actions {actions!r} are not numeric", "pass a float array") from err
+    if a.shape != space.shape:
+        raise ActionError(
+            f"the actions have shape {a.shape}, the action space {space} wants {space.shape}",
+            "pass one row per sub-env: the centre (x, y)" + ("" if mode == "locate" else " followed by the L label scores"),
+        )
+    bad = ~np.isfinite(a).all(axis=1)
+    if bad.any():
+        raise ActionError(f"the actions of sub-env(s) {np.flatnonzero(bad).tolist()} contain NaN or inf: {a[bad]}", "check the policy's output for NaN")
+    out = ((a < -1.0 - 1e-6) | (a > 1.0 + 1e-6)).any(axis=1)
+    if out.any():
+        raise ActionError(
+            f"the actions of sub-env(s) {np.flatnonzero(out).tolist()} are outside the action space [-1, 1]: {a[out]}",
+            "clip them (np.clip(a, -1, 1) or gymnasium.wrappers.vector.ClipAction)",
+        )
+    return np.clip(a, -1.0, 1.0)
+
+
+class GlimpseVectorEnv(VectorEnv):
+    """B :class:`envs.glimpse_env.GlimpseEnv` episodes stepped as one batch (same-step autoreset).
+
+    ``GlimpseVectorEnv(num_envs, render_mode=None, progress=True, **env_kwargs)`` takes the kwargs
+    of ``GlimpseEnv``; ``gym.make_vec("RARL-Shapes-v0", num_envs=B, **kwargs)`` builds it (the ids
+    register it as their ``vector_entry_point``; ``vectorization_mode="sync"`` still gives B
+    single envs).
+
+    Spaces: ``single_observation_space`` / ``single_action_space`` are GlimpseEnv's; the batched
+    observation is ``{"glimpses": [B, K, C, s, s] float32, "step": [B] int64}`` and the action
+    ``[B, 2]`` (``locate``) or ``[B, 2 + L]`` (``joint``).
+
+    Autoreset (``metadata["autoreset_mode"] == AutoresetMode.SAME_STEP``): the step that ends the
+    episodes (step T, every T + 1 steps) returns ``terminated`` all True and already the step-0
+    observation of the next images; ``infos`` then holds, as ``SyncVectorEnv`` does:
+
+    * ``final_obs``: object array ``[B]`` of single-env observations (zero glimpses, step T);
+    * ``final_info``: ``labels [B, L]`` int8, ``scores [B, L]``, ``boxes [B, T, K, 4]`` (pixels),
+      ``centers [B, T, 2]``, ``image_id [B]`` (object), each with its ``_key`` mask;
+    * ``image_id [B]``: the new episodes' images (also the info of ``reset``);
+    * ``_final_obs``, ``_final_info``, ``_image_id``: boolean masks ``[B]`` (all True).
+
+    Image order: sub-env ``i`` walks its own seeded permutation of the split cyclically, exactly
+    like a ``GlimpseEnv`` reset with seed ``seed + i``. ``reset(options={"index": [i_0, ...]})``
+    (or one int for all) picks the images instead. Partial resets (``reset_mask``) are refused:
+    they would break the lockstep.
+
+    The returned glimpse arrays are fresh every step (never overwritten later) but are the env's
+    own crop until the next step: do not modify them in place (the ``locate`` scorer reads them).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 2, "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, num_envs: int, render_mode: str | None = None, progress: bool = True, **env_kwargs: Any):
+        if not (isinstance(num_envs, (int, np.integer)) and not isinstance(num_envs, bool) and num_envs >= 1):
+            raise ConfigError(f"num_envs must be a positive int, got {num_envs!r}", "use e.g. num_envs=16")
+        if render_mode is not None:
+            check_choice("render_mode", render_mode, tuple(self.metadata["render_modes"]))
+        self.num_envs = int(num_envs)
+        self.render_mode = render_mode
+        self.settings = settings = EnvSettings.from_kwargs(**env_kwargs)
+        self.source = settings.source
+        self.split = settings.split
+        self.data, self.store = self.source.open_split(settings.split, progress=progress)
+        self.mode = settings.mode
+        self.classes = self.store.classes
+        self.episodes = GlimpseEpisodes(
+            num_steps=settings.num_steps,
+            glimpse_size=settings.glimpse_size,
+            scales=settings.scales,
+            ratios=settings.ratios,
+            k=settings.k,
+            scorer=self.source.region_scorer(progress=progress) if settings.mode == "locate" else None,
+        )
+        s = settings.glimpse_size
+        self._glimpse_shape = (self.episodes.num_regions, self.store.channels, s, s)
+        self.single_observation_space = spaces.Dict(
+            {"glimpses": spaces.Box(-np.inf, np.inf, self._glimpse_shape, np.float32), "step": spaces.Discrete(settings.num_steps + 1)}
+        )
+        act_dim = 2 if settings.mode == "locate" else 2 + len(self.classes)
+        self.single_action_space = spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        # per sub-env: its seeded image order [B, N] (drawn at its first / seeded reset) and cursor [B]
+        n = len(self.store)
+        self._rngs: list[np.random.Generator | None] = [None] * self.num_envs
+        self._orders = np.zeros((self.num_envs, n), dtype=np.int32 if n < 2**31 else np.int64)
+        self._cursor = np.zeros(self.num_envs, dtype=np.int64)
+        self._index: np.ndarray | None = None  # [B] current images
+        self._ids = np.asarray(self.store.image_ids, dtype=object)  # [N]
+        self._sizes = self.store.image_sizes  # [N, 2] (w, h), read once
+
+    # -- Gymnasium VectorEnv API ---------------------------------------------------------------
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None) -> tuple[ObsDict, dict]:
+        """Start B new episodes; returns the step-0 observations and ``{"image_id": [B], "_image_id": [B]}``."""
+        b, n = self.num_envs, len(self.store)
+        if isinstance(seed, (int, np.integer)):
+            super().reset(seed=int(seed))
+            seeds: list[int | None] = [int(seed) + i for i in range(b)]
+        else:
+            seeds = [None] * b if seed is None else list(seed)
+        if len(seeds) != b:
+            raise ConfigError(f"got {len(seeds)} seeds for num_envs={b}", "pass one int, None, or a list of num_envs seeds")
+        for i, s in enumerate(seeds):  # the only per-env loop: drawing the seeded orders (as GlimpseEnv.reset)
+            if s is not None or self._rngs[i] is None:
+                self._rngs[i] = seeding.np_random(s)[0]
+                self._orders[i] = self._rngs[i].permutation(n)
+                self._cursor[i] = 0
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
+        if mask is not None and not np.all(mask):
+            raise ConfigError("GlimpseVectorEnv cannot reset only some sub-envs (reset_mask)", "its episodes run in lockstep: reset all of them")
+        if "index" in options:
+            index = np.broadcast_to(np.asarray(options["index"], dtype=np.int64), (b,)).copy()
+            if ((index < 0) | (index >= n)).any():
+                raise ConfigError(f"options['index']={options['index']} is outside the split", f"use 0 <= index < {n}")
+            return self._start(index)
+        return self._start(self._next_index())
+
+    def step(self, actions: Any) -> tuple[ObsDict, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Step all B episodes with ``actions [B, A]``.
+
+        Returns ``(obs, rewards [B] float64, terminated [B] bool, truncated [B] bool, infos)``;
+        see the class docstring for the infos at the end of the episodes.
+        """
+        if self._index is None:
+            raise RuntimeError("call reset() before step()")
+        a = check_actions(actions, self.action_space, self.mode)
+        centers = torch.from_numpy(a[:, :2])
+        scores = None if self.mode == "locate" else torch.from_numpy(a[:, 2:])
+        glimpses, reward = self.episodes.step(centers, scores)
+        rewards = reward.numpy().astype(np.float64)
+        terminated = np.full(self.num_envs, self.episodes.done)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        if not self.episodes.done:
+            return self._obs(glimpses), rewards, terminated, truncated, {}
+        final_obs, final_info = self._final()
+        obs, infos = self._start(self._next_index())
+        ones = np.ones(self.num_envs, dtype=bool)
+        infos = {"final_obs": final_obs, "_final_obs": ones, "final_info": final_info, "_final_info": ones.copy(), **infos}
+        return obs, rewards, terminated, truncated, infos
+
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        """``rgb_array``: B images ``[H, W, 3]`` uint8 of the current episodes' glimpses so far."""
+        if self.render_mode != "rgb_array":
+            return None
+        if self._index is None:
+            return tuple(np.zeros((64, 64, 3), dtype=np.uint8) for _ in range(self.num_envs))
+        from rarl_gym.glimpse import boxes_to_pixels
+        from rarl_gym.render import draw_glimpses
+
+        frames = []
+        for i, index in enumerate(self._index.tolist()):  # rendering only: per-env PIL drawing
+            image = self.data.load_image(index)
+            w, h = image.size
+            frames.append(draw_glimpses(image, [boxes_to_pixels(b[i], w, h).numpy() for b in self.episodes.history]))
+        return tuple(frames)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _next_index(self) -> np.ndarray:
+        """``[B]`` the next image of each sub-env's order (vectorised), advancing the cursors."""
+        index = self._orders[np.arange(self.num_envs), self._cursor].astype(np.int64)
+        self._cursor = (self._cursor + 1) % self._orders.shape[1]
+        return index
+
+    def _start(self, index: np.ndarray) -> tuple[ObsDict, dict]:
+        self._index = index
+        feats, labels = self.store.batch(index)  # [B, C, H, W], [B, L]
+        glimpses = self.episodes.reset(feats, labels)
+        return self._obs(glimpses), {"image_id": self._ids[index], "_image_id": np.ones(self.num_envs, dtype=bool)}
+
+    def _obs(self, glimpses: torch.Tensor) -> ObsDict:
+        step = min(self.episodes.t, self.episodes.num_steps)
+        return {"glimpses": glimpses.numpy().astype(np.float32, copy=False), "step": np.full(self.num_envs, step, dtype=np.int64)}
+
+    def _final(self) -> tuple[np.ndarray, dict]:
+        """The ended episodes' ``final_obs`` (object array ``[B]``) and batched ``final_info``."""
+        b, ep = self.num_envs, self.episodes
+        zeros = np.zeros((b, *self._glimpse_shape), dtype=np.float32)
+        final_obs = np.empty(b, dtype=object)
+        final_obs[:] = [{"glimpses": zeros[i], "step": ep.num_steps} for i in range(b)]
+        wh = torch.from_numpy(self._sizes[self._index]).to(torch.float32)  # [B, 2]
+        scale = wh.repeat(1, 2)[:, None, None, :] / 2.0  # [B, 1, 1, 4] = (w, h, w, h) / 2
+        boxes = (torch.stack(ep.history, dim=1) + 1.0) * scale  # [B, T, K, 4] pixels
+        info = {
+            "labels": self.store.labels[self._index],  # fancy indexing copies
+            "scores": ep.fused.numpy().copy(),
+            "boxes": boxes.numpy(),
+            "centers": torch.stack(ep.centers, dim=1).numpy(),  # [B, T, 2]
+            "image_id": self._ids[self._index],
+        }
+        for key in list(info):
+            info[f"_{key}"] = np.ones(b, dtype=bool)
+        return final_obs, info
+
+
+class SB3VecEnvAdapter(VecEnv):
+    """A :class:`GlimpseVectorEnv` as a Stable-Baselines3 ``VecEnv`` (SB3 also autoresets in the same step).
+
+    ``step_wait`` returns ``(obs {"glimpses": [B, K, C, s, s], "step": [B]}, rewards [B] float32,
+    dones [B] bool, infos)``: ``infos`` is a list of B dicts; at the end of the episodes each holds
+    the single env's final info (``labels``, ``scores``, ``boxes``, ``centers``, ``image_id``), the
+    ``terminal_observation`` and ``TimeLimit.truncated``, as with ``DummyVecEnv``; the new
+    episodes' reset infos go to ``reset_infos``. ``seed()`` / ``set_options()`` apply at the next
+    ``reset()`` (options: only ``{"index": i}``). Wrap it in ``VecMonitor`` for episode statistics.
+
+    Attributes are shared by all sub-envs: ``get_attr`` returns the vector env's attribute once
+    per index, ``env_method`` calls the vector env's method once and repeats its result.
+    """
+
+    def __init__(self, venv: GlimpseVectorEnv):
+        self.venv = venv
+        super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
+        self._actions: np.ndarray | None = None
+
+    def reset(self) -> VecEnvObs:
+        seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
+        options = None
+        if any(self._options):
+            if not all("index" in o for o in self._options) or any(set(o) - {"index"} for o in self._options):
+                raise ConfigError(f"unsupported reset options {self._options}", "set {'index': i} for every sub-env, or no options")
+            options = {"index": [o["index"] for o in self._options]}
+        obs, infos = self.venv.reset(seed=seeds, options=options)
+        self.reset_infos = self._unbatch(infos)
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, terminated, truncated, infos = self.venv.step(self._actions)
+        dones = terminated | truncated
+        timeouts = (truncated & ~terminated).tolist()
+        if not dones.any():
+            return obs, rewards.astype(np.float32), dones, [{"TimeLimit.truncated": t} for t in timeouts]
+        finals = self._unbatch(infos["final_info"])
+        for i in range(self.num_envs):
+            finals[i]["TimeLimit.truncated"] = timeouts[i]
+            finals[i]["terminal_observation"] = infos["final_obs"][i]
+        self.reset_infos = self._unbatch({k: v for k, v in infos.items() if "final_" not in k})
+        return obs, rewards.astype(np.float32), dones, finals
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        frames = self.venv.render()
+        return [None] * self.num_envs if frames is None else list(frames)
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        value = getattr(self.venv, attr_name)
+        return [value for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
+            raise ConfigError(f"cannot set {attr_name!r} on some sub-envs only", "the sub-envs share one batched env: set it on all (indices=None)")
+        setattr(self.venv, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
+        result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
+        return [result for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]
+
+    def _unbatch(self, infos: dict) -> list[dict]:
+        """Gymnasium vector infos (arrays + ``_key`` masks) -> a list of B dicts."""
+        out: list[dict] = [{} for _ in range(self.num_envs)]
+        for key, value in infos.items():
+            if key.startswith("_"):
+                continue
+            mask = infos.get(f"_{key}", np.ones(self.num_envs, dtype=bool))
+            for i in np.flatnonzero(mask):
+                out[i][key] = value[i]
+        return out
+
+
+def to_sb3(venv: GlimpseVectorEnv) -> SB3VecEnvAdapter:
+    """``venv`` as a Stable-Baselines3 ``VecEnv``."""
+    return SB3VecEnvAdapter(venv)
+
+
+__all__ = ["GlimpseVectorEnv", "SB3VecEnvAdapter", "check_actions", "to_sb3"]
