@@ -64,8 +64,8 @@ class GlimpseEnv(gym.Env):
     * ``split``: the split to draw images from (default: the training split).
     * ``root``: the dataset root (default ``$RARL_DATA/<dataset>``; unused by Shapes).
     * ``backbone``, ``pretrained``, ``input_size``: the frozen feature extractor
-      (default ``efficientnet_lite0``, ImageNet weights, 256 px for Shapes and 448 for real data).
-    * ``glimpse_size``: ``s``, the side of each region's crop (1, 3 or 7; default 1).
+      (default ``efficientnet_lite0``, ImageNet weights, 256 px for Shapes and 320 for VOC and COCO).
+    * ``glimpse_size``: ``s``, the side of each region's crop (1, 3 or 7; default 3).
     * ``num_steps``: T (default 5). ``scales``, ``ratios``: the anchors (fractions of the image
       side; aspect ratios w:h). ``k``: the reward's k.
     * ``mode``: ``"locate"`` or ``"joint"``. ``render_mode``: ``None`` or ``"rgb_array"``.

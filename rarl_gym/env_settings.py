@@ -31,7 +31,7 @@ class EnvSettings:
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
     input_size: int | None = None
-    glimpse_size: int = 1
+    glimpse_size: int = 3
     num_steps: int = 5
     mode: str = "locate"
     k: int | str = ADAPTIVE

@@ -23,8 +23,8 @@ from rarl_gym.scorer import RegionScorer, fit_region_scorer, load_scorer, save_s
 #: agents are evaluated on, and the backbone input size.
 DATASETS: dict[str, dict] = {
     "shapes": {"train_split": "train", "eval_split": "test", "input_size": 256},
-    "voc07": {"train_split": "train", "eval_split": "val", "input_size": 448},
-    "coco": {"train_split": "train2014", "eval_split": "val2014", "input_size": 448},
+    "voc07": {"train_split": "train", "eval_split": "val", "input_size": 320},
+    "coco": {"train_split": "train2014", "eval_split": "val2014", "input_size": 320},
 }
 
 

@@ -74,7 +74,8 @@ def evaluate_env_agent(args: argparse.Namespace, kind: str) -> None:
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> None:
-    from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint, pick_device, predict
+    from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint, predict
+    from rarl_gym.device import pick_device
     from rarl_gym import metrics
     from rarl_gym.env_settings import EnvSettings
 

@@ -27,7 +27,7 @@ def run_episode(env, policy, seed=0):
 def test_spaces(env):
     u = env.unwrapped
     assert env.action_space == gym.spaces.Box(-1, 1, (2,), np.float32)
-    assert env.observation_space["glimpses"].shape == (9, u.store.channels, 1, 1)
+    assert env.observation_space["glimpses"].shape == (9, u.store.channels, 3, 3)
     assert env.observation_space["step"] == gym.spaces.Discrete(6)
 
 

@@ -65,7 +65,7 @@ def test_env_and_batched_rollout_agree(small_kwargs):
     env = gym.make("RARL-Shapes-v0", mode="joint", **small_kwargs)
     store = env.unwrapped.store
     torch.manual_seed(0)
-    agent = RARLAgent(store.channels, len(store.classes), embed_dim=16, hidden_dim=16).eval()
+    agent = RARLAgent(store.channels, len(store.classes), glimpse_size=3, embed_dim=16, hidden_dim=16).eval()
     policy = RARLEnvPolicy(agent)
     for index in (0, 5):
         obs, _ = env.reset(options={"index": index})
@@ -74,7 +74,7 @@ def test_env_and_batched_rollout_agree(small_kwargs):
             obs, reward, done, _, info = env.step(policy(obs))
         feats, labels = store.batch([index])
         with torch.no_grad():
-            out = rollout(agent, feats, labels, sample=False)
+            out = rollout(agent, feats, labels, glimpse_size=3, sample=False)
         assert np.allclose(info["scores"], torch.tanh(out.fused[0]).numpy(), atol=1e-5)
         assert reward == pytest.approx(out.reward.item())
         assert np.allclose(info["centers"], out.centers[0].numpy(), atol=1e-5)

@@ -166,8 +166,8 @@ def test_train_agent_ppo_writes_a_run_refuses_overwrite_and_resumes(cli_args, tm
     assert "mAP (area)" in capsys.readouterr().out
     learned = json.loads((run / "metrics.json").read_text())["policies"]["learned"]
     assert json.loads((tmp_path / "e.json").read_text())["mAP_area"] == pytest.approx(learned["mAP_area"])
-    assert evaluate.main([str(run), "--centers", "grid", "--device", "cpu"]) == 0
-    assert (run / "eval-test-grid-1v.json").exists()
+    assert evaluate.main([str(run), "--centers", "center", "--device", "cpu"]) == 0
+    assert (run / "eval-test-center-1v.json").exists()
     capsys.readouterr()
     assert evaluate.main([str(run), "--views", "10"]) == 2
     assert "whole image only" in capsys.readouterr().err
@@ -190,3 +190,16 @@ def test_cem_trains_resumes_and_evaluates(env_kwargs, cli_args, tmp_path, capsys
     capsys.readouterr()
     assert train_agent.main(cli_args("cem", "cem-joint", "--env-kwargs", json.dumps({**env_kwargs, "mode": "joint"}))) == 2
     assert "mode='locate'" in capsys.readouterr().err
+
+
+def test_off_policy_resume_refills_the_replay_buffer(env_kwargs, tmp_path):
+    from agents.sb3.train import load_model, train_sb3
+
+    run = tmp_path / "td3"
+    small = {"learning_starts": 48, "batch_size": 16, "gradient_steps": 1, "buffer_size": 1000}
+    first = train_sb3("td3", ENV, env_kwargs, run, total_timesteps=96, seed=0, device="cpu", n_envs=2, progress=False, overrides=small)
+    assert first["num_timesteps"] == 96
+    more = train_sb3("td3", run_dir=run, total_timesteps=192, device="cpu", progress=False, resume=True)
+    assert more["num_timesteps"] == 192
+    model, config = load_model(run, "cpu")
+    assert model.learning_starts == 48 and config["overrides"] == small and not (run / "replay_buffer.pkl").exists()

@@ -95,3 +95,22 @@ def test_clean_errors(train_args, tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert evaluate.main([str(tmp_path / "junk.pt")]) == 2
     assert "not a readable rarl-gym checkpoint" in capsys.readouterr().err
+
+
+def test_ablate_prints_the_papers_tables(small_kwargs, tmp_path, capsys):
+    import ablate
+
+    kwargs = json.dumps({k: v for k, v in small_kwargs.items() if k != "progress"})
+    args = ["--env-kwargs", kwargs, "--epochs", "1", "--out", str(tmp_path / "abl"), "--only", "base", "no-lstm", "one-region", "T1"]
+    assert ablate.main(args) == 0
+    out = capsys.readouterr().out
+    for title in ("Table 3", "Table 4", "Table 5", "Table 6", "random centres", "fixed grid", "Ours-A", "T = 1"):
+        assert title in out
+    ckpt = torch.load(tmp_path / "abl" / "T1" / "checkpoint.pt", weights_only=False)
+    assert ckpt["settings"]["num_steps"] == 1
+    assert torch.load(tmp_path / "abl" / "no-lstm" / "checkpoint.pt", weights_only=False)["agent_config"]["memory"] is False
+    assert ckpt["settings"]["scales"] != torch.load(tmp_path / "abl" / "one-region" / "checkpoint.pt", weights_only=False)["settings"]["scales"]
+    # a second call reuses the finished runs
+    before = (tmp_path / "abl" / "base" / "metrics.json").stat().st_mtime_ns
+    assert ablate.main(args) == 0
+    assert (tmp_path / "abl" / "base" / "metrics.json").stat().st_mtime_ns == before

@@ -71,6 +71,8 @@ def train_cem(env_id=None, env_kwargs=None, run_dir="runs/cem-shapes", total_tim
     """Train (or resume) to ``total_timesteps`` env steps, evaluate; ``search``: population, episodes, elite_frac."""
     from tqdm.auto import tqdm
 
+    if set(search) - {"population", "episodes", "elite_frac"}:
+        raise ConfigError(f"unknown CEM option(s) {sorted(set(search) - set(DEFAULTS))}", "use population, episodes, elite_frac")
     explicit = {"env_id": env_id, "env_kwargs": env_kwargs or None, "seed": seed, **search}
     config = open_run(run_dir, DEFAULTS, explicit, resume=resume, model_file=FILE)
     total_timesteps = config["total_timesteps"] = total_timesteps or config.get("total_timesteps", 300_000)

@@ -34,34 +34,52 @@ class RARLAgent(nn.Module):
     """FC embed -> LSTM cell per region -> classifier; localization and baseline on the mean state.
 
     Args:
-        in_features: ``C * s * s``, the size of one flattened region crop.
+        channels: C, the backbone's channels.
         num_classes: L.
+        glimpse_size: s, the side of each region's crop.
+        proj_dim: the embedding is low-rank: a per-cell linear projection of the C channels
+            to ``proj_dim`` (a 1x1 convolution), then a fully-connected layer over the
+            ``proj_dim * s * s`` values. It is one fully-connected layer of rank ``proj_dim``,
+            at a fraction of the cost for C = 1280; ``proj_dim=None`` uses a full FC layer.
         embed_dim, hidden_dim: the embedding and LSTM sizes.
         sigma: standard deviation of the Gaussian location policy.
         dropout: dropout on the region features before the embedding (training only).
         recurrent_classifier: classify from the LSTM state (the paper, "Ours-C"); ``False``
             classifies each region from its embedding alone while the LSTM still drives the
             location ("Ours-B" of the paper's Table 4).
+        memory: carry the LSTM state across steps (the paper); ``False`` starts every step
+            from a zero state, so classification and location depend on the current regions
+            only ("Ours-A", no LSTM).
     """
 
     def __init__(
         self,
-        in_features: int,
+        channels: int,
         num_classes: int,
         *,
-        embed_dim: int = 512,
-        hidden_dim: int = 512,
+        glimpse_size: int = 1,
+        proj_dim: int | None = 64,
+        embed_dim: int = 256,
+        hidden_dim: int = 256,
         sigma: float = SIGMA,
         dropout: float = 0.2,
         recurrent_classifier: bool = True,
+        memory: bool = True,
     ):
         super().__init__()
-        self.in_features = in_features
+        self.channels = channels
+        self.glimpse_size = glimpse_size
+        self.proj_dim = proj_dim
+        self.embed_dim = embed_dim
+        self.dropout = dropout
         self.num_classes = num_classes
         self.hidden_dim = hidden_dim
         self.sigma = sigma
         self.recurrent_classifier = recurrent_classifier
-        self.embed = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, embed_dim), nn.ReLU())
+        self.memory = memory
+        cells = glimpse_size * glimpse_size
+        self.proj = nn.Conv2d(channels, proj_dim, 1) if proj_dim is not None else nn.Identity()
+        self.embed = nn.Sequential(nn.Dropout(dropout), nn.Flatten(), nn.Linear((proj_dim or channels) * cells, embed_dim), nn.ReLU())
         self.lstm = nn.LSTMCell(embed_dim, hidden_dim)
         self.classifier = nn.Linear(hidden_dim if recurrent_classifier else embed_dim, num_classes)
         self.locator = nn.Linear(hidden_dim, 2)
@@ -73,15 +91,27 @@ class RARLAgent(nn.Module):
         zeros = torch.zeros(batch, self.hidden_dim, device=device)
         return zeros, zeros.clone()
 
-    def forward(self, glimpses: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> AgentOutput:
+    def project(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        """The embedding's 1 x 1 projection applied to whole maps ``[B, C, H, W] -> [B, P, H, W]``.
+
+        Bilinear cropping is linear and its weights sum to one inside the image, so cropping the
+        projected map equals projecting the crops: the trainer projects each map once and crops
+        P instead of C channels (``forward(..., projected=True)``).
+        """
+        return self.proj(feature_maps)
+
+    def forward(self, glimpses: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], *, projected: bool = False) -> AgentOutput:
         """One iteration.
 
         Args:
-            glimpses: ``[B, K, C, s, s]`` region crops.
+            glimpses: ``[B, K, C, s, s]`` region crops (``[B, K, P, s, s]`` if ``projected``).
             state: ``(h_{t-1}, c_{t-1})``, each ``[B, H]``.
         """
         b, k = glimpses.shape[:2]
-        x = self.embed(glimpses.reshape(b * k, -1))  # [B*K, E]
+        crops = glimpses.flatten(0, 1)  # [B*K, C, s, s]
+        x = self.embed(crops if projected else self.proj(crops))  # [B*K, E]
+        if not self.memory:
+            state = self.initial_state(b, glimpses.device)
         h_prev, c_prev = (s.repeat_interleave(k, dim=0) for s in state)  # [B*K, H]
         h, c = self.lstm(x, (h_prev, c_prev))
         scores = self.classifier(h if self.recurrent_classifier else x).reshape(b, k, -1)  # [B,K,L]
@@ -96,15 +126,8 @@ class RARLAgent(nn.Module):
 
     def config(self) -> dict:
         """The constructor arguments (stored in checkpoints to rebuild the agent)."""
-        return {
-            "in_features": self.in_features,
-            "num_classes": self.num_classes,
-            "embed_dim": self.embed[1].out_features,
-            "hidden_dim": self.hidden_dim,
-            "sigma": self.sigma,
-            "dropout": self.embed[0].p,
-            "recurrent_classifier": self.recurrent_classifier,
-        }
+        names = ("channels", "num_classes", "glimpse_size", "proj_dim", "embed_dim", "hidden_dim", "sigma", "dropout", "recurrent_classifier", "memory")
+        return {name: getattr(self, name) for name in names}
 
 
 __all__ = ["SIGMA", "AgentOutput", "RARLAgent"]

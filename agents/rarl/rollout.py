@@ -62,11 +62,16 @@ def rollout(
     b = feature_maps.shape[0]
     device = feature_maps.device
     k_regions = len(scales) * len(ratios)
+    maps = agent.project(feature_maps)  # crop P channels instead of C (see RARLAgent.project)
+    windows = None
+    if view is not None:
+        maps, windows = _mirror(maps, *view)
     state = agent.initial_state(b, device)
     boxes = whole_image_boxes(b, k_regions, device=device)
     region_scores, log_probs, baselines, chosen = [], [], [], []
     for t in range(num_steps + 1):
-        out = agent(_crop_view(feature_maps, boxes, glimpse_size, view), state)
+        image_boxes = boxes if windows is None else view_to_image(boxes, windows)
+        out = agent(crop(maps, image_boxes, glimpse_size), state, projected=True)
         state = out.state
         if t >= 1:
             region_scores.append(out.scores)
@@ -105,15 +110,16 @@ def rollout(
     )
 
 
-def _crop_view(feature_maps, boxes, size, view):
-    """:func:`crop` of boxes given in view coordinates (mirrored crops flipped back)."""
-    if view is None:
-        return crop(feature_maps, boxes, size)
-    windows, flips = view
-    glimpses = crop(feature_maps, view_to_image(boxes, windows, flips), size)  # [B,K,C,s,s]
-    if size > 1:
-        glimpses = torch.where(flips[:, None, None, None, None], glimpses.flip(-1), glimpses)
-    return glimpses
+def _mirror(maps: torch.Tensor, windows: torch.Tensor, flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A mirrored view of a map is the un-mirrored view of the mirrored map at the mirrored window.
+
+    Mirroring each flipped map once per batch (``[B, C, H, W]``) is cheaper than flipping every
+    crop of every step. Returns the maps and the windows ``[B, 4]`` to use without flips.
+    """
+    f = flips[:, None]
+    maps = torch.where(flips[:, None, None, None], maps.flip(-1), maps)
+    mirrored = torch.stack([-windows[:, 2], windows[:, 1], -windows[:, 0], windows[:, 3]], dim=1)
+    return maps, torch.where(f, mirrored, windows)
 
 
 def classification_loss(fused: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from agents.rarl.rollout import CENTER_POLICIES, rarl_loss, rollout, scores_to_p
 from rarl_gym import metrics
 from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError
+from rarl_gym.device import pick_device
 from rarl_gym.features.store import FeatureStore
 from rarl_gym.reward import topk_overlap
 from rarl_gym.glimpse import crop as crop_regions
@@ -53,28 +54,18 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     rl_weight: float = 1.0
-    embed_dim: int = 512
-    hidden_dim: int = 512
+    proj_dim: int | None = 64
+    embed_dim: int = 256
+    hidden_dim: int = 256
     dropout: float = 0.2
+    recurrent_classifier: bool = True  # False: the paper's "Ours-B" ablation
+    memory: bool = True  # False: no recurrence ("Ours-A")
     augment_crop: float = 0.875  # side of the random training crop (the paper: (N - 64) / N); 1 = off
     eval_views: int = 1  # 1 (whole image) or 10 (4 corners + centre, mirrored)
     eval_split: str | None = None  # default: the dataset's evaluation split
     seed: int = 0
     device: str = "auto"
     progress: bool = True
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when there is a GPU, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"unknown device {name!r}", "use 'auto', 'cpu' or 'cuda[:N]'") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no GPU is visible", "use --device cpu (or auto)")
-    return device
 
 
 def distributed() -> tuple[int, int]:
@@ -97,11 +88,15 @@ def feature_batches(
 
 def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: TrainConfig) -> RARLAgent:
     return RARLAgent(
-        channels * settings.glimpse_size**2,
+        channels,
         num_classes,
+        glimpse_size=settings.glimpse_size,
+        proj_dim=config.proj_dim,
         embed_dim=config.embed_dim,
         hidden_dim=config.hidden_dim,
         dropout=config.dropout,
+        recurrent_classifier=config.recurrent_classifier,
+        memory=config.memory,
     )
 
 
@@ -125,6 +120,7 @@ def predict(
     """
     agent.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
+    batch_size = max(1, batch_size // views)  # ten views repeat each map ten times
     probs, rewards = [], []
     for lo in range(0, len(store), batch_size):
         feats, labels = store.batch(np.arange(lo, min(lo + batch_size, len(store))), device)
@@ -333,4 +329,4 @@ def evaluate_run(
     return {"split": store.meta["key"]["split"], "views": config.eval_views, "policies": policies, "reports": reports}
 
 
-__all__ = ["TrainConfig", "agent_from_checkpoint", "evaluate_run", "load_checkpoint", "pick_device", "predict", "train"]
+__all__ = ["TrainConfig", "agent_from_checkpoint", "evaluate_run", "load_checkpoint", "predict", "train"]

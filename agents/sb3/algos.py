@@ -12,7 +12,8 @@ Defaults (any can be overridden through ``make_agent(..., **overrides)``):
   episode boundary (all envs start together and episodes have a fixed length, so no return is cut
   by a rollout edge); ``log_std_init=-1`` (std 0.37 on the [-1, 1] centre square instead of 1,
   which would put most samples on the clipped border). PPO / RecurrentPPO: 16 episodes per env per
-  rollout, minibatches of 128, 10 epochs. A2C: 2 episodes per env per update and
+  rollout, minibatches of up to 128 (a divisor of
+  the rollout), 10 epochs. A2C: 2 episodes per env per update and
   ``gae_lambda=1`` (Monte Carlo returns: the rollout holds whole episodes);
 * off-policy (SAC, TD3): a replay buffer of at most 100 000 transitions and at most
   :data:`MEMORY_BUDGET` bytes (SB3's ``DictReplayBuffer`` keeps observation and next observation,
@@ -70,7 +71,8 @@ def default_hyperparams(algo: str, env: VecEnv) -> dict[str, Any]:
         if algo == "a2c":
             kwargs["gae_lambda"] = 1.0
         else:
-            kwargs.update(batch_size=min(128, n_steps * env.num_envs), n_epochs=10, gae_lambda=0.95)
+            rollout = n_steps * env.num_envs  # minibatches: the largest divisor of the rollout up to 128
+            kwargs.update(batch_size=max(d for d in range(1, 129) if rollout % d == 0), n_epochs=10, gae_lambda=0.95)
         if algo == "recurrentppo":
             policy_kwargs["lstm_hidden_size"] = 128
         return {**kwargs, "policy_kwargs": policy_kwargs}

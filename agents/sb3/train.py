@@ -1,9 +1,9 @@
 """Training an SB3 agent on a glimpse env: run folder, TensorBoard, resume, evaluation.
 
 ``train_sb3("ppo", ...)`` trains on a vector of ``n_envs`` envs, logs to ``run_dir/tb``, saves
-SB3's own format (``run_dir/model.zip``, plus ``replay_buffer.pkl`` for SAC / TD3, and
-``run.json``: the configuration), then evaluates on the evaluation split with the learned,
-random and fixed (image middle) centres and writes ``run_dir/metrics.json``.
+SB3's own format (``run_dir/model.zip``, and ``run.json``: the configuration), then evaluates
+on the evaluation split (:func:`agents.sb3.common.evaluate_run`: learned, random, middle and grid
+centres, and the global-image classifier) and writes ``run_dir/metrics.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from agents.sb3.common import evaluate_run, load_run_config, log_eval, open_run,
 from rarl_gym.errors import CheckpointError, check_choice
 
 MODEL = "model.zip"
-REPLAY = "replay_buffer.pkl"
 #: Defaults of a run's configuration (``run.json``).
 DEFAULTS = {"env_id": "RARL-Shapes-v0", "env_kwargs": {}, "seed": 0, "n_envs": 8, "overrides": {}}
 
@@ -69,13 +68,14 @@ def make_vec(env_id: str, env_kwargs: dict, n_envs: int, seed: int, progress: bo
 
 
 def save_model(model: BaseAlgorithm, run_dir: Path, config: dict) -> None:
-    """``model.zip`` (atomically), the replay buffer of an off-policy agent, ``run.json``."""
+    """``model.zip`` (atomically) and ``run.json``.
+
+    The replay buffer of SAC / TD3 is not saved: SB3 pickles it whole, as allocated (up to
+    :data:`agents.sb3.algos.MEMORY_BUDGET`); a resumed run refills it first (see :func:`train_sb3`).
+    """
     tmp = run_dir / (MODEL + ".tmp")
     model.save(tmp)
     os.replace(tmp, run_dir / MODEL)
-    if config["algo"] in OFF_POLICY:
-        model.save_replay_buffer(run_dir / (REPLAY + ".tmp"))
-        os.replace(run_dir / (REPLAY + ".tmp"), run_dir / REPLAY)
     save_run_config(run_dir, {**config, "num_timesteps": int(model.num_timesteps)})
 
 
@@ -110,9 +110,9 @@ def train_sb3(
 
     ``env_id``, ``env_kwargs``, ``seed``, ``n_envs``, ``overrides`` (hyperparameters of
     :func:`agents.sb3.algos.make_agent`): ``None`` takes the default, or the resumed run's (given
-    ones must then agree with it). ``total_timesteps`` is the run's total (default 300 000, or the resumed run's): a
-    resumed run trains ``total_timesteps - num_timesteps`` more steps (none if that is not
-    positive: it is only evaluated again).
+    ones must then agree with it). ``total_timesteps`` is the run's total (default 300 000, or
+    the resumed run's): a resumed run trains ``total_timesteps - num_timesteps`` more steps (none
+    if that is not positive: it is only evaluated again).
     """
     from agents.rarl.trainer import pick_device
 
@@ -128,8 +128,6 @@ def train_sb3(
     if resume:
         model, _ = load_model(run_dir, device, env)
         model.tensorboard_log = tb
-        if algo in OFF_POLICY and (run_dir / REPLAY).exists():
-            model.load_replay_buffer(run_dir / REPLAY)
     else:
         model = make_agent(algo, env, seed=config["seed"], tensorboard_log=tb, device=device, **config["overrides"])
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -137,12 +135,19 @@ def train_sb3(
     start = time.perf_counter()
     if remaining > 0:
         callback = TqdmCallback(f"train {algo}") if progress else None
+        refill = resume and algo in OFF_POLICY  # the replay buffer starts empty: refill it before updating
+        if refill:
+            starts, model.learning_starts = model.learning_starts, model.num_timesteps + model.learning_starts
+        interrupted = False
         try:
             model.learn(remaining, callback=callback, reset_num_timesteps=not resume, tb_log_name=algo)
-        except KeyboardInterrupt:
-            save_model(model, run_dir, config)
-            raise
+        except KeyboardInterrupt:  # keep what was learnt (continue with --resume)
+            interrupted = True
+        if refill:
+            model.learning_starts = starts
         save_model(model, run_dir, config)
+        if interrupted:
+            raise KeyboardInterrupt
     train_seconds = time.perf_counter() - start
     env.close()
     results = evaluate_run(model, config["env_id"], config["env_kwargs"], seed=config["seed"])
