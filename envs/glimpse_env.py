@@ -93,14 +93,7 @@ class GlimpseEnv(gym.Env):
         self.mode = settings.mode
         self.render_mode = render_mode
         self.classes = self.store.classes
-        self.episodes = GlimpseEpisodes(
-            num_steps=settings.num_steps,
-            glimpse_size=settings.glimpse_size,
-            scales=settings.scales,
-            ratios=settings.ratios,
-            k=settings.k,
-            scorer=self.source.region_scorer(progress=progress) if settings.mode == "locate" else None,
-        )
+        self.episodes = GlimpseEpisodes.from_settings(settings, progress=progress)
         num_regions = self.episodes.num_regions
         num_classes = len(self.classes)
         obs_shape = (num_regions, self.store.channels, settings.glimpse_size, settings.glimpse_size)

@@ -103,14 +103,7 @@ class GlimpseVectorEnv(VectorEnv):
         self.data, self.store = self.source.open_split(settings.split, progress=progress)
         self.mode = settings.mode
         self.classes = self.store.classes
-        self.episodes = GlimpseEpisodes(
-            num_steps=settings.num_steps,
-            glimpse_size=settings.glimpse_size,
-            scales=settings.scales,
-            ratios=settings.ratios,
-            k=settings.k,
-            scorer=self.source.region_scorer(progress=progress) if settings.mode == "locate" else None,
-        )
+        self.episodes = GlimpseEpisodes.from_settings(settings, progress=progress)
         s = settings.glimpse_size
         self._glimpse_shape = (self.episodes.num_regions, self.store.channels, s, s)
         self.single_observation_space = spaces.Dict(

@@ -23,6 +23,9 @@ DEFAULT_RATIOS: tuple[float, ...] = (2.0, 1.0, 0.5)
 
 WHOLE_IMAGE = (-1.0, -1.0, 1.0, 1.0)
 
+#: A fixed set of windows: the image middle, then the centres of the four quadrants (cycling).
+FIXED_GRID: tuple[tuple[float, float], ...] = ((0.0, 0.0), (-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5))
+
 
 def anchor_offsets(
     scales: Sequence[float] = DEFAULT_SCALES,
@@ -206,6 +209,7 @@ def ten_views(crop: float, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
 
 __all__ = [
     "DEFAULT_RATIOS",
+    "FIXED_GRID",
     "DEFAULT_SCALES",
     "anchor_boxes",
     "anchor_offsets",

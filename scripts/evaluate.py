@@ -28,9 +28,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default=None, help="split to evaluate (default: the dataset's evaluation split)")
     p.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="1 view or the ten-view test")
-    p.add_argument("--centers", default="learned", choices=["learned", "random", "center"], help="where the glimpses go")
+    p.add_argument("--centers", default="learned", choices=["learned", "random", "center", "grid"], help="where the glimpses go")
     p.add_argument("--out", default=None, help="JSON file (default: <run folder>/eval-<split>-<centers>-<views>v.json)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--compare", action="store_true", help="every row of the training table: learned, random, center and grid centres, and the global classifier")
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
@@ -91,17 +92,33 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     agent = agent_from_checkpoint(ckpt).to(device)
     crop = ckpt["config"].get("augment_crop", 0.875)
+    ckpt_path = Path(args.checkpoint)
+    run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
+    if args.compare:
+        return _compare(args, ckpt, agent, store, settings, device, run_dir, split)
     probs, rewards = predict(agent, store, settings, centers=args.centers, views=args.views, crop=crop, device=device)
     report = metrics.evaluate(probs, store.labels, classes=store.classes)
     print(f"{settings.dataset} split {split!r}, {args.views} view(s), {args.centers} centres, mean reward {rewards.mean():.3f}")
     print(report.markdown() if args.markdown else report.table())
-    ckpt_path = Path(args.checkpoint)
-    run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
     out = Path(args.out) if args.out else run_dir / f"eval-{split}-{args.centers}-{args.views}v.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"split": split, "views": args.views, "centers": args.centers, "reward": float(rewards.mean()), **report.to_dict()}
     out.write_text(json.dumps(result, indent=1))
     print(f"\nJSON: {out}")
+
+
+def _compare(args, ckpt, agent, store, settings, device, run_dir: Path, split: str) -> None:
+    """Every row of the trainer's final table (all centre policies and the global classifier)."""
+    from agents.rarl.trainer import TrainConfig, evaluate_run
+    from rarl_gym.cli import print_results
+
+    config = TrainConfig(**{**ckpt["config"], "eval_views": args.views})
+    _, train_store = settings.source.open_split(settings.split)
+    results = evaluate_run(agent, store, settings, config, device=device, train_store=train_store)
+    out = Path(args.out) if args.out else run_dir / f"compare-{split}-{args.views}v.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({k: v for k, v in results.items() if k != "reports"}, indent=1))
+    print_results(results, out)
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,7 @@ from rarl_gym.cli import env_overrides, print_results, run_cli  # noqa: E402
 from rarl_gym.errors import ConfigError  # noqa: E402
 
 #: Command-line options that set a TrainConfig field of the same name.
-CONFIG_OPTIONS = ("epochs", "batch_size", "lr", "seed", "eval_views")
+CONFIG_OPTIONS = ("epochs", "batch_size", "lr", "seed", "eval_views", "eval_split")
 #: The agents trained through the env (Stable-Baselines3's and agents/custom's).
 ENV_ALGOS = ("ppo", "a2c", "sac", "td3", "recurrentppo", "cem")
 
@@ -41,11 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--env-kwargs", default="{}", help='JSON object of env kwargs, e.g. \'{"glimpse_size": 3}\'')
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<algo>-<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir (same options; --epochs may grow)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs over the training split (default 30)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs over the training split (default 15)")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 64)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-4)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--eval-views", type=int, choices=[1, 10], default=None, help="1 view or the ten-view test")
+    p.add_argument("--eval-split", default=None, help="split of the final evaluation (default: the dataset's: test, val, val2014)")
     p.add_argument("--total-timesteps", type=int, default=None, help="env steps of the run, not rarl (default 300000; on --resume the new total)")
     p.add_argument("--n-envs", type=int, default=None, help="parallel envs of an SB3 agent (default 8)")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu or cuda")
@@ -83,7 +84,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _train_env_agent(args: argparse.Namespace) -> None:
     """SB3 agents (agents/sb3) and custom ones (agents/custom): env steps instead of epochs."""
-    rarl_only = [f"--{n.replace('_', '-')}" for n in ("epochs", "batch_size", "eval_views") if getattr(args, n) is not None]
+    rarl_only = [f"--{n.replace('_', '-')}" for n in ("epochs", "batch_size", "eval_views", "eval_split") if getattr(args, n) is not None]
     if rarl_only or (args.algo == "cem" and (args.lr is not None or args.n_envs is not None)):
         raise ConfigError(f"{', '.join(rarl_only) or '--lr / --n-envs'} do(es) not apply to --algo {args.algo}", "use --total-timesteps")
     run_dir = args.run_dir or f"runs/{args.algo}-{(args.env or 'RARL-Shapes-v0').split('-')[1].lower()}"

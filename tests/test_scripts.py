@@ -58,6 +58,11 @@ def test_train_writes_a_run_and_prints_the_table(train_args, tmp_path, capsys):
     assert result["mAP_area"] == pytest.approx(metrics["policies"]["learned"]["mAP_area"])
     assert evaluate.main([str(run), "--views", "10", "--out", str(tmp_path / "e10.json")]) == 0
     assert json.loads((tmp_path / "e10.json").read_text())["views"] == 10
+    assert evaluate.main([str(run), "--compare", "--out", str(tmp_path / "cmp.json")]) == 0
+    assert "global" in capsys.readouterr().out
+    compared = json.loads((tmp_path / "cmp.json").read_text())["policies"]
+    assert compared["learned"]["mAP_area"] == pytest.approx(metrics["policies"]["learned"]["mAP_area"])
+    assert compared["global"]["mAP_area"] == pytest.approx(metrics["policies"]["global"]["mAP_area"])
 
     # visualize.py draws Figure 2: one PNG per image, the regions on the picture
     assert visualize.main([str(run), "--images", "0", "3", "--out", str(tmp_path / "fig")]) == 0

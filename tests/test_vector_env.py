@@ -80,7 +80,7 @@ def test_equals_single_envs_across_autoresets(small_kwargs, num_envs, mode):
 def test_final_info_and_options(venv):
     obs, info = venv.reset(options={"index": [5, 6, 7]})
     assert list(info["image_id"]) == [venv.store.image_ids[i] for i in (5, 6, 7)]
-    assert (obs["step"] == 0).all() and obs["glimpses"].shape == (3, 9, venv.store.channels, 1, 1)
+    assert (obs["step"] == 0).all() and obs["glimpses"].shape == (3, 9, venv.store.channels, 3, 3)
     for _ in range(6):
         obs, reward, terminated, truncated, info = venv.step(np.zeros((3, 2), np.float32))
     assert terminated.all() and not truncated.any() and (obs["step"] == 0).all()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rarl_gym.glimpse import FIXED_GRID
+
 #: The paper's standard deviation of the location policy, in [-1, 1] image coordinates.
 SIGMA = 0.11
 
@@ -50,6 +52,10 @@ class RARLAgent(nn.Module):
         memory: carry the LSTM state across steps (the paper); ``False`` starts every step
             from a zero state, so classification and location depend on the current regions
             only ("Ours-A", no LSTM).
+        location_prior: ``"grid"`` adds the localization output to the t-th centre of
+            :data:`rarl_gym.glimpse.FIXED_GRID` (so an untrained agent looks like the fixed grid
+            and REINFORCE learns where to deviate from it); ``"none"`` is the paper's absolute
+            centre.
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class RARLAgent(nn.Module):
         dropout: float = 0.2,
         recurrent_classifier: bool = True,
         memory: bool = True,
+        location_prior: str = "grid",
     ):
         super().__init__()
         self.channels = channels
@@ -77,6 +84,9 @@ class RARLAgent(nn.Module):
         self.sigma = sigma
         self.recurrent_classifier = recurrent_classifier
         self.memory = memory
+        if location_prior not in ("grid", "none"):
+            raise ValueError(f"location_prior must be 'grid' or 'none', got {location_prior!r}")
+        self.location_prior = location_prior
         cells = glimpse_size * glimpse_size
         self.proj = nn.Conv2d(channels, proj_dim, 1) if proj_dim is not None else nn.Identity()
         self.embed = nn.Sequential(nn.Dropout(dropout), nn.Flatten(), nn.Linear((proj_dim or channels) * cells, embed_dim), nn.ReLU())
@@ -90,6 +100,13 @@ class RARLAgent(nn.Module):
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         zeros = torch.zeros(batch, self.hidden_dim, device=device)
         return zeros, zeros.clone()
+
+    def center_mean(self, loc_mean: torch.Tensor, t: int) -> torch.Tensor:
+        """Mean ``[B, 2]`` of the centre chosen at step ``t`` (for step ``t + 1``), in [-1, 1]."""
+        if self.location_prior == "none":
+            return loc_mean
+        prior = loc_mean.new_tensor(FIXED_GRID[t % len(FIXED_GRID)])
+        return (prior + loc_mean).clamp(-1.0, 1.0)
 
     def project(self, feature_maps: torch.Tensor) -> torch.Tensor:
         """The embedding's 1 x 1 projection applied to whole maps ``[B, C, H, W] -> [B, P, H, W]``.
@@ -126,7 +143,7 @@ class RARLAgent(nn.Module):
 
     def config(self) -> dict:
         """The constructor arguments (stored in checkpoints to rebuild the agent)."""
-        names = ("channels", "num_classes", "glimpse_size", "proj_dim", "embed_dim", "hidden_dim", "sigma", "dropout", "recurrent_classifier", "memory")
+        names = ("channels", "num_classes", "glimpse_size", "proj_dim", "embed_dim", "hidden_dim", "sigma", "dropout", "recurrent_classifier", "memory", "location_prior")
         return {name: getattr(self, name) for name in names}
 
 

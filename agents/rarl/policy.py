@@ -30,7 +30,7 @@ class RARLEnvPolicy:
         glimpses = torch.as_tensor(obs["glimpses"])[None]  # [1,K,C,s,s]
         out = self.agent(glimpses, self.state)
         self.state = out.state
-        loc = out.loc_mean[0]
+        loc = self.agent.center_mean(out.loc_mean, int(obs["step"]))[0]
         if not self.deterministic:
             loc = loc + self.agent.sigma * torch.randn(2, generator=self.generator)
         scores = torch.tanh(out.scores[0].amax(0))  # [L]

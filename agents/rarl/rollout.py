@@ -14,13 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from agents.rarl.model import RARLAgent
-from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES, anchor_boxes, crop, fuse, view_to_image, whole_image_boxes
+from rarl_gym.glimpse import FIXED_GRID, DEFAULT_RATIOS, DEFAULT_SCALES, anchor_boxes, crop, fuse, view_to_image, whole_image_boxes
 from rarl_gym.reward import ADAPTIVE, topk_overlap
 
 #: Where the centres come from: the agent's policy, uniform random, the image middle, or a fixed
-#: grid (the middle, then the centres of the four quadrants, cycling).
+#: grid (:data:`rarl_gym.glimpse.FIXED_GRID`).
 CENTER_POLICIES = ("learned", "random", "center", "grid")
-GRID = ((0.0, 0.0), (-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5))
 
 
 @dataclass
@@ -46,18 +45,23 @@ def rollout(
     sample: bool = True,
     generator: torch.Generator | None = None,
     view: tuple[torch.Tensor, torch.Tensor] | None = None,
+    explore: float = 0.0,
 ) -> Rollout:
     """Run B episodes of ``num_steps`` glimpses.
 
     Args:
         feature_maps: ``[B, C, H, W]``; labels: ``[B, L]`` (1 / 0 / -1).
         centers: ``"learned"`` (the agent's Gaussian policy), ``"random"`` (uniform in [-1, 1]^2),
-            ``"center"`` (always the image middle) or ``"grid"`` (:data:`GRID`, a fixed set of
-            windows); the agent classifies in every case.
+            ``"center"`` (always the image middle) or ``"grid"`` (:data:`FIXED_GRID`, a fixed
+            set of windows); the agent classifies in every case.
         sample: draw centres from the Gaussian (training); ``False`` takes its mean (test).
         view: ``(windows [B, 4], flips [B])``: each episode sees only that (mirrored) window of
             its image (augmentation, ten-view test; :func:`rarl_gym.glimpse.random_views`).
             Centres and boxes are then in the view's coordinates.
+        explore: with ``centers="learned"``, the fraction of episodes whose centres are drawn
+            uniformly instead (their log-probabilities are zero, so REINFORCE ignores them).
+            The classifier then learns regions everywhere, not only where the current policy
+            looks, so that looking elsewhere is not punished by an untrained classifier.
     """
     b = feature_maps.shape[0]
     device = feature_maps.device
@@ -69,6 +73,9 @@ def rollout(
     state = agent.initial_state(b, device)
     boxes = whole_image_boxes(b, k_regions, device=device)
     region_scores, log_probs, baselines, chosen = [], [], [], []
+    explorer = None
+    if explore > 0 and centers == "learned" and sample:
+        explorer = torch.rand(b, generator=generator, device=device) < explore  # [B]
     for t in range(num_steps + 1):
         image_boxes = boxes if windows is None else view_to_image(boxes, windows)
         out = agent(crop(maps, image_boxes, glimpse_size), state, projected=True)
@@ -78,12 +85,17 @@ def rollout(
         if t == num_steps:
             break
         if centers == "learned":
-            mean = out.loc_mean
+            mean = agent.center_mean(out.loc_mean, t)
             if sample:
                 noise = torch.randn(mean.shape, generator=generator, device=device)
                 loc = (mean + agent.sigma * noise).detach()  # REINFORCE: no gradient through the sample
                 dist = torch.distributions.Normal(mean, agent.sigma)
-                log_probs.append(dist.log_prob(loc).sum(-1))
+                log_prob = dist.log_prob(loc).sum(-1)
+                if explorer is not None:
+                    uniform = torch.rand(b, 2, generator=generator, device=device) * 2 - 1
+                    loc = torch.where(explorer[:, None], uniform, loc)
+                    log_prob = log_prob.masked_fill(explorer, 0.0)
+                log_probs.append(log_prob)
             else:
                 loc = mean.detach()
                 log_probs.append(torch.zeros(b, device=device))
@@ -92,7 +104,7 @@ def rollout(
             loc = torch.rand(b, 2, generator=generator, device=device) * 2 - 1
             log_probs.append(torch.zeros(b, device=device))
         elif centers in ("center", "grid"):
-            xy = (0.0, 0.0) if centers == "center" else GRID[t % len(GRID)]
+            xy = (0.0, 0.0) if centers == "center" else FIXED_GRID[t % len(FIXED_GRID)]
             loc = torch.tensor(xy, device=device).expand(b, 2)
             log_probs.append(torch.zeros(b, device=device))
         else:

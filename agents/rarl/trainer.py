@@ -49,9 +49,9 @@ class TrainConfig:
     env_id: str = "RARL-Shapes-v0"
     env_kwargs: dict = field(default_factory=dict)  # overrides of the env's registered kwargs
     run_dir: str = "runs/rarl-shapes"
-    epochs: int = 30
+    epochs: int = 15
     batch_size: int = 64
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     rl_weight: float = 1.0
     proj_dim: int | None = 64
@@ -60,6 +60,8 @@ class TrainConfig:
     dropout: float = 0.2
     recurrent_classifier: bool = True  # False: the paper's "Ours-B" ablation
     memory: bool = True  # False: no recurrence ("Ours-A")
+    location_prior: str = "grid"  # "none": the paper's absolute centres
+    explore: float = 0.5  # fraction of training episodes with uniform random centres
     augment_crop: float = 0.875  # side of the random training crop (the paper: (N - 64) / N); 1 = off
     eval_views: int = 1  # 1 (whole image) or 10 (4 corners + centre, mirrored)
     eval_split: str | None = None  # default: the dataset's evaluation split
@@ -97,6 +99,7 @@ def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: 
         dropout=config.dropout,
         recurrent_classifier=config.recurrent_classifier,
         memory=config.memory,
+        location_prior=config.location_prior,
     )
 
 
@@ -261,7 +264,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
             view = None
             if config.augment_crop < 1.0:
                 view = random_views(feats.shape[0], config.augment_crop, generator=device_gen, device=device)
-            out = rollout(model if world == 1 else model.module, feats, labels, **settings.rollout_kwargs(), generator=device_gen, view=view)
+            out = rollout(model if world == 1 else model.module, feats, labels, **settings.rollout_kwargs(), generator=device_gen, view=view, explore=config.explore)
             losses = rarl_loss(out, labels, rl_weight=config.rl_weight)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()

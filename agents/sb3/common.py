@@ -25,6 +25,7 @@ import numpy as np
 from rarl_gym import metrics
 from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError, check_choice
+from rarl_gym.glimpse import FIXED_GRID
 
 #: The run configuration written beside the model (what ``--resume`` and evaluate.py read).
 RUN_CONFIG = "run.json"
@@ -33,7 +34,6 @@ RUN_FILES = ("checkpoint.pt", "model.zip", "cem.npz", RUN_CONFIG)
 #: Where the glimpses go in the evaluation: the policy's centres, uniform random, the image middle,
 #: a fixed grid (the middle, then the centres of the four quadrants, cycling; as the RARL trainer).
 CENTER_POLICIES = ("learned", "random", "center", "grid")
-GRID = ((0.0, 0.0), (-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5))
 
 
 def make_env(env_id: str, env_kwargs: dict, *, split: str | None = None, progress: bool = False) -> gym.Env:
@@ -165,7 +165,7 @@ def evaluate_policy_on_split(
 
     The probabilities come from the final ``info["scores"]`` (:func:`scores_to_probs`).
     ``centers="random"`` / ``"center"`` / ``"grid"`` replace the centre of the policy's actions by
-    a uniform random point (seeded) / the image middle / :data:`GRID` (step t: ``GRID[t % 5]``);
+    a uniform random point (seeded) / the image middle / :data:`FIXED_GRID` (step t: ``FIXED_GRID[t % 5]``);
     the rest of the action (the label scores of ``mode="joint"``) and the policy's state stay the
     policy's: the same model with other centres, as in the RARL trainer's comparison.
     """
@@ -184,7 +184,7 @@ def evaluate_policy_on_split(
             if centers == "random":
                 actions[:, :2] = rng.uniform(-1.0, 1.0, (b, 2))
             elif centers in ("center", "grid"):
-                actions[:, :2] = (0.0, 0.0) if centers == "center" else GRID[t % len(GRID)]
+                actions[:, :2] = (0.0, 0.0) if centers == "center" else FIXED_GRID[t % len(FIXED_GRID)]
             first[:], t = False, t + 1
             obs, reward, terminated, truncated, infos = venv.step(np.clip(actions, -1.0, 1.0))
             ret += reward
@@ -259,7 +259,6 @@ def check_views(views: int) -> None:
 
 __all__ = [
     "CENTER_POLICIES",
-    "GRID",
     "RUN_CONFIG",
     "RUN_FILES",
     "SplitPredictions",

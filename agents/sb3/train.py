@@ -20,6 +20,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 from agents.sb3.algos import ALGOS, OFF_POLICY, make_agent
 from agents.sb3.common import evaluate_run, load_run_config, log_eval, open_run, save_run_config, write_metrics
+from rarl_gym.device import pick_device
 from rarl_gym.errors import CheckpointError, check_choice
 
 MODEL = "model.zip"
@@ -114,8 +115,6 @@ def train_sb3(
     the resumed run's): a resumed run trains ``total_timesteps - num_timesteps`` more steps (none
     if that is not positive: it is only evaluated again).
     """
-    from agents.rarl.trainer import pick_device
-
     check_choice("algo", algo, tuple(ALGOS))
     run_dir = Path(run_dir)
     explicit = {"algo": algo, "env_id": env_id, "env_kwargs": env_kwargs or None, "seed": seed, "n_envs": n_envs, "overrides": overrides or None}
