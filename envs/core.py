@@ -21,7 +21,8 @@ class GlimpseEpisodes:
 
     Step ``t`` (``0 <= t <= T``) takes the next centre and the scores of the regions shown at
     ``t``; the scores of steps ``1..T`` are fused by category-wise max (step 0 shows the whole
-    image and only decides the first centre, as in the paper). After step ``T`` the episode ends
+    image and only decides the first centre, as in the paper; ``fuse_whole_image=True`` fuses
+    its scores too). After step ``T`` the episode ends
     with the top-k overlap reward of the fused scores.
     """
 
@@ -34,6 +35,7 @@ class GlimpseEpisodes:
         ratios: Sequence[float],
         k: int | str,
         scorer: RegionScorer | None = None,
+        fuse_whole_image: bool = False,
     ):
         self.num_steps = num_steps
         self.glimpse_size = glimpse_size
@@ -41,6 +43,7 @@ class GlimpseEpisodes:
         self.ratios = tuple(ratios)
         self.k = k
         self.scorer = scorer
+        self.fuse_whole_image = fuse_whole_image
         self.num_regions = len(self.scales) * len(self.ratios)
         self.t = 0
 
@@ -54,6 +57,7 @@ class GlimpseEpisodes:
             scales=settings.scales,
             ratios=settings.ratios,
             k=settings.k,
+            fuse_whole_image=settings.fuse_whole_image,
             scorer=settings.source.region_scorer(progress=progress) if settings.mode == "locate" else None,
         )
 
@@ -92,7 +96,7 @@ class GlimpseEpisodes:
         """
         if self.done:
             raise RuntimeError("the episodes are over: call reset() first")
-        if self.t >= 1:
+        if self.t >= 1 or self.fuse_whole_image:
             step_scores = self.region_scores() if scores is None else scores
             self.fused = torch.maximum(self.fused, step_scores.to(self.fused.dtype))
         if self.t == self.num_steps:

@@ -67,7 +67,8 @@ class GlimpseEnv(gym.Env):
       (default ``efficientnet_lite0``, ImageNet weights, 256 px for Shapes and 320 for VOC and COCO).
     * ``glimpse_size``: ``s``, the side of each region's crop (1, 3 or 7; default 3).
     * ``num_steps``: T (default 5). ``scales``, ``ratios``: the anchors (fractions of the image
-      side; aspect ratios w:h). ``k``: the reward's k.
+      side; aspect ratios w:h). ``k``: the reward's k. ``fuse_whole_image``: fuse the scores of
+      step 0 (the whole image) with those of the glimpses (default ``False``, the paper).
     * ``mode``: ``"locate"`` or ``"joint"``. ``render_mode``: ``None`` or ``"rgb_array"``.
     * ``cache_dir``: the feature cache (default ``$RARL_CACHE`` or ``~/.cache/rarl_gym``).
     * ``dataset_kwargs``: passed to the dataset (Shapes: ``num_images``, ``image_size``, ``seed``).

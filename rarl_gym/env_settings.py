@@ -35,6 +35,7 @@ class EnvSettings:
     num_steps: int = 5
     mode: str = "locate"
     k: int | str = ADAPTIVE
+    fuse_whole_image: bool = False
     scales: tuple[float, ...] = DEFAULT_SCALES
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     cache_dir: str | None = None
@@ -75,7 +76,14 @@ class EnvSettings:
 
     def rollout_kwargs(self) -> dict:
         """The episode shape: what :func:`agents.rarl.rollout.rollout` needs."""
-        return {"num_steps": self.num_steps, "glimpse_size": self.glimpse_size, "scales": self.scales, "ratios": self.ratios, "k": self.k}
+        return {
+            "num_steps": self.num_steps,
+            "glimpse_size": self.glimpse_size,
+            "scales": self.scales,
+            "ratios": self.ratios,
+            "k": self.k,
+            "fuse_whole_image": self.fuse_whole_image,
+        }
 
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}

@@ -34,6 +34,13 @@ class RegionScorer(nn.Module):
         return self.linear(glimpses.mean(dim=(-2, -1)))
 
 
+def seeded_scorer(channels: int, num_classes: int, seed: int) -> RegionScorer:
+    """A :class:`RegionScorer` initialised from ``seed`` alone (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return RegionScorer(channels, num_classes)
+
+
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy ``[B, L]`` against labels 1 / 0, difficult (-1) entries ignored."""
     mask = (labels >= 0).to(logits.dtype)
@@ -81,7 +88,7 @@ def fit_region_scorer(
     """
     generator = torch.Generator(device=features.device).manual_seed(seed)
     n, c = features.shape[:2]
-    scorer = RegionScorer(c, labels.shape[1]).to(features.device)
+    scorer = seeded_scorer(c, labels.shape[1], seed).to(features.device)
     opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(epochs):
         for idx in torch.randperm(n, generator=generator, device=features.device).split(batch_size):
@@ -105,7 +112,7 @@ def fit_global_classifier(
 ) -> RegionScorer:
     """The global-image linear classifier (CNN-SVM / VeryDeep analogue): BCE on pooled features ``[N, C]``."""
     generator = torch.Generator().manual_seed(seed)
-    scorer = RegionScorer(pooled.shape[1], labels.shape[1])
+    scorer = seeded_scorer(pooled.shape[1], labels.shape[1], seed)
     opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(epochs):
         for idx in torch.randperm(len(pooled), generator=generator).split(batch_size):

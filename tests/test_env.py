@@ -99,6 +99,21 @@ def test_joint_mode_scores_come_from_the_action(small_kwargs):
     assert np.allclose(info["scores"], perfect[2:])
 
 
+def test_fuse_whole_image_counts_the_scores_of_step_0(small_kwargs):
+    scores = {}
+    for fuse_whole in (False, True):
+        env = gym.make("RARL-Shapes-v0", mode="joint", fuse_whole_image=fuse_whole, **small_kwargs)
+        env.reset(options={"index": 2})
+        labels = env.unwrapped.store.labels[2]
+        perfect = np.concatenate([[0.0, 0.0], np.where(labels == 1, 1.0, -1.0)]).astype(np.float32)
+        wrong = np.concatenate([[0.0, 0.0], np.where(labels == 1, -1.0, 0.0)]).astype(np.float32)
+        for action in [perfect] + [wrong] * 5:
+            _, reward, _, _, info = env.step(action)
+        scores[fuse_whole] = (reward, info["scores"])
+    assert scores[False][0] == 0.0 and np.allclose(scores[False][1], wrong[2:])
+    assert scores[True][0] == 1.0 and np.allclose(scores[True][1], np.maximum(perfect[2:], wrong[2:]))
+
+
 def test_bad_kwargs_and_actions(small_kwargs):
     with pytest.raises(ConfigError, match="did you mean 'glimpse_size'"):
         gym.make("RARL-Shapes-v0", glimpse_sise=3, **small_kwargs)

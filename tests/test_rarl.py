@@ -60,9 +60,10 @@ def test_center_policies():
         rollout(agent, feats, labels, centers="spiral")
 
 
-def test_env_and_batched_rollout_agree(small_kwargs):
+@pytest.mark.parametrize("fuse_whole_image", [False, True])
+def test_env_and_batched_rollout_agree(small_kwargs, fuse_whole_image):
     """The trainer's batched rollout and the agent acting through GlimpseEnv(mode='joint') are one thing."""
-    env = gym.make("RARL-Shapes-v0", mode="joint", **small_kwargs)
+    env = gym.make("RARL-Shapes-v0", mode="joint", fuse_whole_image=fuse_whole_image, **small_kwargs)
     store = env.unwrapped.store
     torch.manual_seed(0)
     agent = RARLAgent(store.channels, len(store.classes), glimpse_size=3, embed_dim=16, hidden_dim=16).eval()
@@ -74,7 +75,7 @@ def test_env_and_batched_rollout_agree(small_kwargs):
             obs, reward, done, _, info = env.step(policy(obs))
         feats, labels = store.batch([index])
         with torch.no_grad():
-            out = rollout(agent, feats, labels, glimpse_size=3, sample=False)
+            out = rollout(agent, feats, labels, glimpse_size=3, sample=False, fuse_whole_image=fuse_whole_image)
         assert np.allclose(info["scores"], torch.tanh(out.fused[0]).numpy(), atol=1e-5)
         assert reward == pytest.approx(out.reward.item())
         assert np.allclose(info["centers"], out.centers[0].numpy(), atol=1e-5)

@@ -46,6 +46,7 @@ def rollout(
     generator: torch.Generator | None = None,
     view: tuple[torch.Tensor, torch.Tensor] | None = None,
     explore: float = 0.0,
+    fuse_whole_image: bool = False,
 ) -> Rollout:
     """Run B episodes of ``num_steps`` glimpses.
 
@@ -62,6 +63,7 @@ def rollout(
             uniformly instead (their log-probabilities are zero, so REINFORCE ignores them).
             The classifier then learns regions everywhere, not only where the current policy
             looks, so that looking elsewhere is not punished by an untrained classifier.
+        fuse_whole_image: fuse the scores of step 0 (the whole image) with those of steps 1..T.
     """
     b = feature_maps.shape[0]
     device = feature_maps.device
@@ -80,7 +82,7 @@ def rollout(
         image_boxes = boxes if windows is None else view_to_image(boxes, windows)
         out = agent(crop(maps, image_boxes, glimpse_size), state, projected=True)
         state = out.state
-        if t >= 1:
+        if t >= 1 or fuse_whole_image:
             region_scores.append(out.scores)
         if t == num_steps:
             break
@@ -112,7 +114,7 @@ def rollout(
         baselines.append(out.baseline)
         chosen.append(loc)
         boxes = anchor_boxes(loc, scales, ratios)
-    fused = fuse(torch.stack(region_scores, dim=1), dims=(1, 2))  # [B,T,K,L] -> [B,L]
+    fused = fuse(torch.stack(region_scores, dim=1), dims=(1, 2))  # [B,T(+1),K,L] -> [B,L]
     return Rollout(
         fused=fused,
         reward=topk_overlap(fused.detach(), labels, k),
