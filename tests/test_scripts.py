@@ -1,6 +1,7 @@
 """The command-line scripts end to end, on the small tiny-backbone Shapes split."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -119,3 +120,18 @@ def test_ablate_prints_the_papers_tables(small_kwargs, tmp_path, capsys):
     before = (tmp_path / "abl" / "base" / "metrics.json").stat().st_mtime_ns
     assert ablate.main(args) == 0
     assert (tmp_path / "abl" / "base" / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_torchrun_data_parallel(small_kwargs, tmp_path):
+    """Two CPU ranks (gloo) under torchrun: each takes half of every epoch's batches."""
+    import subprocess
+
+    kwargs = json.dumps({k: v for k, v in small_kwargs.items() if k != "progress"})
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "scripts" / "train_agent.py")]
+    cmd += ["--env-kwargs", kwargs, "--epochs", "2", "--batch-size", "8", "--run-dir", str(run), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 4  # 40 images / batch 8 = 5 batches -> 4, 2 per rank
+    assert "mAP (area)" in done.stdout

@@ -124,6 +124,21 @@ def rollout(
     )
 
 
+class RolloutModule(torch.nn.Module):
+    """A whole batch of episodes as one forward pass: what ``DistributedDataParallel`` wraps.
+
+    ``rollout`` calls the agent several times per episode; wrapping the rollout rather than the
+    agent gives DDP one forward and one backward per iteration.
+    """
+
+    def __init__(self, agent: RARLAgent):
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, feature_maps: torch.Tensor, labels: torch.Tensor, **kwargs) -> Rollout:
+        return rollout(self.agent, feature_maps, labels, **kwargs)
+
+
 def _mirror(maps: torch.Tensor, windows: torch.Tensor, flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A mirrored view of a map is the un-mirrored view of the mirrored map at the mirrored window.
 
@@ -165,4 +180,4 @@ def scores_to_probs(fused: torch.Tensor) -> torch.Tensor:
     return torch.softmax(fused, dim=1)
 
 
-__all__ = ["CENTER_POLICIES", "Rollout", "classification_loss", "rarl_loss", "rollout", "scores_to_probs"]
+__all__ = ["CENTER_POLICIES", "Rollout", "RolloutModule", "classification_loss", "rarl_loss", "rollout", "scores_to_probs"]

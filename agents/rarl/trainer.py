@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from agents.rarl.model import RARLAgent
-from agents.rarl.rollout import CENTER_POLICIES, rarl_loss, rollout, scores_to_probs
+from agents.rarl.rollout import CENTER_POLICIES, RolloutModule, rarl_loss, rollout, scores_to_probs
 from rarl_gym import metrics
 from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError
@@ -84,6 +84,8 @@ def feature_batches(
     """One epoch of shuffled ``(feature_maps [B, C, H, W], labels [B, L])``; rank r takes every world-th batch."""
     order = torch.randperm(len(store), generator=generator).numpy()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if world > 1:  # every rank must take the same number of steps (gradients are all-reduced)
+        batches = batches[: max(world, len(batches) // world * world)]
     for idx in batches[rank::world]:
         yield store.batch(idx, device)
 
@@ -241,7 +243,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"], generator)
         start_epoch, step = ckpt["epoch"], ckpt["step"]
-    model = torch.nn.parallel.DistributedDataParallel(agent, static_graph=True) if world > 1 else agent
+    runner = RolloutModule(agent)
+    model = torch.nn.parallel.DistributedDataParallel(runner) if world > 1 else runner
 
     writer = None
     if rank == 0:
@@ -264,7 +267,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
             view = None
             if config.augment_crop < 1.0:
                 view = random_views(feats.shape[0], config.augment_crop, generator=device_gen, device=device)
-            out = rollout(model if world == 1 else model.module, feats, labels, **settings.rollout_kwargs(), generator=device_gen, view=view, explore=config.explore)
+            out = model(feats, labels, **settings.rollout_kwargs(), generator=device_gen, view=view, explore=config.explore)
             losses = rarl_loss(out, labels, rl_weight=config.rl_weight)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -294,6 +297,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
                 agent_config=agent.config(),
                 reward_curve=reward_curve,
             )
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()  # the evaluation below runs on rank 0 alone
     if rank != 0:
         return {}
     bar.close()
