@@ -66,35 +66,41 @@ def training_regions(
 
 
 def fit_region_scorer(
-    features: torch.Tensor,
-    labels: torch.Tensor,
+    store,
     *,
     regions_per_image: int = 5,
     scales: Sequence[float] = DEFAULT_SCALES,
     ratios: Sequence[float] = DEFAULT_RATIOS,
-    epochs: int = 30,
+    epochs: int = 10,
     batch_size: int = 64,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> RegionScorer:
     """Fit a :class:`RegionScorer` by category-wise max over regions (multiple-instance learning).
 
     Args:
-        features: ``[N, C, H, W]`` feature maps of the training split.
-        labels: ``[N, L]`` 1 / 0 / -1.
-        regions_per_image: random glimpse centres per image and epoch (each gives K anchors);
-            0 trains on the whole image alone (the global linear classifier).
+        store: the training split's :class:`rarl_gym.features.store.FeatureStore` (read batch
+            by batch, so a split larger than memory works).
+        regions_per_image: random glimpse centres per image and epoch (each gives K anchors),
+            besides the whole image.
+
+    The scorer is linear and the crop is linear with weights summing to one, so the regions are
+    cropped from the ``L``-channel logit maps (``1 x 1`` convolution of the features) instead of
+    the ``C``-channel features: the same logits at ``L / C`` of the cost.
     """
-    generator = torch.Generator(device=features.device).manual_seed(seed)
-    n, c = features.shape[:2]
-    scorer = seeded_scorer(c, labels.shape[1], seed).to(features.device)
+    generator = torch.Generator().manual_seed(seed)
+    scorer = seeded_scorer(store.channels, len(store.classes), seed).to(device)
     opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(epochs):
-        for idx in torch.randperm(n, generator=generator, device=features.device).split(batch_size):
-            boxes = training_regions(len(idx), regions_per_image, scales, ratios, generator, features.device)
-            logits = fuse(scorer(crop(features[idx], boxes, 1)))  # [B,L]
-            loss = masked_bce(logits, labels[idx])
+        for idx in torch.randperm(len(store), generator=generator).split(batch_size):
+            feats, labels = store.batch(idx.numpy(), device)
+            boxes = training_regions(len(idx), regions_per_image, scales, ratios, generator, "cpu").to(device)
+            w = scorer.linear.weight[:, :, None, None]
+            logit_maps = F.conv2d(feats, w, scorer.linear.bias)  # [B,L,H,W]
+            logits = fuse(crop(logit_maps, boxes, 1).flatten(2))  # [B,R,L] -> [B,L]
+            loss = masked_bce(logits, labels)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -78,9 +78,7 @@ class FeatureSource:
         path = Path(store.path) / "scorer.pt"
         if path.exists():
             return load_scorer(path)[0]
-        feats = store.load_all(device)
-        labels = torch.from_numpy(store.labels).to(device)
-        scorer = fit_region_scorer(feats, labels, scales=DEFAULT_SCALES, ratios=DEFAULT_RATIOS)
+        scorer = fit_region_scorer(store, scales=DEFAULT_SCALES, ratios=DEFAULT_RATIOS, device=device)
         save_scorer(scorer.cpu(), path, {"regions_per_image": 5, "split": self.train_split})
         return scorer.cpu()
 
