@@ -62,6 +62,19 @@ def test_crop_is_batched_and_differentiable():
     assert torch.allclose(out[2], crop(fmap[2:3].detach(), boxes[2:3], 3)[0])
 
 
+@pytest.mark.parametrize("size", [1, 3])
+def test_the_two_crop_methods_agree(size):
+    fmap = torch.randn(4, 300, 6, 5, requires_grad=True)
+    boxes = torch.cat([anchor_boxes(torch.rand(4, 2) * 2 - 1), whole_image_boxes(4, 1)], dim=1)
+    a = crop(fmap, boxes, size, method="roi_align")
+    b = crop(fmap, boxes, size, method="matmul")
+    assert b.shape == (4, 10, 300, size, size)
+    assert torch.allclose(a, b, atol=1e-5)
+    (ga,) = torch.autograd.grad(a.square().sum(), fmap)
+    (gb,) = torch.autograd.grad(b.square().sum(), fmap)
+    assert torch.allclose(ga, gb, atol=1e-4)
+
+
 def test_fuse_is_category_wise_max():
     scores = torch.tensor([[[[0.1, 0.9], [0.5, 0.2]], [[0.7, 0.0], [0.3, 0.4]]]])  # [1, T=2, K=2, L=2]
     assert torch.equal(fuse(scores, dims=(1, 2)), torch.tensor([[0.7, 0.9]]))
