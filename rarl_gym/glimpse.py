@@ -147,21 +147,6 @@ def boxes_to_pixels(boxes: torch.Tensor, width: float, height: float) -> torch.T
     return (boxes + 1.0) * scale
 
 
-def num_anchors(scales: Sequence[float], ratios: Sequence[float]) -> int:
-    """K, the number of regions per glimpse."""
-    return len(scales) * len(ratios)
-
-
-def grid_centers(n: int, *, margin: float = 0.5) -> torch.Tensor:
-    """``[n*n, 2]`` centres of a regular ``n x n`` grid (cell centres), e.g. for fixed-grid baselines."""
-    ticks = (torch.arange(n, dtype=torch.float32) + margin) / n * 2.0 - 1.0
-    yy, xx = torch.meshgrid(ticks, ticks, indexing="ij")
-    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)
-
-
-
-
-
 def view_to_image(boxes: torch.Tensor, views: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
     """Map boxes given in a view's coordinates to image coordinates.
 
@@ -227,8 +212,6 @@ __all__ = [
     "boxes_to_pixels",
     "crop",
     "fuse",
-    "grid_centers",
-    "num_anchors",
     "random_views",
     "ten_views",
     "view_to_image",

@@ -101,10 +101,6 @@ class FeatureStore:
         labels = torch.from_numpy(self.labels[index]).to(device)
         return feats, labels
 
-    def load_all(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The whole ``[N, C, H, W]`` array as one tensor (for training on small splits)."""
-        return torch.from_numpy(np.array(self.features)).to(device=device, dtype=dtype)
-
     @classmethod
     def open(cls, path: str | Path) -> FeatureStore:
         """Open a finished entry; raise :class:`CorruptFileError` for an unfinished or damaged one."""
