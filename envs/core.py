@@ -51,15 +51,8 @@ class GlimpseEpisodes:
     def from_settings(cls, settings, *, progress: bool = True) -> GlimpseEpisodes:
         """The episodes of an env's :class:`rarl_gym.env_settings.EnvSettings`; ``mode="locate"``
         loads (or fits, once) the env's region scorer."""
-        return cls(
-            num_steps=settings.num_steps,
-            glimpse_size=settings.glimpse_size,
-            scales=settings.scales,
-            ratios=settings.ratios,
-            k=settings.k,
-            fuse_whole_image=settings.fuse_whole_image,
-            scorer=settings.source.region_scorer(progress=progress) if settings.mode == "locate" else None,
-        )
+        scorer = settings.source.region_scorer(progress=progress) if settings.mode == "locate" else None
+        return cls(**settings.rollout_kwargs(), scorer=scorer)
 
     def reset(self, feature_maps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Start B episodes on ``feature_maps [B, C, H, W]``; returns the glimpses ``[B, K, C, s, s]`` of step 0."""

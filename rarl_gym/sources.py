@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from rarl_gym.data import make_dataset
 from rarl_gym.data.base import MultiLabelDataset
