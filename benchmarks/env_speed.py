@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Env steps per second: one GlimpseEnv, SB3 DummyVecEnv of 16, the native GlimpseVectorEnv at B = 16, 64, 256.
 
+The native rows use ``copy=False`` (two reused output buffers, what ``to_sb3`` uses); the last
+row repeats the largest B with ``copy=True`` (a fresh observation array every step).
+
 Each row times ``--steps`` calls of ``step`` with fixed random actions (policy cost excluded) after
 a warm-up, autoresets included. "write limit" is the env-step rate at which merely writing the
 observations would saturate memory: a plain ``buf[:] = 1.0`` on a ``[B, K, C, s, s]`` float32
@@ -82,14 +85,14 @@ def main(args: argparse.Namespace) -> None:
     rows.append((f"DummyVecEnv({b} x GlimpseEnv)", b, b / timed(lambda: dummy.step(acts), max(args.steps // 4, 3)), None))
     dummy.close()
 
-    for b in args.batch_sizes:
-        venv = gym.make_vec(args.env, num_envs=b, vectorization_mode="vector_entry_point", **kwargs)
+    for b, copy in [(b, False) for b in args.batch_sizes] + [(max(args.batch_sizes), True)]:
+        venv = gym.make_vec(args.env, num_envs=b, vectorization_mode="vector_entry_point", copy=copy, **kwargs)
         venv.reset(seed=0)
         acts = rng.uniform(-1, 1, venv.action_space.shape).astype(np.float32)
         rate = b / timed(lambda: venv.step(acts), args.steps)
         limit = write_limit((b, *space.shape), args.steps) / obs_bytes
-        rows.append((f"GlimpseVectorEnv(B={b})", b, rate, limit))
-        if b == 16:
+        rows.append((f"GlimpseVectorEnv(B={b}, copy={copy})", b, rate, limit))
+        if b == 16 and not copy:
             sb3 = to_sb3(venv)
             sb3.reset()
             rows.append((f"SB3VecEnvAdapter(B={b})", b, b / timed(lambda: sb3.step(acts), args.steps), limit))

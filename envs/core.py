@@ -3,6 +3,14 @@
 Every episode has exactly ``T + 1`` steps, so B episodes started together stay in lockstep, and
 each step of all B is one batched crop (:func:`rarl_gym.glimpse.crop`) and, at the end, one
 batched reward (:func:`rarl_gym.reward.topk_overlap`).
+
+Speed (the env's hot path): the B feature maps are held channels-last for the episode, so the
+compiled crop (:mod:`rarl_gym.native`) reads each map cell's channels contiguously; step 0 crops
+the whole image once and repeats it over the K anchors (they are all the whole image); the env
+scorer (linear on a region's mean over its bins) reads the region means that the crop computes
+in the same pass, not the ``[B, K, C, s, s]`` glimpses again; and with ``reuse_buffers=True`` the
+glimpses are written into two preallocated tensors used in turn (a fresh 100 MB tensor per step
+costs as much as the crop, in page faults).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ class GlimpseEpisodes:
         k: int | str,
         scorer: RegionScorer | None = None,
         fuse_whole_image: bool = False,
+        reuse_buffers: bool = False,
     ):
         self.num_steps = num_steps
         self.glimpse_size = glimpse_size
@@ -45,35 +54,79 @@ class GlimpseEpisodes:
         self.scorer = scorer
         self.fuse_whole_image = fuse_whole_image
         self.num_regions = len(self.scales) * len(self.ratios)
+        self.reuse_buffers = reuse_buffers
         self.t = 0
+        self._maps: torch.Tensor | None = None  # [B, C, H, W] channels-last, reused across episodes
+        self._ring: list[torch.Tensor] = []  # two [B, K, C, s, s] output tensors (reuse_buffers)
+        self._turn = 0
 
     @classmethod
-    def from_settings(cls, settings, *, progress: bool = True) -> GlimpseEpisodes:
+    def from_settings(cls, settings, *, progress: bool = True, reuse_buffers: bool = False) -> GlimpseEpisodes:
         """The episodes of an env's :class:`rarl_gym.env_settings.EnvSettings`; ``mode="locate"``
         loads (or fits, once) the env's region scorer."""
         scorer = settings.source.region_scorer(progress=progress) if settings.mode == "locate" else None
-        return cls(**settings.rollout_kwargs(), scorer=scorer)
+        return cls(**settings.rollout_kwargs(), scorer=scorer, reuse_buffers=reuse_buffers)
+
+    @staticmethod
+    def map_dtype(device: torch.device | str = "cpu") -> torch.dtype:
+        """The dtype the maps are held in: float16 (the cache's precision, half the memory traffic)
+        where the compiled CPU crop reads it, else float32."""
+        if torch.device(device).type == "cpu":
+            from rarl_gym import native
+
+            if native.available():
+                return torch.float16
+        return torch.float32
+
+    def map_buffer(self, shape: tuple[int, int, int, int], device: torch.device | str = "cpu") -> torch.Tensor:
+        """A channels-last tensor of ``shape [B, C, H, W]`` and :meth:`map_dtype` for the next
+        :meth:`reset`'s maps (the same memory episode after episode; a reader fills it in place)."""
+        m = self._maps
+        if m is None or tuple(m.shape) != tuple(shape) or m.device != torch.device(device):
+            m = self._maps = torch.empty(shape, device=device, dtype=self.map_dtype(device)).contiguous(memory_format=torch.channels_last)
+        return m
 
     def reset(self, feature_maps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Start B episodes on ``feature_maps [B, C, H, W]``; returns the glimpses ``[B, K, C, s, s]`` of step 0."""
+        """Start B episodes on ``feature_maps [B, C, H, W]``; returns the glimpses ``[B, K, C, s, s]`` of step 0.
+
+        The maps are used as given when they are channels-last in :meth:`map_dtype` (as
+        :meth:`map_buffer` is), else copied into that layout.
+        """
+        if feature_maps.dtype != self.map_dtype(feature_maps.device) or not feature_maps.is_contiguous(memory_format=torch.channels_last):
+            feature_maps = self.map_buffer(tuple(feature_maps.shape), feature_maps.device).copy_(feature_maps)
         b = feature_maps.shape[0]
         self.feature_maps = feature_maps
         self.labels = labels
         self.t = 0
         self.fused = torch.full((b, labels.shape[1]), float("-inf"), device=feature_maps.device)
-        self.boxes = whole_image_boxes(b, self.num_regions, device=feature_maps.device)  # [B,K,4]
+        self.boxes = whole_image_boxes(b, self.num_regions, device=feature_maps.device)  # [B,K,4] float32
         self.history: list[torch.Tensor] = []  # boxes of steps 1..t, each [B,K,4]
         self.centers: list[torch.Tensor] = []  # centres of steps 1..t, each [B,2]
-        self.glimpses = crop(feature_maps, self.boxes, self.glimpse_size)
+        c = feature_maps.shape[1]
+        means = torch.empty(b, 1, c, device=feature_maps.device) if self.scorer is not None else None
+        whole = crop(feature_maps, self.boxes[:, :1], self.glimpse_size, region_means=means)  # [B,1,C,s,s]: all K anchors are the whole image
+        self.glimpses = self._output(whole.shape[2:]).copy_(whole.expand(-1, self.num_regions, -1, -1, -1))
+        self.region_means = None if means is None else means.expand(-1, self.num_regions, -1)  # [B,K,C]
         return self.glimpses
+
+    def _output(self, glimpse_shape: tuple[int, ...]) -> torch.Tensor:
+        """The tensor the next glimpses ``[B, K, C, s, s]`` go to: fresh, or the next of two reused ones."""
+        shape = (self.feature_maps.shape[0], self.num_regions, *glimpse_shape)
+        if not self.reuse_buffers:
+            return torch.empty(shape, device=self.feature_maps.device)
+        if not self._ring or tuple(self._ring[0].shape) != shape or self._ring[0].device != self.feature_maps.device:
+            self._ring = [torch.empty(shape, device=self.feature_maps.device) for _ in range(2)]
+        self._turn = 1 - self._turn
+        return self._ring[self._turn]
 
     @property
     def done(self) -> bool:
         return self.t > self.num_steps
 
     def region_scores(self) -> torch.Tensor:
-        """``[B, L]`` the env scorer's fused scores of the regions shown now (``locate`` mode)."""
-        return fuse(self.scorer(self.glimpses))
+        """``[B, L]`` the env scorer's fused scores of the regions shown now (``locate`` mode);
+        equal to ``fuse(scorer(glimpses))``, from the region means the crop computed."""
+        return fuse(self.scorer.linear(self.region_means))
 
     def step(self, centers: torch.Tensor, scores: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Advance all B episodes by one step.
@@ -96,10 +149,14 @@ class GlimpseEpisodes:
             self.t += 1
             self.glimpses = None
             return None, topk_overlap(self.fused, self.labels, self.k)
-        self.boxes = anchor_boxes(centers.to(self.feature_maps.dtype), self.scales, self.ratios)
+        self.boxes = anchor_boxes(centers.to(torch.float32), self.scales, self.ratios)
         self.history.append(self.boxes)
         self.centers.append(centers)
-        self.glimpses = crop(self.feature_maps, self.boxes, self.glimpse_size)
+        b, c = self.feature_maps.shape[:2]
+        s = self.glimpse_size
+        means = torch.empty(b, self.num_regions, c, device=self.feature_maps.device) if self.scorer is not None else None
+        self.glimpses = crop(self.feature_maps, self.boxes, s, out=self._output((c, s, s)), region_means=means)
+        self.region_means = means  # [B, K, C] (locate mode)
         self.t += 1
         return self.glimpses, torch.zeros(centers.shape[0], device=self.feature_maps.device)
 

@@ -125,7 +125,8 @@ class GlimpseEnv(gym.Env):
             index = int(self._order[self._cursor])
             self._cursor = (self._cursor + 1) % len(self._order)
         self._index = index
-        feats, labels = self.store.batch([index])
+        maps = self.episodes.map_buffer((1, self.store.channels, *self.store.map_size))
+        feats, labels = self.store.read_into([index], maps)  # [1, C, H, W] channels-last, [1, L]
         glimpses = self.episodes.reset(feats, labels)
         return self._obs(glimpses), {"image_id": self.store.image_ids[index]}
 

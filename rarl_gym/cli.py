@@ -29,17 +29,23 @@ def run_cli(fn: Callable[[], None]) -> int:
     return 0
 
 
+def json_object(text: str, flag: str, example: str) -> dict:
+    """The JSON object given to the command-line option ``flag`` (a clear error otherwise)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{flag} is not valid JSON ({err})", f"write a JSON object, e.g. '{example}'") from err
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag} must be a JSON object, got {type(value).__name__}", f"e.g. '{example}'")
+    return value
+
+
 def env_overrides(env_kwargs: str, **options) -> dict:
     """Env kwargs from a JSON string plus the options given on the command line.
 
     ``data_root`` becomes the env's ``root``; options that are ``None`` are left out.
     """
-    try:
-        overrides = json.loads(env_kwargs)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"--env-kwargs is not valid JSON ({err})", 'write a JSON object, e.g. \'{"glimpse_size": 3}\'') from err
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"--env-kwargs must be a JSON object, got {type(overrides).__name__}", 'e.g. \'{"glimpse_size": 3}\'')
+    overrides = json_object(env_kwargs, "--env-kwargs", '{"glimpse_size": 3}')
     names = {"data_root": "root"}
     overrides.update({names.get(k, k): v for k, v in options.items() if v is not None})
     return overrides

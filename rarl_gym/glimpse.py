@@ -76,6 +76,58 @@ def whole_image_boxes(batch: int, k: int, *, device=None, dtype=torch.float32) -
     return torch.tensor(WHOLE_IMAGE, device=device, dtype=dtype).expand(batch, k, 4).clone()
 
 
+def crop_weights(boxes: torch.Tensor, height: int, width: int, size: int, sampling_ratio: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The separable bilinear weights of ``roi_align(..., aligned=True)`` for boxes on an ``height x width`` map.
+
+    RoI-align averages ``n_y x n_x`` bilinear samples per output bin; each sample's weights are a
+    product of a row weight and a column weight, so the weight of map cell ``(y, x)`` in output
+    bin ``(i, j)`` is ``wy[i, y] * wx[j, x]``. This reproduces torchvision's CPU/CUDA kernels (the
+    adaptive grid ``n = ceil(roi / size)``, the clamping at the map's last row, samples beyond
+    half a cell outside the map counting as zero).
+
+    Args:
+        boxes: ``[B, K, 4]`` in image coordinates.
+        sampling_ratio: samples per bin and axis; ``-1`` adapts it to the box (``ceil(roi / size)``).
+
+    Returns:
+        ``wy [B, K, s, H]`` and ``wx [B, K, s, W]``.
+    """
+    b, k, _ = boxes.shape
+    flat = boxes.reshape(b * k, 4)
+    if height == width:  # both axes in one pass
+        w = _axis_weights(flat[:, [1, 0]].T.reshape(-1), flat[:, [3, 2]].T.reshape(-1), width, size, sampling_ratio)
+        return w[: b * k].reshape(b, k, size, height), w[b * k :].reshape(b, k, size, width)
+    wy = _axis_weights(flat[:, 1], flat[:, 3], height, size, sampling_ratio).reshape(b, k, size, height)
+    wx = _axis_weights(flat[:, 0], flat[:, 2], width, size, sampling_ratio).reshape(b, k, size, width)
+    return wy, wx
+
+
+def _axis_weights(lo: torch.Tensor, hi: torch.Tensor, cells: int, size: int, sampling_ratio: int) -> torch.Tensor:
+    """``[N, size, cells]`` RoI-align weights along one axis for the intervals ``[lo, hi]`` (image coordinates)."""
+    start = (lo + 1.0) * (cells / 2.0) - 0.5  # aligned=True: pixel centres at half-integers
+    length = (hi - lo) * (cells / 2.0)
+    bin_len = length / size
+    if sampling_ratio > 0:
+        n = torch.full_like(length, float(sampling_ratio))
+    else:
+        n = torch.ceil(length / size)
+    n_max = max(int(n.max().item()) if n.numel() else 1, 1)
+    i = torch.arange(size, device=lo.device, dtype=lo.dtype)[None, :, None]
+    j = torch.arange(n_max, device=lo.device, dtype=lo.dtype)[None, None, :]
+    pos = start[:, None, None] + i * bin_len[:, None, None] + (j + 0.5) * (bin_len / n.clamp(min=1))[:, None, None]  # [N,s,n]
+    valid = (j < n[:, None, None]) & (pos >= -1.0) & (pos <= cells)
+    pos = pos.clamp(min=0.0)
+    low = pos.floor().clamp(max=cells - 1)
+    pos = torch.where(low >= cells - 1, low, pos)
+    frac = pos - low
+    high = (low + 1).clamp(max=cells - 1)
+    scale = valid.to(lo.dtype) / n.clamp(min=1)[:, None, None]
+    w = torch.zeros(lo.shape[0], size, cells, device=lo.device, dtype=lo.dtype)
+    w.scatter_add_(2, low.long(), (1.0 - frac) * scale)
+    w.scatter_add_(2, high.long(), frac * scale)
+    return w
+
+
 def crop(
     feature_maps: torch.Tensor,
     boxes: torch.Tensor,
@@ -83,46 +135,95 @@ def crop(
     *,
     sampling_ratio: int = -1,
     method: str = "auto",
+    out: torch.Tensor | None = None,
+    weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+    region_means: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Bilinear RoI crop (``torchvision.ops.roi_align``) of K boxes per feature map.
+    """Bilinear RoI crop (``torchvision.ops.roi_align``, ``aligned=True``) of K boxes per feature map.
 
-    Differentiable with respect to ``feature_maps``, so a fine-tuned backbone learns through it.
+    Differentiable with respect to ``feature_maps`` (but for ``method="native"``), so a
+    fine-tuned backbone learns through it.
 
     Args:
-        feature_maps: ``[B, C, H, W]``; the map covers the whole image.
+        feature_maps: ``[B, C, H, W]``; the map covers the whole image. A channels-last tensor
+            (``torch.channels_last``) saves the ``"native"`` and ``"matmul"`` paths a transpose;
+            the ``"native"`` kernel also reads float16 maps (the cache's precision) directly.
         boxes: ``[B, K, 4]`` in image coordinates (see module docstring).
         size: output side ``s``: each region is resampled to ``s x s``.
         sampling_ratio: bilinear samples per output bin and axis; ``-1`` adapts it to the box
             size, so that ``s = 1`` is the mean of the region (RoI average pooling).
-        method: ``"roi_align"`` crops the C channels directly; ``"matmul"`` lets ``roi_align``
-            compute the sampling weights of every map cell (by cropping the ``H*W`` one-hot
-            maps) and applies them to the C channels as one batched matrix product, the same
-            numbers at a fraction of the cost when C > H*W (1280 channels on a 10 x 10 map);
-            ``"auto"`` picks the cheaper one.
+        method: the same numbers by three routes:
+
+            * ``"roi_align"``: torchvision's kernel on the C channels;
+            * ``"matmul"``: the separable RoI-align weights of every map cell
+              (:func:`crop_weights`) applied to the C channels as one batched matrix product;
+            * ``"native"``: the same weights applied sparsely by the compiled CPU kernel of
+              :mod:`rarl_gym.native` (CPU, float32, no gradient);
+            * ``"auto"``: ``"native"`` where it applies and is available, else ``"matmul"`` when
+              C > H*W (1280 channels on a 10 x 10 map), else ``"roi_align"``.
+        out: optional ``[B, K, C, s, s]`` float tensor to write the result into.
+        weights: ``crop_weights(boxes, H, W, size, sampling_ratio)`` when the caller has them
+            already (used by ``"matmul"``).
+        region_means: optional ``[B, K, C]`` tensor, filled with each region's mean over its
+            ``s x s`` bins (what a linear :class:`rarl_gym.scorer.RegionScorer` reads); the
+            ``"native"`` kernel computes it in the same pass.
 
     Returns:
-        glimpses: ``[B, K, C, s, s]``.
+        glimpses: ``[B, K, C, s, s]`` (``out`` when given).
     """
     b, c, h, w = feature_maps.shape
     k = boxes.shape[1]
-    scale = boxes.new_tensor([w, h, w, h]) / 2.0
-    px = ((boxes + 1.0) * scale).reshape(b * k, 4)  # feature-map pixels (pixel edges at integers)
     if method == "auto":
-        method = "matmul" if c > h * w else "roi_align"
+        native_ok = (
+            feature_maps.device.type == "cpu"
+            and feature_maps.dtype in (torch.float32, torch.float16)
+            and not (torch.is_grad_enabled() and feature_maps.requires_grad)
+        )
+        if native_ok:
+            from rarl_gym import native
+
+            native_ok = native.available()
+        method = "native" if native_ok else "matmul" if c > h * w else "roi_align"
+    if method != "native" and feature_maps.device.type == "cpu" and feature_maps.dtype == torch.float16:
+        feature_maps = feature_maps.float()  # torch's CPU kernels want float32
+    boxes = boxes.to(torch.float32 if method == "native" else feature_maps.dtype)
     if method == "roi_align":
+        scale = boxes.new_tensor([w, h, w, h]) / 2.0
+        px = ((boxes + 1.0) * scale).reshape(b * k, 4)  # feature-map pixels (pixel edges at integers)
         index = torch.arange(b, device=boxes.device, dtype=boxes.dtype).repeat_interleave(k)
-        rois = torch.cat([index[:, None], px], dim=1).to(feature_maps.dtype)  # [B*K, 5]
-        out = roi_align(feature_maps, rois, (size, size), 1.0, sampling_ratio, aligned=True)  # [B*K,C,s,s]
-        return out.reshape(b, k, c, size, size)
-    if method != "matmul":
-        raise ValueError(f"method must be 'auto', 'roi_align' or 'matmul', got {method!r}")
-    cells = h * w
-    one_hot = torch.eye(cells, device=feature_maps.device, dtype=feature_maps.dtype).reshape(1, cells, h, w)
-    rois = torch.cat([px.new_zeros(b * k, 1), px], dim=1).to(feature_maps.dtype)
-    weights = roi_align(one_hot, rois, (size, size), 1.0, sampling_ratio, aligned=True)  # [B*K,HW,s,s]
-    weights = weights.reshape(b, k, cells, size * size).transpose(2, 3).reshape(b, k * size * size, cells)
-    out = torch.bmm(weights, feature_maps.reshape(b, c, cells).transpose(1, 2))  # [B, K*s*s, C]
-    return out.reshape(b, k, size, size, c).permute(0, 1, 4, 2, 3)
+        rois = torch.cat([index[:, None], px], dim=1)  # [B*K, 5]
+        result = roi_align(feature_maps, rois, (size, size), 1.0, sampling_ratio, aligned=True).reshape(b, k, c, size, size)
+    elif method == "matmul":
+        wy, wx = weights if weights is not None else crop_weights(boxes, h, w, size, sampling_ratio)
+        weights = (wy[:, :, :, None, :, None] * wx[:, :, None, :, None, :]).reshape(b, k * size * size, h * w)
+        cells = feature_maps.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view for channels-last maps
+        result = torch.bmm(weights, cells).reshape(b, k, size, size, c).permute(0, 1, 4, 2, 3)  # [B,K,C,s,s]
+    elif method == "native":
+        from rarl_gym import native
+
+        target = out if out is not None and out.is_contiguous() and out.dtype == torch.float32 else torch.empty(b, k, c, size, size)
+        means = region_means if region_means is not None and region_means.is_contiguous() and region_means.dtype == torch.float32 else None
+        native.crop_nhwc(
+            feature_maps.detach().permute(0, 2, 3, 1).contiguous(),  # free for channels-last maps
+            torch.arange(b).repeat_interleave(k),
+            boxes.detach().reshape(b * k, 4).contiguous(),
+            target.view(b * k, c, size, size),
+            None if means is None else means.view(b * k, c),
+            sampling_ratio,
+        )
+        if region_means is not None and means is None:
+            region_means.copy_(target.mean(dim=(-2, -1)))
+        region_means = None  # filled
+        result = target
+    else:
+        raise ValueError(f"method must be 'auto', 'native', 'roi_align' or 'matmul', got {method!r}")
+    if region_means is not None:
+        region_means.copy_(result.mean(dim=(-2, -1)))
+    if out is None:
+        return result.contiguous()
+    if result is not out:
+        out.copy_(result)
+    return out
 
 
 def fuse(scores: torch.Tensor, dims: int | Sequence[int] = 1) -> torch.Tensor:
@@ -211,6 +312,7 @@ __all__ = [
     "anchor_offsets",
     "boxes_to_pixels",
     "crop",
+    "crop_weights",
     "fuse",
     "random_views",
     "ten_views",

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES, anchor_boxes, crop, fuse, whole_image_boxes
+from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES, anchor_boxes, crop_weights, fuse, whole_image_boxes
 
 
 class RegionScorer(nn.Module):
@@ -32,6 +33,29 @@ class RegionScorer(nn.Module):
     def forward(self, glimpses: torch.Tensor) -> torch.Tensor:
         """``[..., C, s, s]`` -> ``[..., L]``."""
         return self.linear(glimpses.mean(dim=(-2, -1)))
+
+    def logit_maps(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, L, H, W]``: the linear layer on every map cell, bias excluded.
+
+        The crop is linear in the map, so cropping these ``L`` channels gives the scores of any
+        region (:meth:`score_regions`) at ``L / C`` of the cost of cropping the features.
+        """
+        return F.conv2d(feature_maps, self.linear.weight[:, :, None, None])
+
+    def score_regions(
+        self, logit_maps: torch.Tensor, boxes: torch.Tensor, size: int, weights: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """``[B, K, L]`` scores of the regions ``boxes [B, K, 4]`` cropped at ``size x size``:
+        equal to ``self(crop(feature_maps, boxes, size))``.
+
+        The mean over the ``s x s`` bins of a crop weighs map cell ``(y, x)`` by
+        ``sum_i wy[i, y] * sum_j wx[j, x] / s^2`` (:func:`rarl_gym.glimpse.crop_weights`; pass
+        ``weights`` when they are at hand), so the scores are one small contraction of the logit maps.
+        """
+        b, _, h, w = logit_maps.shape
+        wy, wx = weights if weights is not None else crop_weights(boxes, h, w, size)
+        cells = torch.einsum("bky,bkx->bkyx", wy.sum(2), wx.sum(2)).reshape(b, -1, h * w) / (size * size)  # [B,K,HW]
+        return torch.bmm(cells, logit_maps.reshape(b, -1, h * w).transpose(1, 2)) + self.linear.bias
 
 
 def seeded_scorer(channels: int, num_classes: int, seed: int) -> RegionScorer:
@@ -68,15 +92,16 @@ def training_regions(
 def fit_region_scorer(
     store,
     *,
-    regions_per_image: int = 5,
+    regions_per_image: int = 2,
     scales: Sequence[float] = DEFAULT_SCALES,
     ratios: Sequence[float] = DEFAULT_RATIOS,
-    epochs: int = 10,
+    epochs: int = 60,
     batch_size: int = 64,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     weight_decay: float = 1e-4,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> RegionScorer:
     """Fit a :class:`RegionScorer` by category-wise max over regions (multiple-instance learning).
 
@@ -85,6 +110,7 @@ def fit_region_scorer(
             by batch, so a split larger than memory works).
         regions_per_image: random glimpse centres per image and epoch (each gives K anchors),
             besides the whole image.
+        progress: show a progress bar over the epochs.
 
     The scorer is linear and the crop is linear with weights summing to one, so the regions are
     cropped from the ``L``-channel logit maps (``1 x 1`` convolution of the features) instead of
@@ -93,13 +119,11 @@ def fit_region_scorer(
     generator = torch.Generator().manual_seed(seed)
     scorer = seeded_scorer(store.channels, len(store.classes), seed).to(device)
     opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc="fit the env's region scorer", unit="epoch", disable=not progress, leave=False):
         for idx in torch.randperm(len(store), generator=generator).split(batch_size):
             feats, labels = store.batch(idx.numpy(), device)
             boxes = training_regions(len(idx), regions_per_image, scales, ratios, generator, "cpu").to(device)
-            w = scorer.linear.weight[:, :, None, None]
-            logit_maps = F.conv2d(feats, w, scorer.linear.bias)  # [B,L,H,W]
-            logits = fuse(crop(logit_maps, boxes, 1).flatten(2))  # [B,R,L] -> [B,L]
+            logits = fuse(scorer.score_regions(scorer.logit_maps(feats), boxes, 1))  # [B,R,L] -> [B,L]
             loss = masked_bce(logits, labels)
             opt.zero_grad()
             loss.backward()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rarl_gym.cli import env_overrides, print_results, run_cli  # noqa: E402
+from rarl_gym.cli import env_overrides, json_object, print_results, run_cli  # noqa: E402
 from rarl_gym.errors import ConfigError  # noqa: E402
 
 #: Command-line options that set a TrainConfig field of the same name.
@@ -49,6 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-split", default=None, help="split of the final evaluation (default: the dataset's: test, val, val2014)")
     p.add_argument("--total-timesteps", type=int, default=None, help="env steps of the run, not rarl (default 300000; on --resume the new total)")
     p.add_argument("--n-envs", type=int, default=None, help="parallel envs of an SB3 agent (default 8)")
+    p.add_argument(
+        "--hyperparams",
+        default=None,
+        help='JSON object of SB3 constructor kwargs over agents/sb3/algos.py\'s defaults, e.g. \'{"gradient_steps": 1, "batch_size": 128}\'',
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -62,8 +67,8 @@ def main(argv=None) -> int:
 def _train(args: argparse.Namespace) -> None:
     if args.algo in ENV_ALGOS:
         return _train_env_agent(args)
-    if args.total_timesteps is not None or args.n_envs is not None:
-        raise ConfigError("--total-timesteps and --n-envs are for the agents trained through the env", "use --epochs with --algo rarl")
+    if args.total_timesteps is not None or args.n_envs is not None or args.hyperparams is not None:
+        raise ConfigError("--total-timesteps, --n-envs and --hyperparams are for the agents trained through the env", "use --epochs, --lr, --batch-size with --algo rarl")
     from agents.rarl.trainer import TrainConfig, load_checkpoint, train
 
     run_dir = args.run_dir or f"runs/{args.algo}-{(args.env or 'RARL-Shapes-v0').split('-')[1].lower()}"
@@ -85,8 +90,8 @@ def _train(args: argparse.Namespace) -> None:
 def _train_env_agent(args: argparse.Namespace) -> None:
     """SB3 agents (agents/sb3) and custom ones (agents/custom): env steps instead of epochs."""
     rarl_only = [f"--{n.replace('_', '-')}" for n in ("epochs", "batch_size", "eval_views", "eval_split") if getattr(args, n) is not None]
-    if rarl_only or (args.algo == "cem" and (args.lr is not None or args.n_envs is not None)):
-        raise ConfigError(f"{', '.join(rarl_only) or '--lr / --n-envs'} do(es) not apply to --algo {args.algo}", "use --total-timesteps")
+    if rarl_only or (args.algo == "cem" and (args.lr is not None or args.n_envs is not None or args.hyperparams is not None)):
+        raise ConfigError(f"{', '.join(rarl_only) or '--lr / --n-envs / --hyperparams'} do(es) not apply to --algo {args.algo}", "use --total-timesteps")
     run_dir = args.run_dir or f"runs/{args.algo}-{(args.env or 'RARL-Shapes-v0').split('-')[1].lower()}"
     overrides = env_overrides(args.env_kwargs, data_root=args.data_root, backbone=args.backbone)
     common = dict(env_id=args.env, env_kwargs=overrides, run_dir=run_dir, seed=args.seed, progress=not args.no_progress, resume=args.resume)
@@ -99,8 +104,10 @@ def _train_env_agent(args: argparse.Namespace) -> None:
     else:
         from agents.sb3.train import train_sb3
 
-        lr = {"learning_rate": args.lr} if args.lr is not None else None
-        results = train_sb3(args.algo, device=args.device, n_envs=args.n_envs, overrides=lr, **common)
+        hyper = json_object(args.hyperparams, "--hyperparams", '{"gradient_steps": 1}') if args.hyperparams is not None else {}
+        if args.lr is not None:
+            hyper["learning_rate"] = args.lr
+        results = train_sb3(args.algo, device=args.device, n_envs=args.n_envs, overrides=hyper or None, **common)
     print_results(results, Path(run_dir) / "metrics.json")
 
 

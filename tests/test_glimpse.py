@@ -3,12 +3,14 @@ import math
 import pytest
 import torch
 
+from rarl_gym import native
 from rarl_gym.glimpse import (
     DEFAULT_RATIOS,
     DEFAULT_SCALES,
     anchor_boxes,
     boxes_to_pixels,
     crop,
+    crop_weights,
     fuse,
     random_views,
     ten_views,
@@ -59,11 +61,11 @@ def test_crop_is_batched_and_differentiable():
     out[1].sum().backward()
     assert fmap.grad[1].abs().sum() > 0 and fmap.grad[0].abs().sum() == 0 and fmap.grad[2].abs().sum() == 0
     # each image's crop comes from its own map
-    assert torch.allclose(out[2], crop(fmap[2:3].detach(), boxes[2:3], 3)[0])
+    assert torch.allclose(out[2], crop(fmap[2:3].detach(), boxes[2:3], 3)[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [1, 3])
-def test_the_two_crop_methods_agree(size):
+def test_the_crop_methods_agree(size):
     fmap = torch.randn(4, 300, 6, 5, requires_grad=True)
     boxes = torch.cat([anchor_boxes(torch.rand(4, 2) * 2 - 1), whole_image_boxes(4, 1)], dim=1)
     a = crop(fmap, boxes, size, method="roi_align")
@@ -73,6 +75,64 @@ def test_the_two_crop_methods_agree(size):
     (ga,) = torch.autograd.grad(a.square().sum(), fmap)
     (gb,) = torch.autograd.grad(b.square().sum(), fmap)
     assert torch.allclose(ga, gb, atol=1e-4)
+    if native.available():  # the compiled kernel: no gradient, same numbers, into a given tensor too
+        c = crop(fmap.detach(), boxes, size, method="native")
+        assert torch.allclose(a, c, atol=1e-5)
+        out = torch.full_like(c, float("nan"))
+        assert crop(fmap.detach().contiguous(memory_format=torch.channels_last), boxes, size, out=out) is out
+        assert torch.allclose(out, c, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 1, 2])
+@pytest.mark.parametrize(("height", "width", "size"), [(10, 10, 3), (7, 12, 2), (5, 3, 7), (14, 14, 1)])
+def test_crop_weights_reproduce_roi_align(sampling_ratio, height, width, size):
+    """The separable weights of every path equal torchvision's roi_align, boxes at the borders,
+    tiny and whole-image boxes included."""
+    g = torch.Generator().manual_seed(height * 100 + width + size)
+    fmap = torch.randn(3, 11, height, width, generator=g)
+    centres = torch.rand(3, 2, generator=g) * 2.4 - 1.2  # some beyond the border: clipped boxes
+    edge = torch.tensor([[-1.0, -1.0, 1.0, 1.0], [0.2, 0.3, 0.2001, 0.9], [-1.0, -1.0, -0.99, 1.0], [0.9, 0.9, 1.0, 1.0]])
+    boxes = torch.cat([anchor_boxes(centres.clamp(-1, 1)), edge.expand(3, 4, 4)], dim=1)  # [3, 13, 4]
+    ref = crop(fmap, boxes, size, sampling_ratio=sampling_ratio, method="roi_align")
+    wy, wx = crop_weights(boxes, height, width, size, sampling_ratio)
+    assert wy.shape == (3, 13, size, height) and wx.shape == (3, 13, size, width)
+    dense = torch.einsum("bkiy,bkjx,bcyx->bkcij", wy, wx, fmap)
+    assert torch.allclose(dense, ref, atol=1e-5)
+    for method in ("matmul", "native", "roi_align") if native.available() else ("matmul", "roi_align"):
+        means = torch.full((3, 13, 11), float("nan"))
+        assert torch.allclose(crop(fmap, boxes, size, sampling_ratio=sampling_ratio, method=method, region_means=means), ref, atol=1e-5)
+        assert torch.allclose(means, ref.mean(dim=(-2, -1)), atol=1e-5)  # filled in the same call
+    # float16 maps (the cache's precision): the kernel converts on load, torch's paths upcast first
+    half = fmap.half().contiguous(memory_format=torch.channels_last)
+    ref16 = crop(half.float(), boxes, size, sampling_ratio=sampling_ratio, method="roi_align")
+    for method in ("native", "matmul") if native.available() else ("matmul",):
+        got = crop(half, boxes, size, sampling_ratio=sampling_ratio, method=method)
+        assert got.dtype == torch.float32 and torch.allclose(got, ref16, atol=1e-5)
+
+
+def test_crop_falls_back_to_torch_without_the_kernel(monkeypatch):
+    """No compiler (or RARL_NATIVE=0): ``available()`` is False, ``auto`` crops with torch."""
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("RARL_NATIVE", "0")
+    assert not native.available()
+    fmap = torch.randn(2, 200, 4, 4)
+    boxes = anchor_boxes(torch.zeros(2, 2))
+    assert torch.allclose(crop(fmap, boxes, 3), crop(fmap, boxes, 3, method="roi_align"), atol=1e-5)
+    with pytest.raises(RuntimeError, match="not available"):
+        crop(fmap, boxes, 3, method="native")
+
+
+def test_a_failing_compiler_is_reported_once_and_not_fatal(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("RARL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.delenv("RARL_NATIVE", raising=False)
+    monkeypatch.setattr(native, "library_path", lambda cache_dir=None: tmp_path / "native" / "k.so")
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        assert native.load() is None
+    assert native.load() is None  # no second attempt, no second warning
 
 
 def test_fuse_is_category_wise_max():

@@ -54,6 +54,10 @@ def test_extractor_shapes(s):
     # the K regions are a set: permuting them does not change the features
     perm = {"glimpses": pre["glimpses"][:, torch.randperm(9)], "step": pre["step"]}
     assert torch.allclose(ext(perm), out, atol=1e-6)
+    # the channel projection (default 64) feeds the region embedding; proj_dim=0 embeds the raw crop
+    assert ext.embed[0].in_features == 64 * s * s
+    raw = GlimpseExtractor(space, features_dim=32, proj_dim=0)
+    assert raw.embed[0].in_features == 8 * s * s and raw(pre).shape == (4, 32)
 
 
 def test_defaults_fit_the_episode_and_the_memory_budget(env_kwargs):
@@ -132,7 +136,14 @@ def test_native_and_single_envs_evaluate_the_same(env_kwargs, monkeypatch):
 
 def test_train_agent_ppo_writes_a_run_refuses_overwrite_and_resumes(cli_args, tmp_path, capsys):
     run = tmp_path / "ppo"
-    assert train_agent.main(cli_args("ppo", "ppo", "--total-timesteps", "192", "--n-envs", "2")) == 0
+    # a misspelt hyperparameter is refused before anything is written
+    assert train_agent.main(cli_args("ppo", "ppo", "--total-timesteps", "192", "--hyperparams", '{"n_epoch": 2}')) == 2
+    assert "did you mean 'n_epochs'" in capsys.readouterr().err and not run.exists()
+    assert train_agent.main(cli_args("ppo", "ppo", "--hyperparams", "[2]")) == 2
+    assert "--hyperparams must be a JSON object" in capsys.readouterr().err
+    hyper = '{"n_epochs": 2, "learning_rate": 0.0005}'
+    assert train_agent.main(cli_args("ppo", "ppo", "--total-timesteps", "192", "--n-envs", "2", "--hyperparams", hyper)) == 0
+    assert json.loads((run / "run.json").read_text())["overrides"] == {"n_epochs": 2, "learning_rate": 0.0005}
     out = capsys.readouterr().out
     assert "mAP (area)" in out and "CF1 (top-3" in out
     assert all(name in out for name in ("learned", "random", "center", "grid", "global"))

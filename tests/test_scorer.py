@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from rarl_gym import metrics
-from rarl_gym.glimpse import anchor_boxes, crop
+from rarl_gym.glimpse import anchor_boxes, crop, fuse
 from rarl_gym.scorer import RegionScorer, fit_global_classifier, fit_region_scorer, pooled_features
 
 
@@ -40,6 +40,10 @@ def test_cropping_logit_maps_equals_scoring_crops():
     direct = scorer(crop(feats, boxes, 1))  # [4,9,3]
     maps = F.conv2d(feats, scorer.linear.weight[:, :, None, None], scorer.linear.bias)
     assert torch.allclose(direct, crop(maps, boxes, 1).flatten(2), atol=1e-5)
+    # the env's route: bias-free logit maps, s x s bins, mean, then the bias
+    for size in (1, 3):
+        want = scorer(crop(feats, boxes, size))
+        assert torch.allclose(scorer.score_regions(scorer.logit_maps(feats), boxes, size), want, atol=1e-5)
 
 
 def test_scorers_learn_the_blobs():
@@ -55,3 +59,18 @@ def test_scorers_learn_the_blobs():
     # seeded: the same fit twice
     again = fit_region_scorer(train, epochs=40, batch_size=32, lr=0.02)
     assert torch.equal(again.linear.weight, region.linear.weight)
+
+
+def test_the_env_scores_regions_from_the_crop_means():
+    """GlimpseEpisodes scores the regions from the means the crop computes in the same pass:
+    the same as the scorer applied to the observed glimpses, step 0 (whole image) included."""
+    from envs.core import GlimpseEpisodes
+
+    torch.manual_seed(1)
+    scorer = RegionScorer(40, 5)
+    ep = GlimpseEpisodes(num_steps=3, glimpse_size=3, scales=(0.2, 0.5), ratios=(1.0, 2.0), k=2, scorer=scorer, fuse_whole_image=True)
+    maps, labels = torch.randn(4, 40, 7, 7), torch.randint(0, 2, (4, 5))
+    glimpses = ep.reset(maps, labels)
+    for t in range(4):
+        assert torch.allclose(ep.region_scores(), fuse(scorer(glimpses)), atol=1e-5), t
+        glimpses, _ = ep.step(torch.rand(4, 2) * 2 - 1)

@@ -79,3 +79,43 @@ def test_a_damaged_entry_names_the_fix(tmp_path):
     (store.path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CorruptFileError, match="delete"):
         FeatureStore.open(store.path)
+
+
+def test_read_into_equals_batch_in_any_layout(tmp_path, monkeypatch):
+    """The envs' reader (native: pread + float16 -> float32 + channels-last in one pass; or the
+    torch fallback) gives exactly the maps and labels of ``batch``, in the given tensor."""
+    import torch
+
+    from rarl_gym import native
+
+    store = extract(ShapesDataset("train", num_images=10, image_size=64), tmp_path)
+    index = np.array([7, 0, 7, 3])
+    want, want_labels = store.batch(index)
+    last = torch.empty(want.shape).contiguous(memory_format=torch.channels_last)
+    half = torch.empty(want.shape, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    for out in (last, half, torch.empty(want.shape), torch.empty(want.shape, dtype=torch.float64)):
+        got, labels = store.read_into(index, out)
+        assert got is out and torch.equal(labels, want_labels)
+        assert torch.equal(got.float(), want)
+    assert native.available()  # CI has a C compiler: the fast path above was the compiled one
+    monkeypatch.setattr(native, "available", lambda: False)
+    assert torch.equal(store.read_into(index, torch.empty_like(last))[0], want)
+
+
+def test_read_into_a_truncated_file_is_an_error(tmp_path):
+    import torch
+
+    from rarl_gym import native
+
+    store = extract(ShapesDataset("train", num_images=6, image_size=64), tmp_path)
+    if not native.available():
+        pytest.skip("no C compiler")
+    row = int(np.prod(store.features.shape[1:])) * 2
+    with open(store.path / "features.f16", "r+b") as f:  # cut short after it was opened
+        f.truncate(5 * row + 10)
+    out = torch.empty(1, *store.features.shape[1:]).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(CorruptFileError, match="shorter") as err:
+        store.read_into([5], out)
+    assert "extract again" in str(err.value)
+    with pytest.raises(CorruptFileError):  # and reopening it says so too
+        FeatureStore.open(store.path)

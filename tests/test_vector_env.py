@@ -52,11 +52,11 @@ def test_make_vec_spaces_and_metadata(venv, small_kwargs):
     assert isinstance(sync, SyncVectorEnv)
 
 
-@pytest.mark.parametrize("num_envs,mode", [(3, "locate"), (4, "locate"), (3, "joint"), (4, "joint")])
-def test_equals_single_envs_across_autoresets(small_kwargs, num_envs, mode):
+@pytest.mark.parametrize("num_envs,mode,copy", [(3, "locate", True), (4, "locate", False), (3, "joint", False), (4, "joint", True)])
+def test_equals_single_envs_across_autoresets(small_kwargs, num_envs, mode, copy):
     """Same obs, rewards, terminations and infos as B GlimpseEnvs in a same-step SyncVectorEnv."""
     kwargs = {"dataset": "shapes", "mode": mode, **small_kwargs}
-    native = GlimpseVectorEnv(num_envs, **kwargs)
+    native = GlimpseVectorEnv(num_envs, copy=copy, **kwargs)
     ref = SyncVectorEnv([lambda: GlimpseEnv(**kwargs)] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
     rng = np.random.default_rng(num_envs)
     ends = 0
@@ -75,6 +75,26 @@ def test_equals_single_envs_across_autoresets(small_kwargs, num_envs, mode):
         single = GlimpseEnv(**kwargs)
         want = [single.reset(seed=3 + i)[1]["image_id"]] + [single.reset()[1]["image_id"] for _ in range(2)]
         assert want[1:] == [x[i] for x in ids[:2]]  # reset(seed=3) took want[0]
+
+
+def test_copy_false_reuses_two_buffers(small_kwargs):
+    """copy=False: observations alternate between two arrays and stay valid until the step after next."""
+    fast = GlimpseVectorEnv(2, copy=False, dataset="shapes", **small_kwargs)
+    safe = GlimpseVectorEnv(2, dataset="shapes", **small_kwargs)
+    assert not fast.copy and safe.copy
+    acts = np.zeros((2, 2), dtype=np.float32)
+    history = [(fast.reset(seed=0)[0], safe.reset(seed=0)[0])]
+    for _ in range(9):
+        history.append((fast.step(acts)[0], safe.step(acts)[0]))
+        (f_prev, s_prev), (f_now, s_now) = history[-2], history[-1]
+        np.testing.assert_array_equal(f_prev["glimpses"], s_prev["glimpses"])  # still intact one step later
+        np.testing.assert_array_equal(f_now["glimpses"], s_now["glimpses"])
+        assert not np.shares_memory(f_prev["glimpses"], f_now["glimpses"])
+        assert not np.shares_memory(s_prev["glimpses"], s_now["glimpses"])
+    assert np.shares_memory(history[-1][0]["glimpses"], history[-3][0]["glimpses"])  # the ring of two
+    assert not any(np.shares_memory(history[-1][1]["glimpses"], h[1]["glimpses"]) for h in history[:-1])
+    with pytest.raises(ConfigError, match="copy must be"):
+        GlimpseVectorEnv(2, copy="no", dataset="shapes", **small_kwargs)
 
 
 def test_final_info_and_options(venv):

@@ -101,6 +101,42 @@ class FeatureStore:
         labels = torch.from_numpy(self.labels[index]).to(device)
         return feats, labels
 
+    def read_into(self, index, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy the feature maps of the images ``index`` into ``out [B, C, H, W]`` (any float dtype,
+        memory format or device: converted in the same copy); return ``(out, labels [B, L])``.
+
+        For a channels-last float16 or float32 CPU ``out`` (what the envs use) the compiled reader
+        of :mod:`rarl_gym.native` reads, converts and transposes in one pass. Otherwise the rows go
+        through a float16 staging buffer kept between calls, so that a reader that calls it every
+        episode allocates nothing: a fresh buffer of this size costs as much in page faults as
+        the copy itself.
+        """
+        from rarl_gym import native
+
+        index = np.atleast_1d(np.asarray(index))
+        labels = torch.from_numpy(self.labels[index]).to(out.device)
+        fast = out.dtype in (torch.float32, torch.float16) and out.device.type == "cpu" and out.is_contiguous(memory_format=torch.channels_last)
+        if fast and native.available():
+            try:
+                native.read_maps_nhwc(self._file().fileno(), index, out)
+            except OSError as err:
+                raise CorruptFileError(f"feature cache {self.path} could not be read ({err})", f"delete {self.path} and extract again") from err
+            return out, labels
+        shape = (len(index), *self.features.shape[1:])
+        staging = self.__dict__.get("_staging")
+        if staging is None or staging.shape != shape:
+            staging = self.__dict__["_staging"] = np.empty(shape, dtype=self.features.dtype)
+        np.take(self.features, index, axis=0, out=staging)
+        out.copy_(torch.from_numpy(staging))
+        return out, labels
+
+    def _file(self):
+        """The features file, opened once for reading (closed with the store)."""
+        f = self.__dict__.get("_fh")
+        if f is None:
+            f = self.__dict__["_fh"] = open(self.path / FEATURES_FILE, "rb")  # noqa: SIM115 - lives as long as the store
+        return f
+
     @classmethod
     def open(cls, path: str | Path) -> FeatureStore:
         """Open a finished entry; raise :class:`CorruptFileError` for an unfinished or damaged one."""

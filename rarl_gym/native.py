@@ -1,0 +1,195 @@
+"""The CPU kernels of the env's hot path: small C functions compiled once, on first use, with the system's C compiler.
+
+Why: on the CPU the env's step is the crop of ``B x K`` regions of ``s x s`` bins from ``C``-channel
+maps. ``torchvision.ops.roi_align`` walks channel planes and is slow for C = 1280; the dense
+matrix product of :func:`rarl_gym.glimpse.crop` (``method="matmul"``) spends ``H * W`` multiply-adds
+per output value although a bin touches only a few map cells. The kernel in
+``rarl_gym/csrc/glimpse_crop.c`` applies the same separable RoI-align weights sparsely to a
+channels-last map: a handful of vectorised multiply-adds per output value, one (cache-bypassing)
+write of the output. Its second function reads a batch of float16 maps from the cache file with
+``pread`` and converts them to channels-last float32 in the same pass (a memory map would first
+fault every page in, and numpy + torch would take two more passes).
+
+How: ``cc -O3 -march=native -shared`` builds a shared library into ``<cache>/native/`` (keyed by
+the source, the flags and the CPU; atomic, so concurrent processes are safe) and ``ctypes`` loads
+it. The work is split over ``torch.get_num_threads()`` Python threads (a ``ctypes`` call releases
+the GIL). Without a compiler, or with ``RARL_NATIVE=0``, :func:`available` is False and
+:func:`rarl_gym.glimpse.crop` uses its pure-torch paths: same numbers, slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "glimpse_crop.c"
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99")
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+_pool: ThreadPoolExecutor | None = None
+
+
+def _cpu_signature() -> str:
+    """The CPU model and feature flags (``-march=native`` code is only valid on such a CPU)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
+    return "\n".join(dict.fromkeys(keep))  # one copy of each distinct line
+
+
+def library_path(cache_dir: str | Path | None = None) -> Path:
+    """Where the compiled kernel for this source, these flags and this CPU lives."""
+    from rarl_gym.features.store import default_cache_dir
+
+    digest = hashlib.sha1("\n".join([SOURCE.read_text(), " ".join(FLAGS), platform.machine(), _cpu_signature()]).encode()).hexdigest()[:16]
+    return Path(cache_dir or default_cache_dir()) / "native" / f"glimpse_crop-{digest}.so"
+
+
+def build(path: Path) -> Path:
+    """Compile the kernel to ``path`` (atomically); raise ``RuntimeError`` with the compiler's message on failure."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        raise RuntimeError("no C compiler found (cc, gcc or clang; or set $CC)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernel library, built on first use; ``None`` (with one warning) where it cannot be built."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        if os.environ.get("RARL_NATIVE", "1") in ("0", "false", "no"):
+            _tried = True
+            return None
+        try:
+            path = library_path()
+            if not path.exists():
+                build(path)
+            lib = ctypes.CDLL(str(path))
+            fn = lib.glimpse_crop_nhwc
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8
+            fn = lib.read_maps_nhwc
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 5
+            _lib = lib
+        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+            warnings.warn(
+                f"rarl_gym: the CPU glimpse-crop kernel could not be built ({err}); using the slower pure-torch crop. "
+                "Install a C compiler (e.g. apt install gcc) or set RARL_NATIVE=0 to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            _lib = None
+        _tried = True
+        return _lib
+
+
+def available() -> bool:
+    """Whether the compiled CPU kernel can be used in this process."""
+    return load() is not None
+
+
+def crop_nhwc(
+    features: torch.Tensor, image: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor, means: torch.Tensor | None = None, sampling_ratio: int = -1
+) -> torch.Tensor:
+    """Crop regions from channels-last maps with the compiled kernel (RoI-align weights computed in C).
+
+    Args:
+        features: ``[B, H, W, C]`` float32 or float16 (converted on load), contiguous, on the CPU.
+        image: ``[N]`` int64, the map of each region.
+        boxes: ``[N, 4]`` float32 ``(x1, y1, x2, y2)`` in image coordinates.
+        out: ``[N, C, S, S]`` float32, contiguous: written in place and returned.
+        means: optional ``[N, C]`` float32, contiguous: filled with each region's mean over its
+            ``S x S`` bins (``out.mean((-2, -1))``) in the same pass.
+        sampling_ratio: as :func:`rarl_gym.glimpse.crop`.
+    """
+    lib = load()
+    if lib is None:
+        raise RuntimeError("the native crop kernel is not available")
+    _, h, w, c = features.shape
+    n, _, s, _ = out.shape
+    tensors = {"boxes": boxes, "out": out, **({"means": means} if means is not None else {})}
+    for name, t in tensors.items():
+        if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+            raise ValueError(f"crop_nhwc: {name} must be a contiguous float32 CPU tensor")
+    if features.dtype not in (torch.float32, torch.float16) or features.device.type != "cpu" or not features.is_contiguous():
+        raise ValueError("crop_nhwc: features must be a contiguous float32 or float16 CPU tensor")
+    half = int(features.dtype == torch.float16)
+    image = image.to(torch.int64).contiguous()
+    if out.shape != (n, c, s, s) or image.shape != (n,) or boxes.shape != (n, 4) or (means is not None and means.shape != (n, c)):
+        raise ValueError("crop_nhwc: inconsistent shapes")
+    ptrs = [features.data_ptr(), image.data_ptr(), boxes.data_ptr(), out.data_ptr(), None if means is None else means.data_ptr()]
+    codes = _parallel(lambda lo, hi: lib.glimpse_crop_nhwc(*ptrs, lo, hi, c, h, w, s, sampling_ratio, half), n)
+    if any(codes):
+        raise MemoryError("crop_nhwc: the kernel could not allocate its work buffer")
+    return out
+
+
+def read_maps_nhwc(fd: int, index, out: torch.Tensor) -> torch.Tensor:
+    """Read rows ``index`` of a raw float16 ``[N, C, H, W]`` file (open descriptor ``fd``) into ``out``.
+
+    Args:
+        index: ``[B]`` row numbers.
+        out: ``[B, C, H, W]`` float16 (as stored) or float32 CPU tensor in ``torch.channels_last``
+            memory format (contiguous as ``[B, H, W, C]``): written in place and returned.
+    """
+    lib = load()
+    if lib is None:
+        raise RuntimeError("the native kernels are not available")
+    b, c, h, w = out.shape
+    if out.dtype not in (torch.float32, torch.float16) or out.device.type != "cpu" or not out.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError("read_maps_nhwc: out must be a channels-last float32 or float16 CPU tensor")
+    half = int(out.dtype == torch.float16)
+    rows = torch.as_tensor(index, dtype=torch.int64).contiguous()
+    if rows.shape != (b,):
+        raise ValueError(f"read_maps_nhwc: {rows.shape[0] if rows.ndim else 1} rows for an output of {b}")
+    codes = _parallel(lambda lo, hi: lib.read_maps_nhwc(fd, rows.data_ptr(), out.data_ptr(), lo, hi, c, h * w, half), b)
+    bad = next((code for code in codes if code), 0)
+    if bad:
+        raise OSError(bad if bad > 0 else 0, os.strerror(bad) if bad > 0 else "the feature file is shorter than its metadata says")
+    return out
+
+
+def _parallel(call, n: int) -> list[int]:
+    """Run ``call(lo, hi)`` on ``torch.get_num_threads()`` slices of ``range(n)`` at once; their return codes."""
+    global _pool
+    threads = max(1, min(torch.get_num_threads(), n))
+    bounds = [n * i // threads for i in range(threads + 1)]
+    if threads == 1:
+        return [call(0, n)]
+    if _pool is None or _pool._max_workers < threads:
+        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rarl-native")
+    return list(_pool.map(lambda i: call(bounds[i], bounds[i + 1]), range(threads)))
+
+
+__all__ = ["available", "build", "crop_nhwc", "library_path", "load", "read_maps_nhwc"]
