@@ -29,7 +29,9 @@ class GlimpseEnv(gym.Env):
     ## Action Space
     ``mode="locate"`` (default): ``Box(-1, 1, (2,), float32)``, the next glimpse centre ``(x, y)``
     in image coordinates (``(-1, -1)`` top-left, ``(1, 1)`` bottom-right). The env scores the
-    regions it shows with its own linear region scorer, fitted once on the training split.
+    regions it shows with its own linear region scorer, fitted once on the training split
+    (multiple-instance learning on random regions, :data:`rarl_gym.sources.SCORER_FIT`) and
+    saved beside the feature cache.
 
     ``mode="joint"`` (the paper's formulation): ``Box(-1, 1, (2 + L,), float32)``: the centre,
     then the agent's label scores for the regions it was shown in this step's observation.
@@ -75,8 +77,10 @@ class GlimpseEnv(gym.Env):
 
     ## Vectorized environment
     Episodes have a fixed length, so B of them run in lockstep: ``envs.core.GlimpseEpisodes``
-    steps B images with one batched crop. ``gym.make_vec`` works with the sync and async
-    vectorisers.
+    steps B images with one batched crop. ``gym.make_vec(id, num_envs=B)`` returns the native
+    :class:`envs.vector_env.GlimpseVectorEnv` (``vectorization_mode="vector_entry_point"``, the
+    default for these ids; ``copy=False`` for its fastest mode); the sync and async vectorisers
+    work too.
 
     ## Version History
     * v0: initial version.
