@@ -169,3 +169,23 @@ def test_ten_views_and_random_views():
 def test_defaults_are_the_papers():
     assert DEFAULT_RATIOS == (2.0, 1.0, 0.5)
     assert [round(s * 512) for s in DEFAULT_SCALES] == [80, 160, 320]
+
+
+def test_the_portable_build_of_the_kernel_gives_the_same_crops(monkeypatch, tmp_path):
+    """Built without -march=native (no AVX, no F16C: the plain C loops and float16 conversion),
+    the kernel still reproduces roi_align, for float32 and float16 maps."""
+    if not native.available():
+        pytest.skip("no C compiler")
+    monkeypatch.setattr(native, "FLAGS", ("-O2", "-fPIC", "-shared", "-std=c99"))
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("RARL_CACHE", str(tmp_path))
+    assert native.available() and native.library_path().parent == tmp_path / "native"
+    g = torch.Generator().manual_seed(5)
+    fmap = torch.randn(2, 70, 9, 8, generator=g)
+    fmap[0, :3, 0, 0] = torch.tensor([6e-6, -1e-7, 65000.0])  # float16 subnormals and a large value
+    boxes = torch.cat([anchor_boxes(torch.rand(2, 2, generator=g) * 2 - 1), whole_image_boxes(2, 1)], dim=1)
+    for maps in (fmap, fmap.half()):
+        want = crop(maps.float(), boxes, 3, method="roi_align")
+        got = crop(maps.contiguous(memory_format=torch.channels_last), boxes, 3, method="native")
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
