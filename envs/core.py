@@ -21,7 +21,7 @@ import torch
 
 from rarl_gym.glimpse import anchor_boxes, crop, fuse, whole_image_boxes
 from rarl_gym.reward import topk_overlap
-from rarl_gym.scorer import RegionScorer
+from rarl_gym.scorer import CrossFitScorer, RegionScorer
 
 
 class GlimpseEpisodes:
@@ -42,9 +42,10 @@ class GlimpseEpisodes:
         scales: Sequence[float],
         ratios: Sequence[float],
         k: int | str,
-        scorer: RegionScorer | None = None,
+        scorer: RegionScorer | CrossFitScorer | None = None,
         fuse_whole_image: bool = False,
         reuse_buffers: bool = False,
+        out_of_fold: bool = False,
     ):
         self.num_steps = num_steps
         self.glimpse_size = glimpse_size
@@ -55,6 +56,8 @@ class GlimpseEpisodes:
         self.fuse_whole_image = fuse_whole_image
         self.num_regions = len(self.scales) * len(self.ratios)
         self.reuse_buffers = reuse_buffers
+        self.out_of_fold = out_of_fold
+        self.folds: torch.Tensor | None = None  # [B] the scorer fold of each image (out_of_fold)
         self.t = 0
         self._maps: torch.Tensor | None = None  # [B, C, H, W] channels-last, reused across episodes
         self._ring: list[torch.Tensor] = []  # two [B, K, C, s, s] output tensors (reuse_buffers)
@@ -65,7 +68,9 @@ class GlimpseEpisodes:
         """The episodes of an env's :class:`rarl_gym.env_settings.EnvSettings`; ``mode="locate"``
         loads (or fits, once) the env's region scorer."""
         scorer = settings.source.region_scorer(progress=progress) if settings.mode == "locate" else None
-        return cls(**settings.rollout_kwargs(), scorer=scorer, reuse_buffers=reuse_buffers)
+        # the training split's images are scored by the cross-fitted scorer that never saw them
+        out_of_fold = settings.split == settings.source.train_split
+        return cls(**settings.rollout_kwargs(), scorer=scorer, reuse_buffers=reuse_buffers, out_of_fold=out_of_fold)
 
     @staticmethod
     def map_dtype(device: torch.device | str = "cpu") -> torch.dtype:
@@ -86,17 +91,21 @@ class GlimpseEpisodes:
             m = self._maps = torch.empty(shape, device=device, dtype=self.map_dtype(device)).contiguous(memory_format=torch.channels_last)
         return m
 
-    def reset(self, feature_maps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def reset(self, feature_maps: torch.Tensor, labels: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
         """Start B episodes on ``feature_maps [B, C, H, W]``; returns the glimpses ``[B, K, C, s, s]`` of step 0.
 
         The maps are used as given when they are channels-last in :meth:`map_dtype` (as
-        :meth:`map_buffer` is), else copied into that layout.
+        :meth:`map_buffer` is), else copied into that layout (maps read from the float16 cache
+        lose nothing). ``images [B]``: the images' indices in their split; with ``out_of_fold``
+        and a :class:`rarl_gym.scorer.CrossFitScorer`, image ``i`` is scored by fold ``i % F``.
         """
         if feature_maps.dtype != self.map_dtype(feature_maps.device) or not feature_maps.is_contiguous(memory_format=torch.channels_last):
             feature_maps = self.map_buffer(tuple(feature_maps.shape), feature_maps.device).copy_(feature_maps)
         b = feature_maps.shape[0]
         self.feature_maps = feature_maps
         self.labels = labels
+        folds = getattr(self.scorer, "folds", None)
+        self.folds = None if not (self.out_of_fold and folds and images is not None) else torch.as_tensor(images, dtype=torch.long) % folds
         self.t = 0
         self.fused = torch.full((b, labels.shape[1]), float("-inf"), device=feature_maps.device)
         self.boxes = whole_image_boxes(b, self.num_regions, device=feature_maps.device)  # [B,K,4] float32
@@ -126,7 +135,7 @@ class GlimpseEpisodes:
     def region_scores(self) -> torch.Tensor:
         """``[B, L]`` the env scorer's fused scores of the regions shown now (``locate`` mode);
         equal to ``fuse(scorer(glimpses))``, from the region means the crop computed."""
-        return fuse(self.scorer.linear(self.region_means))
+        return fuse(self.scorer.score_means(self.region_means, self.folds))
 
     def step(self, centers: torch.Tensor, scores: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Advance all B episodes by one step.

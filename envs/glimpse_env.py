@@ -131,7 +131,7 @@ class GlimpseEnv(gym.Env):
         self._index = index
         maps = self.episodes.map_buffer((1, self.store.channels, *self.store.map_size))
         feats, labels = self.store.read_into([index], maps)  # [1, C, H, W] channels-last, [1, L]
-        glimpses = self.episodes.reset(feats, labels)
+        glimpses = self.episodes.reset(feats, labels, torch.tensor([index]))
         return self._obs(glimpses), {"image_id": self.store.image_ids[index]}
 
     def step(self, action):

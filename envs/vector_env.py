@@ -216,7 +216,7 @@ class GlimpseVectorEnv(VectorEnv):
         self._index = index
         maps = self.episodes.map_buffer((len(index), self.store.channels, *self.store.map_size))
         feats, labels = self.store.read_into(index, maps)  # [B, C, H, W] channels-last, [B, L]
-        glimpses = self.episodes.reset(feats, labels)
+        glimpses = self.episodes.reset(feats, labels, torch.from_numpy(index))
         return self._obs(glimpses), {"image_id": self._ids[index], "_image_id": np.ones(self.num_envs, dtype=bool)}
 
     def _obs(self, glimpses: torch.Tensor) -> ObsDict:

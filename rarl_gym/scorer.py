@@ -5,7 +5,9 @@ It serves two purposes:
 * the env's own classifier in ``mode="locate"``: fitted once on the training split's region
   features (multiple-instance style: the category-wise max over random glimpse regions of an
   image is trained against the image's labels), saved beside the feature cache, so that any RL
-  algorithm can learn where to look without a classifier of its own;
+  algorithm can learn where to look without a classifier of its own. It is cross-fitted
+  (:class:`CrossFitScorer`): a training image is scored by a scorer that never saw it, so the
+  rewards on the training split are as honest as on a held-out one;
 * with ``regions_per_image=0`` (the whole image only) it is the global-image linear classifier
   baseline on the same frozen backbone (the CNN-SVM / VeryDeep analogue).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +44,10 @@ class RegionScorer(nn.Module):
         region (:meth:`score_regions`) at ``L / C`` of the cost of cropping the features.
         """
         return F.conv2d(feature_maps, self.linear.weight[:, :, None, None])
+
+    def score_means(self, means: torch.Tensor, folds: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, K, C]`` region means (over the ``s x s`` bins) -> ``[B, K, L]`` logits (``folds`` unused)."""
+        return self.linear(means)
 
     def score_regions(
         self, logit_maps: torch.Tensor, boxes: torch.Tensor, size: int, weights: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -89,9 +96,47 @@ def training_regions(
     return torch.cat([whole, boxes], dim=1)
 
 
+class CrossFitScorer(nn.Module):
+    """F region scorers, scorer ``f`` fitted on the training images whose index ``i % F != f``.
+
+    A training image ``i`` is scored out of fold, by scorer ``i % F``, which never saw it: the
+    reward of a training episode then measures how well the glimpses generalise, as on a
+    held-out split, instead of how well a scorer fitted on the same image remembers it (on VOC07
+    the in-sample scorer gave training rewards of 0.96 against 0.85 on val, leaving an RL
+    algorithm almost nothing to learn from). Other images (``folds=None``) get the mean of the
+    F scorers' logits.
+    """
+
+    def __init__(self, scorers: Sequence[RegionScorer]):
+        super().__init__()
+        self.scorers = nn.ModuleList(scorers)
+
+    @property
+    def folds(self) -> int:
+        return len(self.scorers)
+
+    def score_means(self, means: torch.Tensor, folds: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, K, C]`` region means -> ``[B, K, L]`` logits: image ``b`` by scorer ``folds[b]``, or the mean of all."""
+        logits = torch.stack([s.linear(means) for s in self.scorers])  # [F, B, K, L]
+        if folds is None:
+            return logits.mean(0)
+        return logits[folds.long(), torch.arange(means.shape[0], device=means.device)]
+
+    def forward(self, glimpses: torch.Tensor, folds: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, K, C, s, s]`` -> ``[B, K, L]``."""
+        return self.score_means(glimpses.mean(dim=(-2, -1)), folds)
+
+
+def fit_cross_fitted_scorer(store, *, folds: int = 2, seed: int = 0, **fit) -> CrossFitScorer:
+    """A :class:`CrossFitScorer`: :func:`fit_region_scorer` on each of the ``folds`` complements."""
+    index = np.arange(len(store))
+    return CrossFitScorer([fit_region_scorer(store, images=index[index % folds != f], seed=seed + f, **fit) for f in range(folds)])
+
+
 def fit_region_scorer(
     store,
     *,
+    images: np.ndarray | None = None,
     regions_per_image: int = 2,
     scales: Sequence[float] = DEFAULT_SCALES,
     ratios: Sequence[float] = DEFAULT_RATIOS,
@@ -108,6 +153,7 @@ def fit_region_scorer(
     Args:
         store: the training split's :class:`rarl_gym.features.store.FeatureStore` (read batch
             by batch, so a split larger than memory works).
+        images: fit on these image indices only (default: all).
         regions_per_image: random glimpse centres per image and epoch (each gives K anchors),
             besides the whole image.
         progress: show a progress bar over the epochs.
@@ -119,9 +165,10 @@ def fit_region_scorer(
     generator = torch.Generator().manual_seed(seed)
     scorer = seeded_scorer(store.channels, len(store.classes), seed).to(device)
     opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
+    images = torch.arange(len(store)) if images is None else torch.as_tensor(np.asarray(images), dtype=torch.long)
     for _ in tqdm(range(epochs), desc="fit the env's region scorer", unit="epoch", disable=not progress, leave=False):
-        for idx in torch.randperm(len(store), generator=generator).split(batch_size):
-            feats, labels = store.batch(idx.numpy(), device)
+        for idx in images[torch.randperm(len(images), generator=generator)].split(batch_size):
+            feats, labels = store.batch(np.sort(idx.numpy()), device)
             boxes = training_regions(len(idx), regions_per_image, scales, ratios, generator, "cpu").to(device)
             logits = fuse(scorer.score_regions(scorer.logit_maps(feats), boxes, 1))  # [B,R,L] -> [B,L]
             loss = masked_bce(logits, labels)
@@ -153,19 +200,27 @@ def fit_global_classifier(
     return scorer.eval().requires_grad_(False)
 
 
-def save_scorer(scorer: RegionScorer, path: str | Path, meta: dict) -> None:
+def save_scorer(scorer: RegionScorer | CrossFitScorer, path: str | Path, meta: dict) -> None:
+    """Write a scorer (one, or the F of a :class:`CrossFitScorer`) atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": scorer.state_dict(), "meta": meta}, tmp)
+    parts = list(scorer.scorers) if isinstance(scorer, CrossFitScorer) else [scorer]
+    torch.save({"scorers": [p.state_dict() for p in parts], "cross_fit": isinstance(scorer, CrossFitScorer), "meta": meta}, tmp)
     tmp.replace(path)
 
 
-def load_scorer(path: str | Path) -> tuple[RegionScorer, dict]:
+def load_scorer(path: str | Path) -> tuple[RegionScorer | CrossFitScorer, dict]:
+    """The scorer :func:`save_scorer` wrote (files of an earlier version hold one ``state_dict``)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    weight = blob["state_dict"]["linear.weight"]
-    scorer = RegionScorer(weight.shape[1], weight.shape[0])
-    scorer.load_state_dict(blob["state_dict"])
-    return scorer.eval().requires_grad_(False), blob["meta"]
+    states = blob["scorers"] if "scorers" in blob else [blob["state_dict"]]
+    parts = []
+    for state in states:
+        weight = state["linear.weight"]
+        part = RegionScorer(weight.shape[1], weight.shape[0])
+        part.load_state_dict(state)
+        parts.append(part.eval().requires_grad_(False))
+    scorer = CrossFitScorer(parts).eval() if blob.get("cross_fit") else parts[0]
+    return scorer, blob["meta"]
 
 
-__all__ = ["RegionScorer", "fit_global_classifier", "fit_region_scorer", "pooled_features", "load_scorer", "masked_bce", "save_scorer", "training_regions"]
+__all__ = ["CrossFitScorer", "RegionScorer", "fit_cross_fitted_scorer", "fit_global_classifier", "fit_region_scorer", "pooled_features", "load_scorer", "masked_bce", "save_scorer", "training_regions"]

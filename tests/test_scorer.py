@@ -4,7 +4,17 @@ import torch.nn.functional as F
 
 from rarl_gym import metrics
 from rarl_gym.glimpse import anchor_boxes, crop, fuse
-from rarl_gym.scorer import RegionScorer, fit_global_classifier, fit_region_scorer, pooled_features
+from rarl_gym import scorer as scorer_mod
+from rarl_gym.scorer import (
+    CrossFitScorer,
+    RegionScorer,
+    fit_cross_fitted_scorer,
+    fit_global_classifier,
+    fit_region_scorer,
+    load_scorer,
+    pooled_features,
+    save_scorer,
+)
 
 
 class ArrayStore:
@@ -74,3 +84,55 @@ def test_the_env_scores_regions_from_the_crop_means():
     for t in range(4):
         assert torch.allclose(ep.region_scores(), fuse(scorer(glimpses)), atol=1e-5), t
         glimpses, _ = ep.step(torch.rand(4, 2) * 2 - 1)
+
+
+def test_cross_fitted_scorer_scores_each_training_image_out_of_fold(tmp_path, monkeypatch):
+    """Scorer f is fitted without the images i % F == f, which it alone scores; other splits get
+    the fold mean; the pair survives save / load (and a one-scorer file of the old format loads)."""
+    train = blobs(seed=0)
+    seen = []
+    original = fit_region_scorer
+
+    def spy(store, *, images=None, **kw):
+        seen.append(np.asarray(images))
+        return original(store, images=images, **kw)
+
+    monkeypatch.setattr(scorer_mod, "fit_region_scorer", spy)
+    cross = fit_cross_fitted_scorer(train, folds=2, epochs=20, batch_size=32, lr=0.02)
+    assert cross.folds == 2 and [len(s) for s in seen] == [48, 48]
+    assert (seen[0] % 2 == 1).all() and (seen[1] % 2 == 0).all()  # scorer 0 never saw the even images
+    means = torch.randn(4, 9, 6)
+    a, b = (s.linear(means) for s in cross.scorers)
+    routed = cross.score_means(means, torch.tensor([0, 1, 1, 0]))
+    assert torch.equal(routed[0], a[0]) and torch.equal(routed[1], b[1]) and torch.equal(routed[3], a[3])
+    assert torch.allclose(cross.score_means(means), (a + b) / 2)
+    # both folds learnt the blobs (a held-out set)
+    test = blobs(seed=1)
+    whole = torch.tensor([[[-1.0, -1.0, 1.0, 1.0]]]).expand(len(test), 1, 4)
+    feats = torch.from_numpy(test.features)
+    for fold in cross.scorers:
+        assert metrics.mean_average_precision(fold(crop(feats, whole, 1))[:, 0], test.labels) > 0.8
+    save_scorer(cross, tmp_path / "s.pt", {"fit": {"folds": 2}})
+    again, meta = load_scorer(tmp_path / "s.pt")
+    assert isinstance(again, CrossFitScorer) and meta == {"fit": {"folds": 2}}
+    assert torch.equal(again.score_means(means, torch.tensor([1, 0, 0, 1])), cross.score_means(means, torch.tensor([1, 0, 0, 1])))
+    torch.save({"state_dict": cross.scorers[0].state_dict(), "meta": {}}, tmp_path / "old.pt")  # the first format
+    old, _ = load_scorer(tmp_path / "old.pt")
+    assert isinstance(old, RegionScorer) and torch.equal(old.score_means(means), a)
+
+
+def test_the_env_scores_training_images_out_of_fold(small_kwargs):
+    """On the training split image i is scored by fold i % 2; on the test split by the fold mean."""
+    from envs import GlimpseEnv
+
+    for split, want in (("train", lambda i: torch.tensor([i % 2])), ("test", lambda i: None)):
+        env = GlimpseEnv(dataset="shapes", split=split, **small_kwargs)
+        assert isinstance(env.episodes.scorer, CrossFitScorer)
+        for i in (3, 4):
+            obs, _ = env.reset(options={"index": i})
+            folds = env.episodes.folds
+            assert (folds is None and want(i) is None) or torch.equal(folds, want(i))
+            for _ in range(2):  # the regions shown now (step 0, then step 1) are scored by that fold
+                means = torch.from_numpy(obs["glimpses"])[None].mean(dim=(-2, -1))
+                assert torch.allclose(env.episodes.region_scores(), fuse(env.episodes.scorer.score_means(means, folds)), atol=1e-5)
+                obs = env.step(np.zeros(2, np.float32))[0]
