@@ -31,7 +31,8 @@ class GlimpseEnv(gym.Env):
     in image coordinates (``(-1, -1)`` top-left, ``(1, 1)`` bottom-right). The env scores the
     regions it shows with its own linear region scorer, fitted once on the training split
     (multiple-instance learning on random regions, :data:`rarl_gym.sources.SCORER_FIT`) and
-    saved beside the feature cache.
+    saved beside the feature cache. It is cross-fitted: a training image is scored by the fold
+    that never saw it (:class:`rarl_gym.scorer.CrossFitScorer`), other splits by the folds' mean.
 
     ``mode="joint"`` (the paper's formulation): ``Box(-1, 1, (2 + L,), float32)``: the centre,
     then the agent's label scores for the regions it was shown in this step's observation.

@@ -93,7 +93,12 @@ def load() -> ctypes.CDLL | None:
         try:
             path = library_path()
             if not path.exists():
-                build(path)
+                try:
+                    build(path)
+                except PermissionError:  # a read-only cache: build into the temp folder instead
+                    path = library_path(Path(tempfile.gettempdir()) / "rarl_gym")
+                    if not path.exists():
+                        build(path)
             lib = ctypes.CDLL(str(path))
             fn = lib.glimpse_crop_nhwc
             fn.restype = ctypes.c_int

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +190,25 @@ def test_the_portable_build_of_the_kernel_gives_the_same_crops(monkeypatch, tmp_
         want = crop(maps.float(), boxes, 3, method="roi_align")
         got = crop(maps.contiguous(memory_format=torch.channels_last), boxes, 3, method="native")
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_read_only_cache_builds_the_kernel_in_the_temp_folder(monkeypatch, tmp_path):
+    if not native.available():
+        pytest.skip("no C compiler")
+    cache, temp = tmp_path / "cache", tmp_path / "tmp"
+    (cache / "native").mkdir(parents=True)
+    temp.mkdir()
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("RARL_CACHE", str(cache))
+    monkeypatch.setattr(native.tempfile, "tempdir", str(temp))
+    real_mkstemp = native.tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if Path(dir).is_relative_to(cache):
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(native.tempfile, "mkstemp", refuse)
+    assert native.load() is not None
+    assert list((temp / "rarl_gym" / "native").glob("glimpse_crop-*.so")) and not list((cache / "native").iterdir())
