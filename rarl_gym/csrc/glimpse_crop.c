@@ -190,6 +190,8 @@ int glimpse_crop_nhwc(const void *restrict f, const int64_t *restrict img, const
  * dst[b, p, c] = file[index[b], c, p] for b in [start, stop): rows of a raw float16 array
  * [N, C, P] (P = H * W) read with pread from the open file fd and transposed to channels-last,
  * as float16 (half != 0) or converted to float32. Returns 0, or the errno of a failed read (-1: the file is too short). */
+#define TILE 32
+
 int read_maps_nhwc(int fd, const int64_t *restrict index, void *restrict dst, int64_t start, int64_t stop, int64_t C, int64_t P, int64_t half)
 {
     const size_t row = (size_t)(C * P) * sizeof(uint16_t);
@@ -206,14 +208,21 @@ int read_maps_nhwc(int fd, const int64_t *restrict index, void *restrict dst, in
             }
             done += (size_t)got;
         }
-        if (half) {
-            uint16_t *restrict d = (uint16_t *)dst + b * P * C;
-            for (int64_t p = 0; p < P; ++p)
-                for (int64_t c = 0; c < C; ++c) d[p * C + c] = buf[c * P + p];
-        } else {
-            float *restrict d = (float *)dst + b * P * C;
-            for (int64_t p = 0; p < P; ++p)
-                for (int64_t c = 0; c < C; ++c) d[p * C + c] = half_to_float(buf[c * P + p]);
+        /* transpose [C, P] -> [P, C] tile by tile, so that reads and writes both stay in L1 */
+        for (int64_t c0 = 0; c0 < C; c0 += TILE) {
+            const int64_t c1 = c0 + TILE < C ? c0 + TILE : C;
+            for (int64_t p0 = 0; p0 < P; p0 += TILE) {
+                const int64_t p1 = p0 + TILE < P ? p0 + TILE : P;
+                if (half) {
+                    uint16_t *restrict d = (uint16_t *)dst + b * P * C;
+                    for (int64_t p = p0; p < p1; ++p)
+                        for (int64_t c = c0; c < c1; ++c) d[p * C + c] = buf[c * P + p];
+                } else {
+                    float *restrict d = (float *)dst + b * P * C;
+                    for (int64_t p = p0; p < p1; ++p)
+                        for (int64_t c = c0; c < c1; ++c) d[p * C + c] = half_to_float(buf[c * P + p]);
+                }
+            }
         }
     }
     free(buf);
