@@ -117,10 +117,13 @@ class CrossFitScorer(nn.Module):
 
     def score_means(self, means: torch.Tensor, folds: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, K, C]`` region means -> ``[B, K, L]`` logits: image ``b`` by scorer ``folds[b]``, or the mean of all."""
-        logits = torch.stack([s.linear(means) for s in self.scorers])  # [F, B, K, L]
+        weight = torch.cat([s.linear.weight for s in self.scorers])  # [F*L, C]: one product for all folds
+        bias = torch.cat([s.linear.bias for s in self.scorers])
+        logits = F.linear(means, weight, bias).unflatten(-1, (self.folds, -1))  # [B, K, F, L]
         if folds is None:
-            return logits.mean(0)
-        return logits[folds.long(), torch.arange(means.shape[0], device=means.device)]
+            return logits.mean(2)
+        b = torch.arange(means.shape[0], device=means.device)
+        return logits[b, :, folds.long()]  # [B, K, L]
 
     def forward(self, glimpses: torch.Tensor, folds: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, K, C, s, s]`` -> ``[B, K, L]``."""
