@@ -40,6 +40,7 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = 0  # the process that owns _pool: a forked child (AsyncVectorEnv) must make its own
 
 
 def _cpu_signature() -> str:
@@ -187,13 +188,14 @@ def read_maps_nhwc(fd: int, index, out: torch.Tensor) -> torch.Tensor:
 
 def _parallel(call, n: int) -> list[int]:
     """Run ``call(lo, hi)`` on ``torch.get_num_threads()`` slices of ``range(n)`` at once; their return codes."""
-    global _pool
+    global _pool, _pool_pid
     threads = max(1, min(torch.get_num_threads(), n))
     bounds = [n * i // threads for i in range(threads + 1)]
     if threads == 1:
         return [call(0, n)]
-    if _pool is None or _pool._max_workers < threads:
+    if _pool is None or _pool._max_workers < threads or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rarl-native")
+        _pool_pid = os.getpid()
     return list(_pool.map(lambda i: call(bounds[i], bounds[i + 1]), range(threads)))
 
 

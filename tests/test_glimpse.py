@@ -212,3 +212,32 @@ def test_a_read_only_cache_builds_the_kernel_in_the_temp_folder(monkeypatch, tmp
     monkeypatch.setattr(native.tempfile, "mkstemp", refuse)
     assert native.load() is not None
     assert list((temp / "rarl_gym" / "native").glob("glimpse_crop-*.so")) and not list((cache / "native").iterdir())
+
+
+def _crop_in_child(queue):
+    torch.set_num_threads(2)  # use the work pool (a forked child may start with one thread)
+    fmap = torch.randn(4, 64, 6, 6)
+    queue.put(float(crop(fmap, anchor_boxes(torch.zeros(4, 2)), 3, method="native").sum()))
+
+
+def test_the_kernel_works_in_a_forked_child_after_the_parent_used_it():
+    """AsyncVectorEnv forks: the child must not wait on the parent's (dead) worker threads."""
+    import multiprocessing as mp
+
+    if not native.available():
+        pytest.skip("no C compiler")
+    torch.set_num_threads(2)  # the parent's work pool runs 2 threads
+    try:
+        crop(torch.randn(8, 64, 6, 6), anchor_boxes(torch.zeros(8, 2)), 3, method="native")
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_crop_in_child, args=(queue,))
+        child.start()
+        child.join(timeout=30)
+        hung = child.exitcode is None
+        if hung:
+            child.kill()
+        assert not hung and child.exitcode == 0, "the child hung or failed"
+        assert math.isfinite(queue.get(timeout=5))
+    finally:
+        torch.set_num_threads(1)
