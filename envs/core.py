@@ -15,6 +15,7 @@ costs as much as the crop, in page faults).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,16 @@ import torch
 from rarl_gym.glimpse import anchor_boxes, crop, fuse, whole_image_boxes
 from rarl_gym.reward import topk_overlap
 from rarl_gym.scorer import CrossFitScorer, RegionScorer
+
+
+def _single_threaded_after_fork() -> None:
+    """A forked child (``AsyncVectorEnv``'s workers) runs torch on one thread, as PyTorch's own
+    DataLoader workers do: the parent's OpenMP / MKL threads do not exist in the child, and the
+    first multi-threaded op there would wait for them forever. Workers run side by side anyway."""
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_single_threaded_after_fork)
 
 
 class GlimpseEpisodes:

@@ -198,3 +198,33 @@ def test_sb3_ppo_smoke(small_kwargs):
     model.learn(24)
     assert model.num_timesteps >= 24 and len(model.ep_info_buffer) > 0
     assert time.perf_counter() - start < 20
+
+
+def test_async_vectorisation_equals_sync(small_kwargs):
+    """gym.make_vec(..., vectorization_mode="async") forks workers after this process has used
+    the compiled crop (with its 2-thread work pool); the workers' results equal the sync ones."""
+    import torch
+
+    kwargs = {"dataset": "shapes", **small_kwargs}
+    torch.set_num_threads(2)
+    try:
+        warm = GlimpseEnv(**kwargs)
+        warm.reset(seed=0)
+        warm.step(np.zeros(2, np.float32))  # the parent's pool exists now
+        sync = gym.make_vec("RARL-Shapes-v0", num_envs=2, vectorization_mode="sync", **kwargs)
+        asyn = gym.make_vec("RARL-Shapes-v0", num_envs=2, vectorization_mode="async", vector_kwargs={"context": "fork"}, **kwargs)
+        try:
+            asyn.reset_async(seed=4)
+            assert_same(sync.reset(seed=4), asyn.reset_wait(timeout=60), "reset")  # a hung worker fails, not blocks
+            rng = np.random.default_rng(0)
+            for t in range(7):  # across an autoreset
+                actions = rng.uniform(-1, 1, (2, 2)).astype(np.float32)
+                asyn.step_async(actions)
+                a, b = sync.step(actions), asyn.step_wait(timeout=60)
+                for x, y in zip(a[:4], b[:4]):
+                    assert_same(x, y, f"t={t}")
+        finally:
+            asyn.close()
+            sync.close()
+    finally:
+        torch.set_num_threads(1)
