@@ -8,12 +8,11 @@ reward everywhere, and a wrong kwarg fails the same way everywhere.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 
 import gymnasium as gym
 
-from rarl_gym.errors import ConfigError, check_choice
+from rarl_gym.errors import ConfigError, check_choice, check_names
 from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES
 from rarl_gym.reward import ADAPTIVE
 from rarl_gym.sources import FeatureSource
@@ -95,13 +94,7 @@ class EnvSettings:
     def from_kwargs(cls, **kwargs) -> EnvSettings:
         """Build from env kwargs; an unknown kwarg is a :class:`ConfigError` with a suggestion."""
         valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in kwargs if k not in valid]
-        if unknown:
-            hints = []
-            for name in unknown:
-                close = difflib.get_close_matches(name, valid, n=1)
-                hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(f"unknown env argument(s) {', '.join(hints)}", f"valid arguments: {', '.join(valid)}")
+        check_names(kwargs, valid, "unknown env argument(s)", f"valid arguments: {', '.join(valid)}")
         return cls(**kwargs)
 
     @classmethod

@@ -6,6 +6,8 @@ inside torch or PIL. Each message says what is wrong and, after ``Fix:``, what t
 
 from __future__ import annotations
 
+import difflib
+
 
 class RarlGymError(Exception):
     """Base class of rarl-gym's errors."""
@@ -40,6 +42,17 @@ class RunExistsError(RarlGymError, FileExistsError):
     """A run folder that already holds a run (rarl-gym never overwrites one silently)."""
 
 
+def check_names(names, valid, problem: str, fix: str) -> None:
+    """Raise :class:`ConfigError` ``"<problem> 'x' (did you mean 'y'?), ..."`` for the ``names`` not in ``valid``."""
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, list(valid), n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"{problem} {', '.join(hints)}", fix)
+
+
 def check_choice(name: str, value, choices) -> None:
     """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
     if value not in choices:
@@ -55,4 +68,5 @@ __all__ = [
     "RarlGymError",
     "RunExistsError",
     "check_choice",
+    "check_names",
 ]

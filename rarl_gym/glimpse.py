@@ -136,7 +136,6 @@ def crop(
     sampling_ratio: int = -1,
     method: str = "auto",
     out: torch.Tensor | None = None,
-    weights: tuple[torch.Tensor, torch.Tensor] | None = None,
     region_means: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bilinear RoI crop (``torchvision.ops.roi_align``, ``aligned=True``) of K boxes per feature map.
@@ -158,12 +157,10 @@ def crop(
             * ``"matmul"``: the separable RoI-align weights of every map cell
               (:func:`crop_weights`) applied to the C channels as one batched matrix product;
             * ``"native"``: the same weights applied sparsely by the compiled CPU kernel of
-              :mod:`rarl_gym.native` (CPU, float32, no gradient);
+              :mod:`rarl_gym.native` (CPU, float32 or float16 maps, no gradient);
             * ``"auto"``: ``"native"`` where it applies and is available, else ``"matmul"`` when
               C > H*W (1280 channels on a 10 x 10 map), else ``"roi_align"``.
         out: optional ``[B, K, C, s, s]`` float tensor to write the result into.
-        weights: ``crop_weights(boxes, H, W, size, sampling_ratio)`` when the caller has them
-            already (used by ``"matmul"``).
         region_means: optional ``[B, K, C]`` tensor, filled with each region's mean over its
             ``s x s`` bins (what a linear :class:`rarl_gym.scorer.RegionScorer` reads); the
             ``"native"`` kernel computes it in the same pass.
@@ -173,6 +170,7 @@ def crop(
     """
     b, c, h, w = feature_maps.shape
     k = boxes.shape[1]
+    means_filled = False  # region_means written by the kernel
     if method == "auto":
         native_ok = (
             feature_maps.device.type == "cpu"
@@ -194,7 +192,7 @@ def crop(
         rois = torch.cat([index[:, None], px], dim=1)  # [B*K, 5]
         result = roi_align(feature_maps, rois, (size, size), 1.0, sampling_ratio, aligned=True).reshape(b, k, c, size, size)
     elif method == "matmul":
-        wy, wx = weights if weights is not None else crop_weights(boxes, h, w, size, sampling_ratio)
+        wy, wx = crop_weights(boxes, h, w, size, sampling_ratio)
         weights = (wy[:, :, :, None, :, None] * wx[:, :, None, :, None, :]).reshape(b, k * size * size, h * w)
         cells = feature_maps.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view for channels-last maps
         result = torch.bmm(weights, cells).reshape(b, k, size, size, c).permute(0, 1, 4, 2, 3)  # [B,K,C,s,s]
@@ -211,13 +209,11 @@ def crop(
             None if means is None else means.view(b * k, c),
             sampling_ratio,
         )
-        if region_means is not None and means is None:
-            region_means.copy_(target.mean(dim=(-2, -1)))
-        region_means = None  # filled
+        means_filled = means is not None
         result = target
     else:
         raise ValueError(f"method must be 'auto', 'native', 'roi_align' or 'matmul', got {method!r}")
-    if region_means is not None:
+    if region_means is not None and not means_filled:
         region_means.copy_(result.mean(dim=(-2, -1)))
     if out is None:
         return result.contiguous()

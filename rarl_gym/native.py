@@ -5,10 +5,11 @@ maps. ``torchvision.ops.roi_align`` walks channel planes and is slow for C = 128
 matrix product of :func:`rarl_gym.glimpse.crop` (``method="matmul"``) spends ``H * W`` multiply-adds
 per output value although a bin touches only a few map cells. The kernel in
 ``rarl_gym/csrc/glimpse_crop.c`` applies the same separable RoI-align weights sparsely to a
-channels-last map: a handful of vectorised multiply-adds per output value, one (cache-bypassing)
-write of the output. Its second function reads a batch of float16 maps from the cache file with
-``pread`` and converts them to channels-last float32 in the same pass (a memory map would first
-fault every page in, and numpy + torch would take two more passes).
+channels-last map (float32, or float16 converted on load): a handful of vectorised multiply-adds
+per output value, one write of the output, and each region's mean over its bins in the same pass.
+Its second function reads a batch of float16 maps from the cache file with ``pread`` and
+transposes them to channels-last (float16, or converted to float32) in the same pass (a memory
+map would first fault every page in, and numpy + torch would take two more passes).
 
 How: ``cc -O3 -march=native -shared`` builds a shared library into ``<cache>/native/`` (keyed by
 the source, the flags and the CPU; atomic, so concurrent processes are safe) and ``ctypes`` loads

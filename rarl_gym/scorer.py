@@ -49,18 +49,16 @@ class RegionScorer(nn.Module):
         """``[B, K, C]`` region means (over the ``s x s`` bins) -> ``[B, K, L]`` logits (``folds`` unused)."""
         return self.linear(means)
 
-    def score_regions(
-        self, logit_maps: torch.Tensor, boxes: torch.Tensor, size: int, weights: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def score_regions(self, logit_maps: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
         """``[B, K, L]`` scores of the regions ``boxes [B, K, 4]`` cropped at ``size x size``:
         equal to ``self(crop(feature_maps, boxes, size))``.
 
         The mean over the ``s x s`` bins of a crop weighs map cell ``(y, x)`` by
-        ``sum_i wy[i, y] * sum_j wx[j, x] / s^2`` (:func:`rarl_gym.glimpse.crop_weights`; pass
-        ``weights`` when they are at hand), so the scores are one small contraction of the logit maps.
+        ``sum_i wy[i, y] * sum_j wx[j, x] / s^2`` (:func:`rarl_gym.glimpse.crop_weights`), so the
+        scores are one small contraction of the logit maps.
         """
         b, _, h, w = logit_maps.shape
-        wy, wx = weights if weights is not None else crop_weights(boxes, h, w, size)
+        wy, wx = crop_weights(boxes, h, w, size)
         cells = torch.einsum("bky,bkx->bkyx", wy.sum(2), wx.sum(2)).reshape(b, -1, h * w) / (size * size)  # [B,K,HW]
         return torch.bmm(cells, logit_maps.reshape(b, -1, h * w).transpose(1, 2)) + self.linear.bias
 
@@ -161,9 +159,9 @@ def fit_region_scorer(
             besides the whole image.
         progress: show a progress bar over the epochs.
 
-    The scorer is linear and the crop is linear with weights summing to one, so the regions are
-    cropped from the ``L``-channel logit maps (``1 x 1`` convolution of the features) instead of
-    the ``C``-channel features: the same logits at ``L / C`` of the cost.
+    The scorer and the crop are linear, so the regions are scored on the ``L``-channel logit maps
+    (``1 x 1`` convolution of the features, :meth:`RegionScorer.score_regions`) instead of
+    cropping the ``C``-channel features: the same logits at ``L / C`` of the cost.
     """
     generator = torch.Generator().manual_seed(seed)
     scorer = seeded_scorer(store.channels, len(store.classes), seed).to(device)

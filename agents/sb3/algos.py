@@ -28,7 +28,6 @@ channels: 2.3 MB each).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
@@ -42,7 +41,7 @@ from stable_baselines3.common.preprocessing import get_obs_shape
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.sb3.extractor import GlimpseExtractor
-from rarl_gym.errors import ConfigError, check_choice
+from rarl_gym.errors import check_choice, check_names
 
 #: The algorithms by ``--algo`` name.
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "recurrentppo": RecurrentPPO}
@@ -99,12 +98,8 @@ def make_agent(algo: str, env: VecEnv, *, seed: int | None = 0, tensorboard_log:
     key by key (e.g. ``policy_kwargs={"net_arch": [64]}`` keeps the :class:`GlimpseExtractor`).
     """
     kwargs = default_hyperparams(algo, env)
-    accepted = set(inspect.signature(ALGOS[algo].__init__).parameters) - {"self", "policy", "env", "seed", "tensorboard_log", "device", "verbose"}
-    unknown = sorted(set(overrides) - accepted)
-    if unknown:
-        close = {name: difflib.get_close_matches(name, accepted, n=1) for name in unknown}
-        hints = ", ".join(f"{n!r} (did you mean {c[0]!r}?)" if c else repr(n) for n, c in close.items())
-        raise ConfigError(f"{ALGOS[algo].__name__} has no hyperparameter {hints}", f"use some of: {', '.join(sorted(accepted))}")
+    accepted = sorted(set(inspect.signature(ALGOS[algo].__init__).parameters) - {"self", "policy", "env", "seed", "tensorboard_log", "device", "verbose"})
+    check_names(overrides, accepted, f"{ALGOS[algo].__name__} has no hyperparameter", f"use some of: {', '.join(accepted)}")
     policy_kwargs = {**kwargs.pop("policy_kwargs"), **(overrides.pop("policy_kwargs", None) or {})}
     kwargs.update(overrides)
     if algo == "td3" and "action_noise" not in kwargs:
