@@ -30,4 +30,22 @@ def draw_glimpses(image: Image.Image, boxes_per_step: Sequence[np.ndarray], *, w
     return np.asarray(canvas, dtype=np.uint8)
 
 
-__all__ = ["STEP_COLOURS", "draw_glimpses"]
+def figure2(image: Image.Image, boxes_per_step: Sequence[np.ndarray], predicted: Sequence[str], true: Sequence[str] | None = None) -> Image.Image:
+    """The paper's Figure 2 for one image: the regions of each step in that step's colour
+    (:func:`draw_glimpses`) with the predicted labels underneath (and the true ones, when known).
+
+    Used by ``scripts/visualize.py``, ``scripts/predict.py --draw`` and the trainers' TensorBoard
+    images, so the three pictures are the same.
+    """
+    drawn = draw_glimpses(image, boxes_per_step)
+    h, w = drawn.shape[:2]
+    lines = ["pred: " + ", ".join(predicted)] + ([] if true is None else ["true: " + ", ".join(true)])
+    canvas = Image.new("RGB", (w, h + 2 + 13 * len(lines) + 2), "white")
+    canvas.paste(Image.fromarray(drawn), (0, 0))
+    text = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        text.text((3, h + 2 + 13 * i), line, fill=(0, 0, 0) if i == 0 else (90, 90, 90))
+    return canvas
+
+
+__all__ = ["STEP_COLOURS", "draw_glimpses", "figure2"]

@@ -35,14 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def visualize(args: argparse.Namespace) -> list[Path]:
     import numpy as np
     import torch
-    from PIL import Image, ImageDraw
-
-    from agents.rarl.rollout import rollout, scores_to_probs
+    from agents.rarl.rollout import rollout
     from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint
     from rarl_gym.env_settings import EnvSettings
     from rarl_gym.errors import ConfigError
     from rarl_gym.glimpse import anchor_boxes, boxes_to_pixels
-    from rarl_gym.render import draw_glimpses
+    from rarl_gym.render import figure2
 
     ckpt = load_checkpoint(args.checkpoint)
     settings = EnvSettings.from_kwargs(**ckpt["settings"])
@@ -57,7 +55,7 @@ def visualize(args: argparse.Namespace) -> list[Path]:
     feats, labels = store.batch(indices)
     with torch.no_grad():
         out = rollout(agent, feats, labels, **settings.rollout_kwargs(), sample=False)
-    probs = scores_to_probs(out.fused).numpy()
+    probs = agent.probabilities(out.fused).numpy()
     ckpt_path = Path(args.checkpoint)
     folder = Path(args.out) if args.out else (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / "figure2"
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,15 +64,10 @@ def visualize(args: argparse.Namespace) -> list[Path]:
         image = dataset.load_image(index)
         w, h = image.size
         boxes = anchor_boxes(out.centers[row], settings.scales, settings.ratios)  # [T,K,4]
-        drawn = draw_glimpses(image, list(boxes_to_pixels(boxes, w, h).numpy()))
         true = [c for c, y in zip(store.classes, labels[row].tolist()) if y == 1]
         k = max(1, len(true))
         pred = [store.classes[j] for j in np.argsort(-probs[row], kind="stable")[:k]]
-        canvas = Image.new("RGB", (w, h + 30), "white")
-        canvas.paste(Image.fromarray(drawn), (0, 0))
-        text = ImageDraw.Draw(canvas)
-        text.text((3, h + 2), "pred: " + ", ".join(pred), fill=(0, 0, 0))
-        text.text((3, h + 15), "true: " + ", ".join(true), fill=(90, 90, 90))
+        canvas = figure2(image, list(boxes_to_pixels(boxes, w, h).numpy()), pred, true)
         path = folder / f"{store.image_ids[index]}.png"
         canvas.save(path)
         written.append(path)

@@ -67,8 +67,12 @@ def test_an_interrupted_extraction_is_not_valid_and_resumes(tmp_path):
         FeatureStore.open(entry)
     ds.loaded, ds.stop_at = [], None
     resumed = extract(ds, tmp_path / "cut")
-    assert min(i for i in ds.loaded if i != 0) == 8  # batches of 4: 0-3 and 4-7 were done (0 is the shape probe)
-    assert np.array_equal(resumed.features, clean.features)
+    # every image finished before the interrupt was kept (8, 10 and 11 of the interrupted batch
+    # too): only image 9 is loaded again (0 is the shape probe)
+    assert [i for i in ds.loaded if i != 0] == [9]
+    # the same maps up to float16 rounding (image 9 ran in a batch of one: oneDNN's channels-last
+    # convolutions sum in another order for another batch size)
+    assert np.allclose(resumed.features, clean.features, rtol=1e-3, atol=1e-4)
     assert not (entry / "progress.npy").exists()
 
 

@@ -81,13 +81,19 @@ class Backbone:
         antialiased: PIL's resize filters over the whole footprint when downscaling), ignoring
         its aspect ratio, then scaled to ``[0, 1]`` and normalised with ``mean`` / ``std``.
         """
+        return self.normalise(self.pixels(images, size))
+
+    @staticmethod
+    def pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+        """The first half of :meth:`preprocess`: RGB, resized, as a ``[B, 3, size, size]`` uint8
+        tensor (what extraction's loader workers compute: 4x less to pass than float32)."""
         if isinstance(images, Image.Image):
             images = [images]
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
             raise ConfigError(f"preprocess size must be a positive int, got {size!r}", "pass e.g. size=448")
         size = int(size)
         if len(images) == 0:
-            return torch.empty(0, 3, size, size, dtype=torch.float32)
+            return torch.empty(0, 3, size, size, dtype=torch.uint8)
         arrays = []
         for im in images:
             if not isinstance(im, Image.Image):
@@ -99,9 +105,13 @@ class Backbone:
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             arrays.append(np.asarray(im, dtype=np.uint8))
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The second half of :meth:`preprocess`: uint8 ``[B, 3, N, N]`` (any device) -> float32, normalised."""
+        x = pixels.to(torch.float32).div_(255.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         return x.sub_(mean).div_(std).contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from rarl_gym.data.base import MultiLabelDataset
 from rarl_gym.errors import CorruptFileError
 from rarl_gym.features.backbones import build_backbone
+from rarl_gym.features.inference import PixelRows, forward, pixel_loader, stack_pixels
 
 STORE_VERSION = 1
 FEATURES_FILE = "features.f16"
@@ -186,6 +187,7 @@ def extract_features(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    workers: int | None = None,
 ) -> FeatureStore:
     """Open the cache entry of ``(dataset, backbone, input_size)``, extracting it first if needed.
 
@@ -195,6 +197,11 @@ def extract_features(
     Extraction writes batch after batch into a memory-mapped file and records which rows are
     done, so an interrupted run resumes; the entry becomes valid only when ``meta.json`` is
     renamed into place at the end.
+
+    Speed (see :func:`_extract_rows`): ``workers`` loader processes decode and resize the images
+    while the backbone runs (default :func:`rarl_gym.features.inference.default_workers`; 0 =
+    in this process), and rows are written in large chunks. Under ``torchrun`` (``WORLD_SIZE``
+    > 1) every rank extracts its share of the rows into the same file and rank 0 finalises.
     """
     key = cache_key(dataset, backbone, pretrained, input_size)
     path = entry_path(key, cache_dir)
@@ -204,11 +211,14 @@ def extract_features(
 
     n = len(dataset)
     net = build_backbone(backbone, pretrained=pretrained, device=device)
-    probe = net(net.preprocess([dataset.load_image(0)], input_size).to(device))
+    probe = forward(net, net.pixels([dataset.load_image(0)], input_size), device)
     shape = (n, *probe.shape[1:])
     key_file = path / "key.json"
     progress_file = path / "progress.npy"
     feat_file = path / FEATURES_FILE
+    rank, world = _shard_group()
+    if rank != 0:
+        _barrier()  # torchrun: rank 0 makes (or checks) the entry first; the others then find it resumable
     resumable = (
         key_file.exists()
         and progress_file.exists()
@@ -225,20 +235,23 @@ def extract_features(
         features = np.memmap(feat_file, dtype=np.float16, mode="w+", shape=shape)
         _atomic_save_npy(progress_file, done)
 
-    todo = np.flatnonzero(~done)
-    sizes = np.zeros((n, 2), dtype=np.int64)
+    if world > 1 and rank == 0:
+        _barrier()
     start = time.perf_counter()
-    bar = tqdm(total=n, initial=n - len(todo), desc=f"features {dataset.name}/{dataset.split}", unit="img", disable=not progress)
-    for lo in range(0, len(todo), batch_size):
-        rows = todo[lo : lo + batch_size]
-        images = [dataset.load_image(int(i)) for i in rows]
-        x = net.preprocess(images, input_size).to(device)
-        features[rows] = net(x).to("cpu", torch.float16).numpy()
-        features.flush()
-        done[rows] = True
-        _atomic_save_npy(progress_file, done)
-        bar.update(len(rows))
-    bar.close()
+    del features  # the rows are written with pwrite (see _extract_rows)
+    if world > 1:  # torchrun: rank 0 has made the file; every rank takes its rows of what is left
+        done = _sharded_progress(path, progress_file, done, rank, world)
+        todo = np.array_split(np.flatnonzero(~done), world)[rank]
+        _extract_rows(dataset, net, input_size, feat_file, shape, todo, done, path / f"progress.rank{rank}.npy",
+                      batch_size=batch_size, device=device, workers=workers, progress=progress and rank == 0, total=len(todo))
+        done = _sharded_progress(path, progress_file, done, rank, world, finish=True)
+        if rank != 0:
+            _barrier()
+            return FeatureStore.open(path)
+    else:
+        _extract_rows(dataset, net, input_size, feat_file, shape, np.flatnonzero(~done), done, progress_file,
+                      batch_size=batch_size, device=device, workers=workers, progress=progress, total=n)
+    sizes = np.zeros((n, 2), dtype=np.int64)
     for i in range(n):  # header reads only: cheap, and needed for pixel boxes
         sizes[i] = dataset.image_size(i)
     _atomic_save_npy(path / "labels.npy", dataset.labels().astype(np.int8))
@@ -252,10 +265,136 @@ def extract_features(
         "weights": net.weights,
         "extract_seconds": round(time.perf_counter() - start, 2),
     }
-    del features
     _atomic_write_bytes(path / "meta.json", json.dumps(meta).encode())
     progress_file.unlink(missing_ok=True)
+    if world > 1:
+        _barrier()  # the other ranks open the entry once meta.json is in place
     return FeatureStore.open(path)
+
+
+# -- the extraction loop -------------------------------------------------------------------------
+#: Rows are written (and the progress recorded) once this many bytes of features are ready, or
+#: after CHUNK_SECONDS, whichever comes first; an interrupt writes what is ready.
+CHUNK_BYTES = 64 << 20
+CHUNK_SECONDS = 30.0
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(first row, position in rows, count)`` of each run of consecutive rows."""
+    if len(rows) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(rows)]])
+    return [(int(rows[a]), int(a), int(b - a)) for a, b in zip(starts, ends)]
+
+
+def _write_rows(fd: int, rows: np.ndarray, block: np.ndarray) -> None:
+    """Write ``block [len(rows), ...]`` float16 at ``rows`` of the features file: one ``pwrite``
+    per run of consecutive rows (not a memory-map assignment: no page faults on the way)."""
+    row_bytes = block[0].nbytes
+    for first, at, count in _runs(rows):
+        data = memoryview(np.ascontiguousarray(block[at : at + count])).cast("B")
+        offset, written = first * row_bytes, 0
+        while written < len(data):
+            written += os.pwrite(fd, data[written:], offset + written)
+
+
+def _extract_rows(dataset, net, input_size: int, feat_file: Path, shape: tuple, rows: np.ndarray, done: np.ndarray,
+                  progress_file: Path, *, batch_size: int, device, workers: int | None, progress: bool, total: int) -> None:
+    """Extract ``rows`` into ``feat_file`` (float16 ``shape``), recording them in ``done`` / ``progress_file``.
+
+    A ``DataLoader`` decodes and resizes in worker processes while the backbone runs here
+    (:func:`rarl_gym.features.inference.forward`: channels-last on the CPU; pinned memory and
+    float16 autocast on CUDA). Finished batches gather in a chunk of about :data:`CHUNK_BYTES`
+    that is written with one ``pwrite`` per run of rows, synced, and only then marked done, so
+    the progress file never claims a row that is not on disk; an interrupt (or a corrupt image)
+    writes the finished part of the chunk before it propagates. A handful of batches is decoded
+    here: forking workers would cost more than it saves.
+    """
+    if workers is None and len(rows) <= 4 * batch_size:
+        workers = 0
+    row_bytes = int(np.prod(shape[1:])) * 2
+    chunk_rows = max(batch_size, CHUNK_BYTES // row_bytes)
+    loader = pixel_loader(PixelRows(lambda i: dataset.load_image(int(rows[i])), len(rows), input_size), batch_size, workers=workers, device=device)
+    bar = tqdm(total=total, initial=total - len(rows), desc=f"features {dataset.name}/{dataset.split}", unit="img", disable=not progress)
+    fd = os.open(feat_file, os.O_WRONLY)
+    pending_rows: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    last = time.monotonic()
+
+    def commit() -> None:
+        nonlocal pending_rows, pending, last
+        if pending_rows:
+            ready = np.concatenate(pending_rows)
+            _write_rows(fd, ready, np.concatenate(pending))
+            os.fdatasync(fd)
+            done[ready] = True
+            _atomic_save_npy(progress_file, done)
+        pending_rows, pending, last = [], [], time.monotonic()
+
+    try:
+        for items in loader:
+            failed = next((err for _, err, size in items if size is None), None)
+            good = [item for item in items if item[2] is not None]
+            if good:
+                pending.append(forward(net, stack_pixels(good, device), device).numpy())
+                pending_rows.append(rows[[i for i, _, _ in good]])
+                bar.update(len(good))
+            if failed is not None:
+                raise failed
+            if sum(len(r) for r in pending_rows) >= chunk_rows or time.monotonic() - last > CHUNK_SECONDS:
+                commit()
+        commit()
+    except BaseException:
+        commit()  # keep what is finished: a resumed extraction starts after it
+        raise
+    finally:
+        os.close(fd)
+        bar.close()
+
+
+def _shard_group() -> tuple[int, int]:
+    """``(rank, world)`` of a ``torchrun`` extraction (initialising a process group if needed), else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def _sharded_progress(path: Path, progress_file: Path, done: np.ndarray, rank: int, world: int, *, finish: bool = False) -> np.ndarray:
+    """Progress of a sharded extraction: each rank records its rows in ``progress.rank<r>.npy``
+    and rank 0 merges those files (of this run or of an interrupted one) into ``progress.npy``.
+
+    Before the extraction (``finish=False``) every rank then reads the merged progress; after it
+    (``finish=True``) rank 0 checks that every row is done."""
+    if finish:
+        _barrier()  # every rank has written its rows
+    if rank == 0:
+        merged = np.load(progress_file) if progress_file.exists() else done.copy()
+        for part in sorted(path.glob("progress.rank*.npy")):
+            merged |= np.load(part)
+            part.unlink()
+        _atomic_save_npy(progress_file, merged)
+        if finish and not merged.all():
+            raise CorruptFileError(f"sharded extraction into {path}: {int((~merged).sum())} rows were not written",
+                                   "run the extraction again (it resumes)")
+        if finish:
+            return merged
+    if finish:
+        return done
+    _barrier()
+    return np.load(progress_file)
 
 
 __all__ = ["FeatureStore", "cache_key", "default_cache_dir", "entry_path", "extract_features"]
