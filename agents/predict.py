@@ -1,0 +1,353 @@
+"""A new image in, labels out: any trained run (RARL, Stable-Baselines3, CEM) on your own pictures.
+
+::
+
+    from agents.predict import Predictor
+
+    predictor = Predictor.from_run("runs/rarl-voc07")            # checkpoint.pt / model.zip / cem.npz or its folder
+    for p in predictor.predict(["cat.jpg", "street.jpg"], views=10):
+        print(p.source, p.labels, p.top(3))                     # labels above the threshold / top-k
+        p.probs                                                 # [L] label probabilities
+        p.boxes                                                 # [V, T, K, 4] glimpse boxes in pixels (x1, y1, x2, y2)
+
+The backbone and its preprocessing (name, weights, input size) come from the run's own settings
+(its checkpoint's ``settings``): asking for another backbone or input size, or finding that the
+backbone built here differs from the one the run's features were extracted with, is an error,
+never a silent mismatch. The backbone runs as in extraction
+(:func:`rarl_gym.features.inference.forward`: channels-last on the CPU, float16 autocast on
+CUDA) and its maps are rounded to float16 like the cache's, so a picture gets the probabilities
+that ``scripts/evaluate.py`` gives the same picture from the cache (tested).
+
+What runs after the backbone is the code of the evaluation, not a copy of it: for RARL,
+:func:`agents.rarl.trainer.predict` (the probabilities, one or ten views cut from one feature map
+with :func:`rarl_gym.glimpse.ten_views`) and :func:`agents.rarl.rollout.rollout` (the centres, for
+the boxes); for agents trained through the env, :class:`envs.core.GlimpseEpisodes` (the env's own
+episode logic and region scorer) stepped by the policy's ``predict``, as
+:func:`agents.sb3.common.evaluate_policy_on_split` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rarl_gym.device import pick_device
+from rarl_gym.env_settings import EnvSettings
+from rarl_gym.errors import CheckpointError, ConfigError, CorruptFileError
+from rarl_gym.features.backbones import Backbone, build_backbone
+from rarl_gym.features.inference import PixelRows, as_images, forward, open_image, pixel_loader, stack_pixels
+from rarl_gym.glimpse import anchor_boxes, boxes_to_pixels, ten_views, view_to_image
+
+#: The labels a prediction lists by default: among the top 3 and with probability >= 0.1, the
+#: rule of the CP / CR / CF1 metrics (:func:`rarl_gym.metrics.topk_prf`).
+TOP_K, THRESHOLD = 3, 0.1
+#: Which view's boxes the Figure 2 picture shows for a ten-view prediction (the centre crop).
+DRAW_VIEW = 4
+
+
+@dataclass
+class Prediction:
+    """The prediction for one image.
+
+    Attributes:
+        source: the image's path, or ``"<image i>"`` for a PIL image / tensor.
+        size: ``(width, height)`` of the picture in pixels.
+        classes: the L class names.
+        probs: ``[L]`` label probabilities.
+        labels: the predicted labels (see :meth:`Predictor.predict`), most probable first.
+        boxes: ``[V, T, K, 4]`` the K regions of each glimpse step t = 1..T of each view, in pixels
+            ``(x1, y1, x2, y2)`` of the original picture (V = 1 or 10).
+    """
+
+    source: str
+    size: tuple[int, int]
+    classes: tuple[str, ...]
+    probs: np.ndarray
+    labels: list[str]
+    boxes: np.ndarray = field(repr=False)
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The k most probable ``(class, probability)``."""
+        order = np.argsort(-self.probs, kind="stable")[:k]
+        return [(self.classes[j], float(self.probs[j])) for j in order]
+
+    def to_dict(self) -> dict:
+        """JSON-ready: source, width, height, labels, probs by class, boxes (nested lists, pixels)."""
+        return {
+            "image": self.source,
+            "width": int(self.size[0]),
+            "height": int(self.size[1]),
+            "labels": list(self.labels),
+            "probs": {c: round(float(p), 6) for c, p in zip(self.classes, self.probs)},
+            "boxes": np.round(self.boxes, 1).tolist(),
+        }
+
+    def figure2(self, image: Image.Image | None = None) -> Image.Image:
+        """The paper's Figure 2 for this image (the regions of each step, predicted labels below);
+        for ten views, the boxes of the centre view."""
+        from rarl_gym.render import figure2
+
+        image = image if image is not None else open_image(self.source)
+        view = DRAW_VIEW if self.boxes.shape[0] == 10 else 0
+        return figure2(image, list(self.boxes[view]), self.labels or [c for c, _ in self.top(1)])
+
+
+def _run_file(path: Path) -> tuple[str, Path]:
+    """``(kind, file)`` of a run folder or file: ``rarl`` (checkpoint.pt), ``sb3`` (model.zip), ``cem`` (cem.npz)."""
+    kinds = {"checkpoint.pt": "rarl", "model.zip": "sb3", "cem.npz": "cem"}
+    if path.is_dir():
+        for name, kind in kinds.items():
+            if (path / name).exists():
+                return kind, path / name
+        raise CheckpointError(f"{path} holds no trained run (no {', '.join(kinds)})", "pass a run folder written by scripts/train_agent.py")
+    if not path.exists():
+        raise CheckpointError(f"no run at {path}", "pass a run folder written by scripts/train_agent.py, or its checkpoint.pt / model.zip / cem.npz")
+    return kinds.get(path.name, "rarl"), path
+
+
+def _run_classes(settings: EnvSettings, num_classes: int) -> tuple[str, ...]:
+    """The class names of the run's dataset (without its images where they are fixed)."""
+    if settings.dataset == "shapes":
+        from rarl_gym.data.shapes import CLASSES as names
+    elif settings.dataset == "voc07":
+        from rarl_gym.data.voc import VOC_CLASSES as names
+    else:
+        try:
+            names = settings.source.make_dataset(settings.source.eval_split).classes
+        except Exception:  # noqa: BLE001 - the dataset is not here: numbered classes
+            names = tuple(f"class_{i}" for i in range(num_classes))
+    names = tuple(names)
+    if len(names) != num_classes:
+        raise CheckpointError(f"the run predicts {num_classes} classes but its dataset {settings.dataset!r} has {len(names)}", "pass a run trained by this version of rarl-gym")
+    return names
+
+
+class Predictor:
+    """A trained run, ready to label new images. Build it with :meth:`from_run`."""
+
+    def __init__(self, kind: str, settings: EnvSettings, policy, *, crop: float = 0.875, device: str | torch.device = "auto",
+                 backbone: str | None = None, input_size: int | None = None, run: str = ""):
+        self.kind, self.settings, self.policy, self.crop, self.run = kind, settings, policy, crop, run
+        self.device = pick_device(str(device))
+        self.input_size = settings.source.size
+        if backbone is not None and backbone != settings.backbone:
+            raise ConfigError(f"the run {run} was trained on {settings.backbone!r} features, not {backbone!r}",
+                              f"predict with backbone={settings.backbone!r} (the default), or train a run on {backbone!r}")
+        if input_size is not None and int(input_size) != self.input_size:
+            raise ConfigError(f"the run {run} was trained on features of {self.input_size} px images, not {input_size}",
+                              "leave the input size to the run (the default)")
+        self.backbone: Backbone = build_backbone(settings.backbone, pretrained=settings.pretrained, device=self.device)
+        channels = self._channels()
+        if channels is not None and channels != self.backbone.channels:
+            raise CheckpointError(f"the run {run} reads {channels}-channel features but the backbone {settings.backbone!r} gives {self.backbone.channels}",
+                                  "predict with the backbone the run was trained with")
+        self._check_cache_weights()
+        self.num_classes = self._num_classes()
+        self.classes = _run_classes(settings, self.num_classes)
+        self._episodes = None
+
+    # -- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run: str | Path, *, device: str | torch.device = "auto", backbone: str | None = None,
+                 input_size: int | None = None, data_root: str | None = None) -> Predictor:
+        """Load a run: its folder, or its ``checkpoint.pt`` (RARL), ``model.zip`` (SB3) or ``cem.npz`` (CEM).
+
+        ``backbone`` / ``input_size`` are checked against the run's (a different one is a
+        :class:`ConfigError`); ``data_root`` only matters for an SB3 / CEM run, whose env scorer is
+        read from beside its training split's feature cache.
+        """
+        kind, path = _run_file(Path(run))
+        if kind == "rarl":
+            from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint
+
+            ckpt = load_checkpoint(path)
+            if "settings" not in ckpt or "agent_config" not in ckpt:
+                raise CheckpointError(f"{path} has no settings: it was not written by scripts/train_agent.py", "pass a run written by train_agent.py")
+            settings = EnvSettings.from_kwargs(**ckpt["settings"])
+            policy = agent_from_checkpoint(ckpt)
+            crop = ckpt.get("config", {}).get("augment_crop", 0.875)
+        else:
+            if kind == "sb3":
+                from agents.sb3.train import load_model
+
+                policy, config = load_model(path, str(pick_device(str(device))))
+            else:
+                from agents.custom.cem import load_cem
+
+                policy, config = load_cem(path)
+            settings = EnvSettings.from_env_id(config["env_id"], {k: v for k, v in config["env_kwargs"].items() if k != "progress"})
+            crop = 0.875
+        if data_root is not None:
+            settings = settings.replace(root=data_root)
+        return cls(kind, settings, policy, crop=crop, device=device, backbone=backbone, input_size=input_size, run=str(run))
+
+    def _channels(self) -> int | None:
+        if self.kind == "rarl":
+            return int(self.policy.channels)
+        space = getattr(self.policy, "observation_space", None)
+        try:
+            return int(space["glimpses"].shape[1])
+        except (TypeError, KeyError, IndexError):
+            return None
+
+    def _num_classes(self) -> int:
+        if self.kind == "rarl":
+            return int(self.policy.num_classes)
+        return len(self._env_classes())
+
+    def _env_classes(self) -> tuple[str, ...]:
+        return tuple(self._episodes_store().classes)
+
+    def _episodes_store(self):
+        """The training split's cache of an env-trained run (its env scorer lives beside it)."""
+        return self.settings.source.open_split(self.settings.source.train_split, progress=False)[1]
+
+    def _check_cache_weights(self) -> None:
+        """When the run's training features are cached here, their backbone weights and stride must be this backbone's."""
+        from rarl_gym.features.store import cache_key, entry_path
+
+        try:
+            dataset = self.settings.source.make_dataset(self.settings.source.train_split)
+            path = entry_path(cache_key(dataset, self.settings.backbone, self.settings.pretrained, self.input_size), self.settings.cache_dir)
+            import json
+
+            meta = json.loads((path / "meta.json").read_text())
+        except Exception:  # noqa: BLE001 - no dataset or no cache here: nothing to compare with
+            return
+        mine = {"weights": self.backbone.weights, "stride": self.backbone.stride, "channels": self.backbone.channels}
+        theirs = {"weights": meta.get("weights"), "stride": meta.get("stride"), "channels": meta.get("shape", [None, None])[1]}
+        diff = {k: (theirs[k], mine[k]) for k in mine if theirs[k] is not None and theirs[k] != mine[k]}
+        if diff:
+            lines = "; ".join(f"{k}: run's features {a!r} vs here {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"the backbone built here is not the one the run {self.run} was trained on ({lines})",
+                                  "install the same backbone weights (or retrain on these)")
+
+    # -- the two halves ---------------------------------------------------------------------------
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Feature maps ``[B, C, H, W]`` (float16, the cache's precision) of uint8 pixels ``[B, 3, N, N]``."""
+        return forward(self.backbone, pixels, self.device)
+
+    @torch.no_grad()
+    def predict_maps(self, maps: torch.Tensor, sizes: Sequence[tuple[int, int]], *, views: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The agent's part: probabilities ``[B, L]`` and pixel boxes ``[B, V, T, K, 4]`` of feature
+        maps ``[B, C, H, W]`` of pictures of ``sizes`` ``[(w, h)]``."""
+        if views not in (1, 10):
+            raise ConfigError(f"views must be 1 or 10, got {views}", "use views=1 or views=10")
+        if self.kind == "rarl":
+            probs, boxes = self._rarl(maps, views)
+        else:
+            if views != 1:
+                raise ConfigError(f"views={views}: agents trained through the env see the whole image only", "use views=1")
+            probs, boxes = self._env_agent(maps)
+        wh = torch.as_tensor(np.asarray(sizes, dtype=np.float32))  # [B, 2]
+        pixels = (boxes + 1.0) * wh.repeat(1, 2)[:, None, None, None, :] / 2.0  # [B, V, T, K, 4]
+        return probs, pixels.numpy()
+
+    def _rarl(self, maps: torch.Tensor, views: int) -> tuple[np.ndarray, torch.Tensor]:
+        from agents.rarl.rollout import rollout
+        from agents.rarl.trainer import predict
+        from rarl_gym.features.store import FeatureStore
+
+        agent = self.policy.to(self.device).eval()
+        b = maps.shape[0]
+        store = FeatureStore(path=Path("."), features=maps.numpy(), labels=np.zeros((b, self.num_classes), np.int8), meta={})
+        probs, _ = predict(agent, store, self.settings, views=views, crop=self.crop, device=self.device)
+        # the centres of the same episodes (the test-time policy is deterministic), for the boxes
+        feats = maps.to(self.device, torch.float32)
+        labels = torch.zeros(b * views, self.num_classes, dtype=torch.int8, device=self.device)
+        if views == 1:
+            view = None
+        else:
+            v, f = ten_views(self.crop, device=self.device)
+            view = (v.repeat(b, 1), f.repeat(b))
+            feats = feats.repeat_interleave(10, 0)
+        out = rollout(agent, feats, labels, **self.settings.rollout_kwargs(), centers="learned", sample=False, view=view)
+        t = out.centers.shape[1]
+        boxes = anchor_boxes(out.centers.reshape(-1, 2), self.settings.scales, self.settings.ratios).reshape(b * views, t, -1, 4)
+        if view is not None:  # view coordinates -> image coordinates
+            k = boxes.shape[2]
+            boxes = view_to_image(boxes.reshape(b * views, t * k, 4), view[0], view[1]).reshape(b * views, t, k, 4)
+        return probs, boxes.reshape(b, views, t, -1, 4).cpu()
+
+    def _env_agent(self, maps: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        from agents.sb3.common import scores_to_probs
+        from envs.core import GlimpseEpisodes
+
+        if self._episodes is None:  # the env's episode logic and region scorer, as on the evaluation split
+            self._episodes = GlimpseEpisodes.from_settings(self.settings.replace(split=self.settings.source.eval_split), progress=False)
+        episodes = self._episodes
+        b = maps.shape[0]
+        glimpses = episodes.reset(maps, torch.zeros(b, self.num_classes, dtype=torch.int8))
+        state, first = None, np.ones(b, bool)
+        for t in range(episodes.num_steps + 1):
+            obs = {"glimpses": glimpses.numpy().astype(np.float32), "step": np.full(b, t, dtype=np.int64)}
+            actions, state = self.policy.predict(obs, state=state, episode_start=first, deterministic=True)
+            actions = np.clip(np.asarray(actions, dtype=np.float32).reshape(b, -1), -1.0, 1.0)
+            first[:] = False
+            scores = None if self.settings.mode == "locate" else torch.from_numpy(actions[:, 2:])
+            glimpses, _ = episodes.step(torch.from_numpy(actions[:, :2]), scores)
+        probs = scores_to_probs(episodes.fused.numpy(), self.settings.mode).astype(np.float32)
+        boxes = torch.stack(episodes.history, dim=1)[:, None]  # [B, 1, T, K, 4]
+        return probs, boxes
+
+    # -- images in, predictions out ----------------------------------------------------------------
+    def _labels(self, probs: np.ndarray, threshold: float | None, top_k: int | None) -> list[str]:
+        order = np.argsort(-probs, kind="stable")[: (top_k or len(probs))]
+        return [self.classes[j] for j in order if threshold is None or probs[j] >= threshold]
+
+    def predict(self, images, *, views: int = 1, threshold: float | None = THRESHOLD, top_k: int | None = TOP_K,
+                batch_size: int = 16) -> list[Prediction]:
+        """Predictions for ``images``: paths, PIL images, or an RGB tensor ``[B, 3, H, W]`` (uint8 or
+        float in ``[0, 1]``). A bad file raises :class:`~rarl_gym.errors.CorruptFileError`.
+
+        ``views``: 1 (the whole image) or 10 (4 corner crops, the centre crop and their mirrors,
+        cut from one feature map; RARL runs). ``labels`` lists the classes among the ``top_k`` most
+        probable whose probability is at least ``threshold`` (``None`` turns either off; default:
+        the metrics' rule, top 3 and >= 0.1).
+        """
+        items = as_images(images)
+        out: list[Prediction] = []
+        for lo in range(0, len(items), batch_size):
+            chunk = items[lo : lo + batch_size]
+            loaded = [open_image(x) if isinstance(x, (str, Path)) else x for x in chunk]
+            pixels = Backbone.pixels(loaded, self.input_size)
+            names = [str(x) if isinstance(x, (str, Path)) else f"<image {lo + i}>" for i, x in enumerate(chunk)]
+            out += self._predictions(pixels, [im.size for im in loaded], names, views, threshold, top_k)
+        return out
+
+    def _predictions(self, pixels, sizes, names, views, threshold, top_k) -> list[Prediction]:
+        probs, boxes = self.predict_maps(self.features(pixels), sizes, views=views)
+        return [Prediction(name, tuple(size), self.classes, p, self._labels(p, threshold, top_k), bx)
+                for name, size, p, bx in zip(names, sizes, probs, boxes)]
+
+    def predict_files(self, paths: Sequence[str | Path], *, views: int = 1, threshold: float | None = THRESHOLD,
+                      top_k: int | None = TOP_K, batch_size: int = 16, workers: int | None = None) -> Iterator[Prediction | CorruptFileError]:
+        """Like :meth:`predict` for many files, in order, with loader workers decoding ahead; a file
+        that cannot be read yields its :class:`CorruptFileError` instead of a prediction (the
+        others go on)."""
+        paths = [str(p) for p in paths]
+        if workers is None and len(paths) <= 2 * batch_size:
+            workers = 0
+        rows = PixelRows(lambda i: open_image(paths[i]), len(paths), self.input_size)
+        for items in pixel_loader(rows, batch_size, workers=workers, device=self.device):
+            good = [item for item in items if item[2] is not None]
+            results: dict[int, Prediction | CorruptFileError] = {}
+            if good:
+                preds = self._predictions(stack_pixels(good, self.device), [size for _, _, size in good], [paths[i] for i, _, _ in good],
+                                          views, threshold, top_k)
+                results.update({i: p for (i, _, _), p in zip(good, preds)})
+            for i, err, size in items:
+                if size is None:
+                    if not isinstance(err, Exception):
+                        raise err  # KeyboardInterrupt and the like
+                    results[i] = err if isinstance(err, CorruptFileError) else CorruptFileError(f"{paths[i]}: {err}", "skip or replace the file")
+            for i, _, _ in items:
+                yield results[i]
+
+
+__all__ = ["DRAW_VIEW", "THRESHOLD", "TOP_K", "Prediction", "Predictor"]
