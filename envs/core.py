@@ -78,9 +78,9 @@ class GlimpseEpisodes:
     def from_settings(cls, settings, *, progress: bool = True, reuse_buffers: bool = False) -> GlimpseEpisodes:
         """The episodes of an env's :class:`rarl_gym.env_settings.EnvSettings`; ``mode="locate"``
         loads (or fits, once) the env's region scorer."""
-        scorer = settings.source.region_scorer(progress=progress) if settings.mode == "locate" else None
+        scorer = settings.source.region_scorer(settings.split, progress=progress) if settings.mode == "locate" else None
         # the training split's images are scored by the cross-fitted scorer that never saw them
-        out_of_fold = settings.split == settings.source.train_split
+        out_of_fold = settings.split == settings.source.scorer_split(settings.split)
         return cls(**settings.rollout_kwargs(), scorer=scorer, reuse_buffers=reuse_buffers, out_of_fold=out_of_fold)
 
     @staticmethod

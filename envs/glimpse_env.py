@@ -10,7 +10,7 @@ import torch
 from gymnasium import spaces
 
 from envs.core import GlimpseEpisodes
-from rarl_gym.env_settings import EnvSettings
+from rarl_gym.env_settings import EnvSettings, check_index
 from rarl_gym.errors import ActionError, ConfigError, check_choice
 from rarl_gym.glimpse import boxes_to_pixels
 
@@ -122,10 +122,10 @@ class GlimpseEnv(gym.Env):
             self._order = self.np_random.permutation(len(self.store))
             self._cursor = 0
         options = options or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"options must be a dict, got {options!r}", "e.g. options={'index': 0}")
         if "index" in options:
-            index = int(options["index"])
-            if not 0 <= index < len(self.store):
-                raise ConfigError(f"options['index']={index} is outside the split", f"use 0 <= index < {len(self.store)}")
+            index = check_index(options["index"], len(self.store))
         else:
             index = int(self._order[self._cursor])
             self._cursor = (self._cursor + 1) % len(self._order)
@@ -148,6 +148,11 @@ class GlimpseEnv(gym.Env):
             info = self._final_info()
             glimpses = torch.zeros((1, *self.observation_space["glimpses"].shape))
         return self._obs(glimpses), float(reward[0]), terminated, False, info
+
+    def close(self) -> None:
+        """Release the feature cache's open files (the env cannot step afterwards)."""
+        self.store.close()
+        super().close()
 
     def render(self):
         if self.render_mode != "rgb_array":

@@ -24,7 +24,7 @@ from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from envs.core import GlimpseEpisodes
-from rarl_gym.env_settings import EnvSettings
+from rarl_gym.env_settings import EnvSettings, check_index
 from rarl_gym.errors import ActionError, ConfigError, check_choice
 
 ObsDict = dict[str, np.ndarray]
@@ -160,9 +160,11 @@ class GlimpseVectorEnv(VectorEnv):
         if mask is not None and not np.all(mask):
             raise ConfigError("GlimpseVectorEnv cannot reset only some sub-envs (reset_mask)", "its episodes run in lockstep: reset all of them")
         if "index" in options:
-            index = np.broadcast_to(np.asarray(options["index"], dtype=np.int64), (b,)).copy()
-            if ((index < 0) | (index >= n)).any():
-                raise ConfigError(f"options['index']={options['index']} is outside the split", f"use 0 <= index < {n}")
+            given = options["index"]
+            values = list(given) if isinstance(given, (list, tuple, np.ndarray)) else [given] * b
+            if len(values) != b:
+                raise ConfigError(f"options['index'] holds {len(values)} indices for num_envs={b}", "pass one index or a list of num_envs indices")
+            index = np.asarray([check_index(v, n) for v in values], dtype=np.int64)
             return self._start(index)
         return self._start(self._next_index())
 
@@ -188,6 +190,10 @@ class GlimpseVectorEnv(VectorEnv):
         ones = np.ones(self.num_envs, dtype=bool)
         infos = {"final_obs": final_obs, "_final_obs": ones, "final_info": final_info, "_final_info": ones.copy(), **infos}
         return obs, rewards, terminated, truncated, infos
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Release the feature cache's open files (``close()`` calls this)."""
+        self.store.close()
 
     def render(self) -> tuple[np.ndarray, ...] | None:
         """``rgb_array``: B images ``[H, W, 3]`` uint8 of the current episodes' glimpses so far."""

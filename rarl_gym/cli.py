@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -27,6 +29,39 @@ def run_cli(fn: Callable[[], None]) -> int:
         print("interrupted: the checkpoint of the last finished epoch is kept; continue with --resume", file=sys.stderr)
         return 130
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (``--batch-size 0`` and ``--epochs -1`` are refused with a message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0 (seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (``--lr nan``, ``inf`` and ``0`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}")
+    return value
 
 
 def json_object(text: str, flag: str, example: str) -> dict:
@@ -70,4 +105,4 @@ def print_results(results: dict, json_path: Path | None = None) -> None:
         print(f"\nJSON: {json_path}")
 
 
-__all__ = ["comparison_table", "env_overrides", "print_results", "run_cli"]
+__all__ = ["comparison_table", "env_overrides", "non_negative_int", "positive_float", "positive_int", "print_results", "run_cli"]

@@ -8,16 +8,45 @@ reward everywhere, and a wrong kwarg fails the same way everywhere.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 
 import gymnasium as gym
+import numpy as np
 
 from rarl_gym.errors import ConfigError, check_choice, check_names
+from rarl_gym.features.store import MIN_INPUT_SIZE
 from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES
 from rarl_gym.reward import ADAPTIVE
 from rarl_gym.sources import FeatureSource
 
 MODES = ("locate", "joint")
+_EXAMPLES = {"backbone": "efficientnet_lite0", "split": "train", "root": "data/voc07", "cache_dir": "~/.cache/rarl_gym"}
+
+
+def _is_int(value) -> bool:
+    """An ``int`` (numpy's too), not a ``bool``."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    """A real number (numpy's too), not a ``bool``."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_index(value, n: int, name: str = "options['index']") -> int:
+    """``value`` as an image index of a split of ``n`` images: an integral number in ``[0, n)``
+    (``2.0`` is accepted, ``2.7``, ``None`` or ``"2"`` are a :class:`ConfigError`)."""
+    if _is_int(value):
+        index = int(value)
+    elif _is_number(value) and float(value).is_integer():
+        index = int(value)
+    else:
+        raise ConfigError(f"{name}={value!r} is not an integer image index", f"use an int with 0 <= index < {n}")
+    if not 0 <= index < n:
+        raise ConfigError(f"{name}={index} is outside the split", f"use 0 <= index < {n}")
+    return index
 
 
 @dataclass(frozen=True)
@@ -42,17 +71,32 @@ class EnvSettings:
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
-        if not (isinstance(self.glimpse_size, int) and self.glimpse_size >= 1):
-            raise ConfigError(f"glimpse_size must be a positive int, got {self.glimpse_size!r}", "use 1, 3 or 7")
-        if not (isinstance(self.num_steps, int) and self.num_steps >= 1):
+        if not (_is_int(self.glimpse_size) and 1 <= self.glimpse_size <= 32):
+            raise ConfigError(f"glimpse_size must be an int from 1 to 32, got {self.glimpse_size!r}", "use 1, 3 or 7")
+        if not (_is_int(self.num_steps) and self.num_steps >= 1):
             raise ConfigError(f"num_steps must be a positive int, got {self.num_steps!r}", "use e.g. 5 (the paper's T)")
-        if not (self.k == ADAPTIVE or (isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1)):
+        if not (self.k == ADAPTIVE or (_is_int(self.k) and self.k >= 1)):
             raise ConfigError(f"k must be 'adaptive' or a positive int, got {self.k!r}", "use k='adaptive' or e.g. k=3")
+        if self.input_size is not None and not (_is_int(self.input_size) and self.input_size >= MIN_INPUT_SIZE):
+            raise ConfigError(f"input_size must be an int of at least {MIN_INPUT_SIZE} pixels (or None), got {self.input_size!r}", "use e.g. 224, 256 or 320")
+        for name in ("backbone", "split", "root", "cache_dir"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, value := os.fspath(value))
+            if not (isinstance(value, str) and value) and not (value is None and name != "backbone"):
+                raise ConfigError(f"{name} must be a non-empty string, got {value!r}", f"e.g. {name}={_EXAMPLES[name]!r}")
+        for name in ("pretrained", "fuse_whole_image"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}", f"pass {name}=True or {name}=False")
         for name in ("scales", "ratios"):
-            values = tuple(getattr(self, name))
-            if not values or any(not (float(v) > 0) for v in values):
-                raise ConfigError(f"{name} must be a non-empty list of positive numbers, got {values!r}", f"e.g. {name}={getattr(EnvSettings, name)}")
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values:
+                raise ConfigError(f"{name} must be a non-empty list of positive numbers, got {values!r}", f"e.g. {name}={list(getattr(EnvSettings, name))}")
+            if not all(_is_number(v) and math.isfinite(v) and v > 0 for v in values):
+                raise ConfigError(f"{name} must hold finite positive numbers, got {values!r}", f"e.g. {name}={list(getattr(EnvSettings, name))}")
             object.__setattr__(self, name, tuple(float(v) for v in values))
+        if not isinstance(self.dataset_kwargs, (dict, type(None))):
+            raise ConfigError(f"dataset_kwargs must be a dict, got {self.dataset_kwargs!r}", "e.g. dataset_kwargs={'num_images': 200} (Shapes)")
         object.__setattr__(self, "dataset_kwargs", dict(self.dataset_kwargs or {}))
         if self.split is None:
             object.__setattr__(self, "split", self.source.train_split)
@@ -109,4 +153,4 @@ class EnvSettings:
         return cls.from_kwargs(**{**spec.kwargs, **(overrides or {})})
 
 
-__all__ = ["MODES", "EnvSettings"]
+__all__ = ["MODES", "EnvSettings", "check_index"]

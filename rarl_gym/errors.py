@@ -42,6 +42,19 @@ class RunExistsError(RarlGymError, FileExistsError):
     """A run folder that already holds a run (rarl-gym never overwrites one silently)."""
 
 
+class DiskFullError(RarlGymError, OSError):
+    """No space left where rarl-gym writes (cache, run folder): the message says how much is needed
+    and where; nothing half-written is left that reads as valid."""
+
+
+class NotWritableError(RarlGymError, PermissionError):
+    """A folder rarl-gym must write to (cache, run folder) is read-only or not a folder."""
+
+
+class InUseError(RarlGymError, RuntimeError):
+    """Another process holds the lock of a run folder or of a feature cache entry being extracted."""
+
+
 def check_names(names, valid, problem: str, fix: str) -> None:
     """Raise :class:`ConfigError` ``"<problem> 'x' (did you mean 'y'?), ..."`` for the ``names`` not in ``valid``."""
     unknown = [n for n in names if n not in valid]
@@ -65,6 +78,9 @@ __all__ = [
     "ConfigError",
     "CorruptFileError",
     "DatasetNotFoundError",
+    "DiskFullError",
+    "InUseError",
+    "NotWritableError",
     "RarlGymError",
     "RunExistsError",
     "check_choice",

@@ -81,6 +81,18 @@ def build(path: Path) -> Path:
     return path
 
 
+def _open(path: Path) -> ctypes.CDLL:
+    """Load the library at ``path`` and declare its two functions (``OSError`` / ``AttributeError`` if damaged)."""
+    lib = ctypes.CDLL(str(path))
+    fn = lib.glimpse_crop_nhwc
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8
+    fn = lib.read_maps_nhwc
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 5
+    return lib
+
+
 def load() -> ctypes.CDLL | None:
     """The kernel library, built on first use; ``None`` (with one warning) where it cannot be built."""
     global _lib, _tried
@@ -101,15 +113,14 @@ def load() -> ctypes.CDLL | None:
                     path = library_path(Path(tempfile.gettempdir()) / "rarl_gym")
                     if not path.exists():
                         build(path)
-            lib = ctypes.CDLL(str(path))
-            fn = lib.glimpse_crop_nhwc
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8
-            fn = lib.read_maps_nhwc
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 5
+            try:
+                lib = _open(path)
+            except (OSError, AttributeError) as err:  # a damaged or truncated build: compile it again, once
+                warnings.warn(f"rarl_gym: the compiled kernel {path} is damaged ({err}); building it again", RuntimeWarning, stacklevel=3)
+                build(path)
+                lib = _open(path)
             _lib = lib
-        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as err:
             warnings.warn(
                 f"rarl_gym: the CPU glimpse-crop kernel could not be built ({err}); using the slower pure-torch crop. "
                 "Install a C compiler (e.g. apt install gcc) or set RARL_NATIVE=0 to silence this.",

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from rarl_gym.errors import CorruptFileError
 from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES, anchor_boxes, crop_weights, fuse, whole_image_boxes
+from rarl_gym.io import atomic_torch_save
 
 
 class RegionScorer(nn.Module):
@@ -148,6 +150,7 @@ def fit_region_scorer(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    boxes: torch.Tensor | None = None,
 ) -> RegionScorer:
     """Fit a :class:`RegionScorer` by category-wise max over regions (multiple-instance learning).
 
@@ -158,6 +161,8 @@ def fit_region_scorer(
         regions_per_image: random glimpse centres per image and epoch (each gives K anchors),
             besides the whole image.
         progress: show a progress bar over the epochs.
+        boxes: ``[R, 4]`` fixed regions for every image instead of the whole image and random
+            glimpses (the windows baseline, :mod:`rarl_gym.windows`).
 
     The scorer and the crop are linear, so the regions are scored on the ``L``-channel logit maps
     (``1 x 1`` convolution of the features, :meth:`RegionScorer.score_regions`) instead of
@@ -170,8 +175,11 @@ def fit_region_scorer(
     for _ in tqdm(range(epochs), desc="fit the env's region scorer", unit="epoch", disable=not progress, leave=False):
         for idx in images[torch.randperm(len(images), generator=generator)].split(batch_size):
             feats, labels = store.batch(np.sort(idx.numpy()), device)
-            boxes = training_regions(len(idx), regions_per_image, scales, ratios, generator, "cpu").to(device)
-            logits = fuse(scorer.score_regions(scorer.logit_maps(feats), boxes, 1))  # [B,R,L] -> [B,L]
+            if boxes is None:
+                regions = training_regions(len(idx), regions_per_image, scales, ratios, generator, "cpu").to(device)
+            else:
+                regions = boxes.to(device).expand(len(idx), *boxes.shape)
+            logits = fuse(scorer.score_regions(scorer.logit_maps(feats), regions, 1))  # [B,R,L] -> [B,L]
             loss = masked_bce(logits, labels)
             opt.zero_grad()
             loss.backward()
@@ -202,26 +210,34 @@ def fit_global_classifier(
 
 
 def save_scorer(scorer: RegionScorer | CrossFitScorer, path: str | Path, meta: dict) -> None:
-    """Write a scorer (one, or the F of a :class:`CrossFitScorer`) atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    """Write a scorer (one, or the F of a :class:`CrossFitScorer`) atomically (:func:`rarl_gym.io.atomic_torch_save`)."""
     parts = list(scorer.scorers) if isinstance(scorer, CrossFitScorer) else [scorer]
-    torch.save({"scorers": [p.state_dict() for p in parts], "cross_fit": isinstance(scorer, CrossFitScorer), "meta": meta}, tmp)
-    tmp.replace(path)
+    blob = {"scorers": [p.state_dict() for p in parts], "cross_fit": isinstance(scorer, CrossFitScorer), "meta": meta}
+    atomic_torch_save(blob, path, what="region scorer")
 
 
 def load_scorer(path: str | Path) -> tuple[RegionScorer | CrossFitScorer, dict]:
-    """The scorer :func:`save_scorer` wrote (files of an earlier version hold one ``state_dict``)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    states = blob["scorers"] if "scorers" in blob else [blob["state_dict"]]
-    parts = []
-    for state in states:
-        weight = state["linear.weight"]
-        part = RegionScorer(weight.shape[1], weight.shape[0])
-        part.load_state_dict(state)
-        parts.append(part.eval().requires_grad_(False))
-    scorer = CrossFitScorer(parts).eval() if blob.get("cross_fit") else parts[0]
-    return scorer, blob["meta"]
+    """The scorer :func:`save_scorer` wrote (files of an earlier version hold one ``state_dict``).
+
+    Raises:
+        CorruptFileError: the file is truncated, damaged or not a scorer (the message names it).
+    """
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        states = blob["scorers"] if "scorers" in blob else [blob["state_dict"]]
+        parts = []
+        for state in states:
+            weight = state["linear.weight"]
+            part = RegionScorer(weight.shape[1], weight.shape[0])
+            part.load_state_dict(state)
+            parts.append(part.eval().requires_grad_(False))
+        scorer = CrossFitScorer(parts).eval() if blob.get("cross_fit") else parts[0]
+        meta = blob["meta"]
+        if not isinstance(meta, dict):
+            raise TypeError(f"its metadata is a {type(meta).__name__}")
+    except Exception as err:  # noqa: BLE001 - unpickling, zip, key and shape errors all mean a damaged file
+        raise CorruptFileError(f"the region scorer {path} is damaged ({type(err).__name__}: {err})", f"delete {path}; the env fits it again") from err
+    return scorer, meta
 
 
 __all__ = ["CrossFitScorer", "RegionScorer", "fit_cross_fitted_scorer", "fit_global_classifier", "fit_region_scorer", "pooled_features", "load_scorer", "masked_bce", "save_scorer", "training_regions"]

@@ -7,16 +7,22 @@ fitted once on the training split and saved beside that split's cache.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
 from rarl_gym.data import make_dataset
 from rarl_gym.data.base import MultiLabelDataset
-from rarl_gym.errors import check_choice
+from rarl_gym.data.voc import dataset_root
+from rarl_gym.errors import CorruptFileError, NotWritableError, check_choice
 from rarl_gym.features.store import FeatureStore, extract_features
 from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES
+from rarl_gym.io import writable
 from rarl_gym.scorer import CrossFitScorer, fit_cross_fitted_scorer, load_scorer, save_scorer
+
+#: COCO: each split's counterpart in the other release (taken when only that one is on disk).
+COCO_RELEASES = {"train2014": "train2017", "train2017": "train2014", "val2014": "val2017", "val2017": "val2014"}
 
 #: Per dataset: the training split (default env split, where the scorer is fitted), the split
 #: agents are evaluated on, and the backbone input size.
@@ -54,11 +60,37 @@ class FeatureSource:
 
     @property
     def train_split(self) -> str:
-        return DATASETS[self.dataset]["train_split"]
+        """The default env split and where the scorer is fitted: :data:`DATASETS`'s, except that
+        COCO takes ``train2017`` when only the 2017 release is on disk."""
+        default = DATASETS[self.dataset]["train_split"]
+        return self._present(default, COCO_RELEASES[default]) if self.dataset == "coco" else default
 
     @property
     def eval_split(self) -> str:
-        return DATASETS[self.dataset]["eval_split"]
+        """The split agents are evaluated on: :data:`DATASETS`'s, except that COCO takes
+        ``val2017`` when only the 2017 release is on disk."""
+        default = DATASETS[self.dataset]["eval_split"]
+        return self._present(default, COCO_RELEASES[default]) if self.dataset == "coco" else default
+
+    def scorer_split(self, split: str | None = None) -> str:
+        """The training split the ``locate``-mode scorer of an env on ``split`` is fitted on: the
+        training split of the same COCO release when it is on disk (``train2017`` for ``val2017``),
+        else :attr:`train_split`."""
+        if self.dataset == "coco" and split and split[-4:] in ("2014", "2017"):
+            same = f"train{split[-4:]}"
+            return self._present(same, COCO_RELEASES[same]) if self._coco_has(same) else self.train_split
+        return self.train_split
+
+    def _coco_has(self, split: str) -> bool:
+        try:
+            root = dataset_root(self.root, "coco", "coco")
+        except Exception:  # noqa: BLE001 - no root known: the dataset reports it when opened
+            return False
+        return (root / "annotations" / f"instances_{split}.json").is_file()
+
+    def _present(self, first: str, second: str) -> str:
+        """``first`` unless only ``second`` has an annotation file on disk."""
+        return second if not self._coco_has(first) and self._coco_has(second) else first
 
     def make_dataset(self, split: str) -> MultiLabelDataset:
         return make_dataset(self.dataset, split, root=self.root, **self.dataset_kwargs)
@@ -77,17 +109,35 @@ class FeatureSource:
         )
         return dataset, store
 
-    def region_scorer(self, *, device="cpu", progress: bool = True) -> CrossFitScorer:
-        """The ``locate``-mode scorer: loaded from beside the training split's cache, fitted if
-        missing or fitted with other settings than :data:`SCORER_FIT`."""
-        _, store = self.open_split(self.train_split, device=device, progress=progress)
+    def region_scorer(self, split: str | None = None, *, device="cpu", progress: bool = True) -> CrossFitScorer:
+        """The ``locate``-mode scorer of an env on ``split``: loaded from ``scorer.pt`` beside the
+        cache of :meth:`scorer_split`, fitted (and saved) if missing, damaged (a warning names the
+        file) or fitted with other settings than :data:`SCORER_FIT`.
+
+        Raises:
+            NotWritableError: the scorer must be fitted but its cache folder is read-only (checked
+                before the fit, which takes minutes on a large split).
+        """
+        train_split = self.scorer_split(split)
+        _, store = self.open_split(train_split, device=device, progress=progress)
         path = Path(store.path) / "scorer.pt"
         if path.exists():
-            scorer, meta = load_scorer(path)
-            if meta.get("fit") == SCORER_FIT:
-                return scorer
+            try:
+                scorer, meta = load_scorer(path)
+                if meta.get("fit") == SCORER_FIT:
+                    store.close()
+                    return scorer
+            except CorruptFileError as err:
+                warnings.warn(f"{err.problem}; fitting it again", RuntimeWarning, stacklevel=2)
+        if not writable(store.path):
+            store.close()
+            raise NotWritableError(
+                f"the env's region scorer {path} must be fitted (it is missing, damaged or stale) but its folder {store.path} is read-only",
+                "make the feature cache writable, or copy it to a writable folder and pass cache_dir= (or set $RARL_CACHE)",
+            )
         scorer = fit_cross_fitted_scorer(store, scales=DEFAULT_SCALES, ratios=DEFAULT_RATIOS, device=device, progress=progress, **SCORER_FIT)
-        save_scorer(scorer.cpu(), path, {"fit": SCORER_FIT, "split": self.train_split})
+        store.close()
+        save_scorer(scorer.cpu(), path, {"fit": SCORER_FIT, "split": train_split})
         return scorer.cpu()
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rarl_gym.cli import env_overrides, json_object, print_results, run_cli  # noqa: E402
-from rarl_gym.errors import ConfigError  # noqa: E402
+from rarl_gym.cli import env_overrides, json_object, non_negative_int, positive_float, positive_int, print_results, run_cli  # noqa: E402
+from rarl_gym.errors import ConfigError, check_names  # noqa: E402
 
 #: Command-line options that set a TrainConfig field of the same name.
 CONFIG_OPTIONS = ("epochs", "batch_size", "lr", "seed", "eval_views", "eval_split")
@@ -41,19 +41,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--env-kwargs", default="{}", help='JSON object of env kwargs, e.g. \'{"glimpse_size": 3}\'')
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<algo>-<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir (same options; --epochs may grow)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs over the training split (default 15)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 64)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs over the training split (default 15)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default 64)")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=non_negative_int, default=None)
     p.add_argument("--eval-views", type=int, choices=[1, 10], default=None, help="1 view or the ten-view test")
     p.add_argument("--eval-split", default=None, help="split of the final evaluation (default: the dataset's: test, val, val2014)")
-    p.add_argument("--total-timesteps", type=int, default=None, help="env steps of the run, not rarl (default 300000; on --resume the new total)")
-    p.add_argument("--n-envs", type=int, default=None, help="parallel envs of an SB3 agent (default 8)")
+    p.add_argument("--total-timesteps", type=positive_int, default=None, help="env steps of the run, not rarl (default 300000; on --resume the new total)")
+    p.add_argument("--n-envs", type=positive_int, default=None, help="parallel envs of an SB3 agent (default 8)")
     p.add_argument(
         "--hyperparams",
         default=None,
-        help='JSON object of SB3 constructor kwargs over agents/sb3/algos.py\'s defaults, e.g. \'{"gradient_steps": 1, "batch_size": 128}\'',
+        help='JSON object: for an SB3 agent, constructor kwargs over agents/sb3/algos.py\'s defaults, e.g. \'{"gradient_steps": 1}\'; '
+        'for rarl, TrainConfig fields (agents/rarl/trainer.py), e.g. \'{"samples": 2, "locator": "linear"}\'',
     )
+    p.add_argument("--paper", action="store_true", help="rarl: the paper's formulation (LSTM head, softmax loss, linear Gaussian locator, top-k reward)")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -67,12 +69,19 @@ def main(argv=None) -> int:
 def _train(args: argparse.Namespace) -> None:
     if args.algo in ENV_ALGOS:
         return _train_env_agent(args)
-    if args.total_timesteps is not None or args.n_envs is not None or args.hyperparams is not None:
-        raise ConfigError("--total-timesteps, --n-envs and --hyperparams are for the agents trained through the env", "use --epochs, --lr, --batch-size with --algo rarl")
-    from agents.rarl.trainer import TrainConfig, load_checkpoint, train
+    if args.total_timesteps is not None or args.n_envs is not None:
+        raise ConfigError("--total-timesteps and --n-envs are for the agents trained through the env", "use --epochs, --lr, --batch-size with --algo rarl")
+    from agents.rarl.trainer import PAPER, TrainConfig, load_checkpoint, train
 
     run_dir = args.run_dir or f"runs/{args.algo}-{(args.env or 'RARL-Shapes-v0').split('-')[1].lower()}"
     explicit = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
+    if args.paper:
+        explicit = {**PAPER, **explicit}
+    if args.hyperparams is not None:  # any TrainConfig field, e.g. {"samples": 2, "head": "lstm"}
+        hyper = json_object(args.hyperparams, "--hyperparams", '{"samples": 2}')
+        fields = [f for f in TrainConfig.__dataclass_fields__ if f not in ("run_dir", "device", "progress", "env_id", "env_kwargs")]
+        check_names(hyper, fields, "unknown RARL training option(s)", f"valid options: {', '.join(fields)}")
+        explicit = {**explicit, **hyper}
     overrides = env_overrides(args.env_kwargs, data_root=args.data_root, backbone=args.backbone)
     if overrides:
         explicit["env_kwargs"] = overrides
@@ -81,6 +90,8 @@ def _train(args: argparse.Namespace) -> None:
     base = dataclasses.asdict(TrainConfig())
     if args.resume:  # start from the run's own configuration; what is given explicitly must agree
         base = {**base, **load_checkpoint(Path(run_dir))["config"]}
+        if "env_kwargs" in explicit:  # --backbone X on top of the run's env kwargs, not instead of them
+            explicit["env_kwargs"] = {**base.get("env_kwargs", {}), **explicit["env_kwargs"]}
     config = TrainConfig(**{**base, **explicit, "run_dir": run_dir, "device": args.device, "progress": not args.no_progress})
     results = train(config, resume=args.resume)
     if results:

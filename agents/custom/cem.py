@@ -14,13 +14,13 @@ images (common random numbers) and refits the Gaussian to the best ``elite`` fra
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from agents.sb3.common import evaluate_run, load_run_config, make_env, open_run, save_run_config, write_metrics
 from rarl_gym.errors import CheckpointError, ConfigError
+from rarl_gym.io import atomic_write, run_lock
 
 FILE = "cem.npz"
 DEFAULTS = {"algo": "cem", "env_id": "RARL-Shapes-v0", "env_kwargs": {}, "seed": 0, "population": 32, "episodes": 16, "elite_frac": 0.25}
@@ -61,9 +61,8 @@ def run_episode(env, policy, index: int, record: list | None = None) -> float:
 
 
 def save(run_dir: Path, state: dict, rng: np.random.Generator, config: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(run_dir / "tmp.npz", **state, rng=json.dumps(rng.bit_generator.state))
-    os.replace(run_dir / "tmp.npz", run_dir / FILE)
+    """``cem.npz`` (the search state and the RNG) and ``run.json``, each atomically."""
+    atomic_write(run_dir / FILE, lambda f: np.savez(f, **state, rng=json.dumps(rng.bit_generator.state)), what="CEM state")
     save_run_config(run_dir, {**config, "num_timesteps": int(state["num_timesteps"])})
 
 
@@ -75,8 +74,15 @@ def train_cem(env_id=None, env_kwargs=None, run_dir="runs/cem-shapes", total_tim
         raise ConfigError(f"unknown CEM option(s) {sorted(set(search) - set(DEFAULTS))}", "use population, episodes, elite_frac")
     explicit = {"env_id": env_id, "env_kwargs": env_kwargs or None, "seed": seed, **search}
     config = open_run(run_dir, DEFAULTS, explicit, resume=resume, model_file=FILE)
+    with run_lock(run_dir):  # a second process training into the folder fails (InUseError)
+        return _search(config, Path(run_dir), total_timesteps, progress, resume)
+
+
+def _search(config: dict, run_dir: Path, total_timesteps: int | None, progress: bool, resume: bool) -> dict:
+    """The body of :func:`train_cem`, with the run folder locked."""
+    from tqdm.auto import tqdm
+
     total_timesteps = config["total_timesteps"] = total_timesteps or config.get("total_timesteps", 300_000)
-    run_dir = Path(run_dir)
     env = make_env(config["env_id"], config["env_kwargs"], progress=progress)
     if env.action_space.shape != (2,):
         raise ConfigError("CEM places glimpses only: it needs mode='locate'", 'drop "mode" from --env-kwargs')

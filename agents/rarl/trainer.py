@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -28,16 +29,18 @@ import torch
 import torch.distributed as dist
 
 from agents.rarl.model import RARLAgent
-from agents.rarl.rollout import CENTER_POLICIES, RolloutModule, rarl_loss, rollout, scores_to_probs
+from agents.rarl.rollout import CENTER_POLICIES, RolloutModule, label_log_likelihood, rarl_loss, rollout
 from rarl_gym import metrics
 from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError
 from rarl_gym.device import pick_device
 from rarl_gym.features.store import FeatureStore
+from rarl_gym.io import atomic_torch_save, run_lock
 from rarl_gym.reward import topk_overlap
 from rarl_gym.glimpse import crop as crop_regions
-from rarl_gym.glimpse import random_views, ten_views, whole_image_boxes
+from rarl_gym.glimpse import FIXED_GRID, random_views, ten_views, whole_image_boxes
 from rarl_gym.scorer import RegionScorer, fit_global_classifier, pooled_features
+from rarl_gym.windows import fit_windows_classifier, predict_windows
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -60,14 +63,41 @@ class TrainConfig:
     dropout: float = 0.2
     recurrent_classifier: bool = True  # False: the paper's "Ours-B" ablation
     memory: bool = True  # False: no recurrence ("Ours-A")
-    location_prior: str = "grid"  # "none": the paper's absolute centres
+    location_prior: str = "grid"  # "none": the paper's absolute centres (locator="linear" only)
     explore: float = 0.5  # fraction of training episodes with uniform random centres
+    head: str = "lstm"  # "linear": a linear classifier on full-channel region means (RARLAgent)
+    folds: int = 0  # cross-fitted reward heads (head="linear"): the policy's reward comes out of fold
+    locator: str = "linear"  # "map": a Gaussian mixture over candidate centres (RARLAgent)
+    candidates: int = 7  # side of the map locator's candidate grid
+    output: str = "softmax"  # "sigmoid": per-class BCE instead of the paper's softmax loss
+    reward: str = "topk"  # what REINFORCE maximises: "topk" (the paper) or "likelihood" of the true labels
+    samples: int = 1  # episodes per image and batch; > 1: leave-one-out baseline
+    fuse_whole_image: bool = False  # the whole image's scores (step 0) join the category-wise max
+    locator_lr: float | None = None  # Adam learning rate of the localization parameters (default: lr)
     augment_crop: float = 0.875  # side of the random training crop (the paper: (N - 64) / N); 1 = off
     eval_views: int = 1  # 1 (whole image) or 10 (4 corners + centre, mirrored)
+    oracle_samples: int = 64  # the oracle row: best of N centre sequences per image (0: no row)
     eval_split: str | None = None  # default: the dataset's evaluation split
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+
+
+#: The paper's formulation as TrainConfig overrides (``train_agent.py --paper``): classification
+#: from the LSTM state with the softmax loss, a linear Gaussian locator on absolute centres, the
+#: top-k reward with a learned baseline, one episode per image, no exploration episodes.
+PAPER: dict = {
+    "head": "lstm",
+    "locator": "linear",
+    "location_prior": "none",
+    "explore": 0.0,
+    "output": "softmax",
+    "reward": "topk",
+    "samples": 1,
+    "folds": 0,
+    "fuse_whole_image": False,
+    "locator_lr": None,
+}
 
 
 def distributed() -> tuple[int, int]:
@@ -80,14 +110,15 @@ def distributed() -> tuple[int, int]:
 
 def feature_batches(
     store: FeatureStore, batch_size: int, generator: torch.Generator, device, *, rank: int = 0, world: int = 1
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled ``(feature_maps [B, C, H, W], labels [B, L])``; rank r takes every world-th batch."""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled ``(feature_maps [B, C, H, W], labels [B, L], index [B])``; rank r
+    takes every world-th batch."""
     order = torch.randperm(len(store), generator=generator).numpy()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if world > 1:  # every rank must take the same number of steps (gradients are all-reduced)
         batches = batches[: max(world, len(batches) // world * world)]
     for idx in batches[rank::world]:
-        yield store.batch(idx, device)
+        yield (*store.batch(idx, device), torch.as_tensor(idx, device=device))
 
 
 def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: TrainConfig) -> RARLAgent:
@@ -102,7 +133,22 @@ def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: 
         recurrent_classifier=config.recurrent_classifier,
         memory=config.memory,
         location_prior=config.location_prior,
+        head=config.head,
+        folds=config.folds,
+        locator=config.locator,
+        candidates=config.candidates,
+        output=config.output,
+        fuse_whole_image=config.fuse_whole_image,
     )
+
+
+def parameter_groups(agent: RARLAgent, config: TrainConfig) -> list[dict]:
+    """Adam's parameter groups: the localization parameters at ``locator_lr`` (when set), the rest at ``lr``."""
+    if config.locator_lr is None:
+        return [{"params": list(agent.parameters())}]
+    loc = [p for name, p in agent.named_parameters() if name.startswith(("loc_", "locator."))]
+    ids = {id(p) for p in loc}
+    return [{"params": [p for p in agent.parameters() if id(p) not in ids]}, {"params": loc, "lr": config.locator_lr, "weight_decay": 0.0}]
 
 
 @torch.no_grad()
@@ -139,7 +185,7 @@ def predict(
         else:
             raise ConfigError(f"views must be 1 or 10, got {views}", "use --views 1 or --views 10")
         out = rollout(agent, feats, labels, **settings.rollout_kwargs(), centers=centers, sample=False, generator=generator, view=view)
-        p = scores_to_probs(out.fused)
+        p = agent.probabilities(out.fused)
         probs.append(p.reshape(b, -1, p.shape[-1]).mean(1).cpu())
         rewards.append(out.reward.reshape(b, -1).mean(1).cpu())
     return torch.cat(probs).numpy(), torch.cat(rewards).numpy()
@@ -157,24 +203,74 @@ def predict_global(scorer: RegionScorer, store: FeatureStore, *, views: int = 1,
     return torch.cat(probs).numpy()
 
 
+@torch.no_grad()
+def predict_oracle(
+    agent: RARLAgent, store: FeatureStore, settings: EnvSettings, *, samples: int = 64, batch_size: int = 32, device: torch.device | str = "cpu", seed: int = 0
+) -> np.ndarray:
+    """The headroom of placement: label probabilities ``[N, L]`` where each image keeps the best
+    of ``samples`` centre sequences under the model (whole image, one view).
+
+    The candidates are the learned policy's mode, the fixed grid and ``samples - 2`` uniformly
+    random sequences; "best" is the highest log-likelihood of the image's true labels
+    (:func:`agents.rarl.rollout.label_log_likelihood`), so the row needs the labels: an upper
+    bound on what any policy could get from this classifier, not a method.
+    """
+    agent.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    steps = settings.num_steps
+    probs = []
+    for lo in range(0, len(store), batch_size):
+        feats, labels = store.batch(np.arange(lo, min(lo + batch_size, len(store))), device)
+        b = feats.shape[0]
+        mode = rollout(agent, feats, labels, **settings.rollout_kwargs(), centers="learned", sample=False).centers  # [B, T, 2]
+        grid = torch.tensor([FIXED_GRID[t % len(FIXED_GRID)] for t in range(steps)], device=device).expand(b, steps, 2)
+        rand = torch.rand(b, max(samples - 2, 0), steps, 2, generator=generator, device=device) * 2 - 1
+        given = torch.cat([mode[:, None], grid[:, None], rand], dim=1)  # [B, S, T, 2]
+        s = given.shape[1]
+        out = rollout(
+            agent, feats.repeat_interleave(s, 0), labels.repeat_interleave(s, 0), **settings.rollout_kwargs(), centers="given", given_centers=given.flatten(0, 1), sample=False
+        )
+        ll = label_log_likelihood(out.fused, labels.repeat_interleave(s, 0), agent.output).view(b, s)
+        best = ll.argmax(1) + torch.arange(b, device=device) * s
+        probs.append(agent.probabilities(out.fused[best]).cpu())
+    return torch.cat(probs).numpy()
+
+
 # -- checkpoints -------------------------------------------------------------------------------
+#: What every checkpoint holds (:func:`load_checkpoint` checks it) and what a resume needs besides.
+CHECKPOINT_KEYS = ("model", "config", "settings", "agent_config", "epoch")
+RESUME_KEYS = ("optimizer", "rng", "step")
+
+
 def save_checkpoint(path: Path, **state) -> None:
-    """Write atomically: a crash mid-write never damages the previous checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write atomically (:func:`rarl_gym.io.atomic_torch_save`): a crash or a full disk mid-write
+    never damages the previous checkpoint and leaves no temporary file; a full disk is a
+    :class:`rarl_gym.errors.DiskFullError`."""
+    atomic_torch_save(state, path, what="checkpoint")
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """The checkpoint at ``path`` (a ``checkpoint.pt`` or the run folder that holds one).
+
+    Raises:
+        CheckpointError: no such file, not readable, or not a RARL checkpoint (names the missing key).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}", "pass the checkpoint file or the run folder that holds checkpoint.pt")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
         raise CheckpointError(f"{path} is not a readable rarl-gym checkpoint ({type(err).__name__}: {err})", "pass a checkpoint.pt written by train_agent.py") from err
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
+    if missing or not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("settings"), dict):
+        raise CheckpointError(
+            f"{path} is not a RARL checkpoint of train_agent.py (missing or malformed: {', '.join(missing) or 'config / settings'})",
+            "pass a checkpoint.pt written by train_agent.py (SB3 runs are folders with model.zip)",
+        )
+    return ckpt
 
 
 def agent_from_checkpoint(ckpt: dict) -> RARLAgent:
@@ -185,6 +281,9 @@ def agent_from_checkpoint(ckpt: dict) -> RARLAgent:
 
 def _check_resume(ckpt: dict, config: TrainConfig, settings: EnvSettings) -> None:
     """A resumed run must have the configuration it was started with (epochs may grow)."""
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"the checkpoint in {config.run_dir} cannot be resumed (it has no {', '.join(missing)})", "start a new run with another --run-dir")
     saved = dict(ckpt["config"])
     now = dataclasses.asdict(config)
     ignore = {"epochs", "progress", "device", "run_dir"}
@@ -211,8 +310,44 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 # -- the training loop -------------------------------------------------------------------------
+def _check_numbers(config: TrainConfig) -> None:
+    """Refuse numeric options that would fail deep inside the loop, or silently do nothing."""
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_real(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    checks = {
+        "epochs": (is_int(config.epochs) and config.epochs >= 1, "a positive int, e.g. 15"),
+        "batch_size": (is_int(config.batch_size) and config.batch_size >= 1, "a positive int, e.g. 64"),
+        "lr": (is_real(config.lr) and config.lr > 0, "a finite positive number, e.g. 1e-3"),
+        "weight_decay": (is_real(config.weight_decay) and config.weight_decay >= 0, "a finite number >= 0, e.g. 1e-4"),
+        "seed": (is_int(config.seed) and config.seed >= 0, "an int >= 0"),
+        "explore": (is_real(config.explore) and 0 <= config.explore <= 1, "a fraction in [0, 1], e.g. 0.5"),
+        "augment_crop": (is_real(config.augment_crop) and 0 < config.augment_crop <= 1, "a fraction in (0, 1], e.g. 0.875"),
+    }
+    for name, (ok, want) in checks.items():
+        if not ok:
+            raise ConfigError(f"training option {name}={getattr(config, name)!r} is invalid", f"use {want} (--{name.replace('_', '-')} or --hyperparams)")
+
+
 def train(config: TrainConfig, *, resume: bool = False) -> dict:
-    """Train (or resume) a run; returns the final evaluation (see :func:`evaluate_run`)."""
+    """Train (or resume) a run; returns the final evaluation (see :func:`evaluate_run`).
+
+    The run folder is locked meanwhile (:func:`rarl_gym.io.run_lock`): a second process training
+    into it fails at once with :class:`rarl_gym.errors.InUseError` naming the holder.
+    """
+    _check_numbers(config)
+    EnvSettings.from_env_id(config.env_id, config.env_kwargs)  # a wrong env fails before the folder is made
+    if distributed()[0] != 0:
+        return _train(config, resume=resume)
+    with run_lock(config.run_dir):
+        return _train(config, resume=resume)
+
+
+def _train(config: TrainConfig, *, resume: bool = False) -> dict:
     rank, world = distributed()
     device = pick_device(config.device)
     run_dir = Path(config.run_dir)
@@ -234,7 +369,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     random.seed(config.seed + rank)
     generator = torch.Generator().manual_seed(config.seed)  # the same data order on every rank
     agent = build_agent(settings, len(train_store.classes), train_store.channels, config).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(parameter_groups(agent, config), lr=config.lr, weight_decay=config.weight_decay)
     start_epoch, step = 0, 0
     if resume:
         ckpt = load_checkpoint(ckpt_path)
@@ -259,23 +394,35 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
         device_gen.set_state(ckpt["rng"]["device_generator"])
     reward_curve: list[float] = list(ckpt.get("reward_curve", [])) if resume else []
     start = time.perf_counter()
+    earlier_seconds = float(ckpt.get("train_seconds", 0.0)) if resume else 0.0  # the run's earlier sessions
     for epoch in range(start_epoch, config.epochs):
         agent.train()
-        sums = {"loss": 0.0, "cls": 0.0, "reinforce": 0.0, "baseline": 0.0, "reward": 0.0}
+        sums = {"loss": 0.0, "cls": 0.0, "reinforce": 0.0, "baseline": 0.0, "reward": 0.0, "return": 0.0}
         batches = 0
-        for feats, labels in feature_batches(train_store, config.batch_size, generator, device, rank=rank, world=world):
+        for feats, labels, index in feature_batches(train_store, config.batch_size, generator, device, rank=rank, world=world):
+            if config.samples > 1:  # M consecutive episodes of each image (leave-one-out baseline)
+                feats, labels, index = (x.repeat_interleave(config.samples, 0) for x in (feats, labels, index))
             view = None
             if config.augment_crop < 1.0:
                 view = random_views(feats.shape[0], config.augment_crop, generator=device_gen, device=device)
             out = model(feats, labels, **settings.rollout_kwargs(), generator=device_gen, view=view, explore=config.explore)
-            losses = rarl_loss(out, labels, rl_weight=config.rl_weight)
+            losses = rarl_loss(
+                out,
+                labels,
+                rl_weight=config.rl_weight,
+                output=config.output,
+                reward=config.reward,
+                folds=index % config.folds if config.folds else None,
+                samples=config.samples,
+                k=settings.k,
+            )
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(agent.parameters(), 5.0)
             optimizer.step()
             step += 1
             batches += 1
-            for key in ("loss", "cls", "reinforce", "baseline"):
+            for key in ("loss", "cls", "reinforce", "baseline", "return"):
                 sums[key] += float(losses[key].detach())
             sums["reward"] += float(out.reward.mean())
         means = {k: v / max(batches, 1) for k, v in sums.items()}
@@ -295,6 +442,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
                 config=dataclasses.asdict(config),
                 settings=settings.to_dict(),
                 agent_config=agent.config(),
+                train_seconds=earlier_seconds + time.perf_counter() - start,
                 reward_curve=reward_curve,
             )
     if world > 1:
@@ -303,7 +451,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     if rank != 0:
         return {}
     bar.close()
-    train_seconds = time.perf_counter() - start
+    train_seconds = earlier_seconds + time.perf_counter() - start  # every session of the run
     results = evaluate_run(agent, eval_store, settings, config, device=device, train_store=train_store)
     results["train_seconds"] = round(train_seconds, 1)
     results["reward_curve"] = [round(r, 4) for r in reward_curve]
@@ -329,13 +477,19 @@ def evaluate_run(
         probs, rewards = predict(agent, store, settings, centers=centers, views=config.eval_views, crop=config.augment_crop, device=device)
         reports[centers] = metrics.evaluate(probs, store.labels, classes=store.classes)
         policies[centers] = {**reports[centers].to_dict(), "reward": float(rewards.mean())}
+    def add_row(name: str, probs: np.ndarray) -> None:
+        reports[name] = metrics.evaluate(probs, store.labels, classes=store.classes)
+        reward = topk_overlap(torch.from_numpy(probs), torch.from_numpy(store.labels).long()).mean()
+        policies[name] = {**reports[name].to_dict(), "reward": float(reward)}
+
+    if config.oracle_samples > 0:
+        add_row("oracle", predict_oracle(agent, store, settings, samples=config.oracle_samples, device=device, seed=config.seed))
     if train_store is not None:
         scorer = fit_global_classifier(pooled_features(train_store), torch.from_numpy(train_store.labels), seed=config.seed)
-        probs = predict_global(scorer, store, views=config.eval_views, crop=config.augment_crop)
-        reports["global"] = metrics.evaluate(probs, store.labels, classes=store.classes)
-        reward = topk_overlap(torch.from_numpy(probs), torch.from_numpy(store.labels).long()).mean()
-        policies["global"] = {**reports["global"].to_dict(), "reward": float(reward)}
+        add_row("global", predict_global(scorer, store, views=config.eval_views, crop=config.augment_crop))
+        windows = fit_windows_classifier(train_store, seed=config.seed, device=device)
+        add_row("windows", predict_windows(windows, store, views=config.eval_views, crop=config.augment_crop))
     return {"split": store.meta["key"]["split"], "views": config.eval_views, "policies": policies, "reports": reports}
 
 
-__all__ = ["TrainConfig", "agent_from_checkpoint", "evaluate_run", "load_checkpoint", "predict", "train"]
+__all__ = ["PAPER", "TrainConfig", "agent_from_checkpoint", "evaluate_run", "load_checkpoint", "predict", "train"]

@@ -15,7 +15,6 @@ taking a batch of observations ``{"glimpses": [B, K, C, s, s], "step": [B]}`` an
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,8 +23,9 @@ import numpy as np
 
 from rarl_gym import metrics
 from rarl_gym.env_settings import EnvSettings
-from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError, check_choice
+from rarl_gym.errors import CheckpointError, ConfigError, NotWritableError, RunExistsError, check_choice
 from rarl_gym.glimpse import FIXED_GRID
+from rarl_gym.io import atomic_write_json
 
 #: The run configuration written beside the model (what ``--resume`` and evaluate.py read).
 RUN_CONFIG = "run.json"
@@ -59,6 +59,8 @@ def open_run(run_dir: str | Path, defaults: dict, explicit: dict, *, resume: boo
     """
     run_dir = Path(run_dir)
     explicit = _jsonable({k: v for k, v in explicit.items() if v is not None})
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotWritableError(f"the run folder {run_dir} is a file, not a folder", "pass --run-dir a new folder or one that holds a run")
     if not resume:
         found = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
         if found:
@@ -73,6 +75,8 @@ def open_run(run_dir: str | Path, defaults: dict, explicit: dict, *, resume: boo
     if not (run_dir / model_file).exists() or not (run_dir / RUN_CONFIG).exists():
         raise CheckpointError(f"--resume: there is no {model_file} and {RUN_CONFIG} in {run_dir}", "check --run-dir, or drop --resume to start a new run")
     config = load_run_config(run_dir)
+    if "env_kwargs" in explicit:  # --backbone X on top of the run's env kwargs, not instead of them
+        explicit["env_kwargs"] = {**config.get("env_kwargs", {}), **explicit["env_kwargs"]}
     diff = {k: (config.get(k), v) for k, v in explicit.items() if config.get(k) != v}
     if diff:
         lines = "; ".join(f"{k}: run {a!r} vs now {b!r}" for k, (a, b) in diff.items())
@@ -86,17 +90,17 @@ def open_run(run_dir: str | Path, defaults: dict, explicit: dict, *, resume: boo
 def load_run_config(run_dir: str | Path) -> dict:
     path = Path(run_dir) / RUN_CONFIG
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"cannot read the run configuration {path} ({err})", "pass a run folder written by train_agent.py") from err
+    if not isinstance(config, dict) or not isinstance(config.get("settings"), dict) or "env_id" not in config:
+        raise CheckpointError(f"{path} is not a run configuration of train_agent.py (no env_id / settings)", "pass a run folder written by train_agent.py")
+    return config
 
 
 def save_run_config(run_dir: str | Path, config: dict) -> None:
-    """Write ``run.json`` atomically."""
-    path = Path(run_dir) / RUN_CONFIG
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config, indent=1))
-    os.replace(tmp, path)
+    """Write ``run.json`` atomically (:func:`rarl_gym.io.atomic_write_json`)."""
+    atomic_write_json(Path(run_dir) / RUN_CONFIG, config, what="run configuration")
 
 
 # -- evaluation through the env ----------------------------------------------------------------

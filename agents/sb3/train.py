@@ -8,22 +8,29 @@ centres, and the global-image classifier) and writes ``run_dir/metrics.json``.
 
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 from agents.sb3.algos import ALGOS, OFF_POLICY, make_agent
 from agents.sb3.common import evaluate_run, load_run_config, log_eval, open_run, save_run_config, write_metrics
 from rarl_gym.device import pick_device
-from rarl_gym.errors import CheckpointError, check_choice
+from rarl_gym.errors import CheckpointError, ConfigError, check_choice
+from rarl_gym.io import atomic_path, run_lock
 
 MODEL = "model.zip"
+REPLAY = "replay_buffer.pkl"
+#: Save the run every this many env steps (``train_sb3(checkpoint_every=...)``).
+CHECKPOINT_EVERY = 10_000
+#: Replay buffers up to this size are saved with the model (and loaded on ``--resume``).
+REPLAY_SAVE_LIMIT = 512 * 1024**2
 #: Defaults of a run's configuration (``run.json``).
 DEFAULTS = {"env_id": "RARL-Shapes-v0", "env_kwargs": {}, "seed": 0, "n_envs": 8, "overrides": {}}
 
@@ -68,16 +75,54 @@ def make_vec(env_id: str, env_kwargs: dict, n_envs: int, seed: int, progress: bo
     return env
 
 
-def save_model(model: BaseAlgorithm, run_dir: Path, config: dict) -> None:
-    """``model.zip`` (atomically) and ``run.json``.
+def save_model(model: BaseAlgorithm, run_dir: Path, config: dict, *, train_seconds: float | None = None) -> None:
+    """``model.zip`` and ``run.json`` (with ``num_timesteps`` and the run's ``train_seconds``), each atomically.
 
-    The replay buffer of SAC / TD3 is not saved: SB3 pickles it whole, as allocated (up to
-    :data:`agents.sb3.algos.MEMORY_BUDGET`); a resumed run refills it first (see :func:`train_sb3`).
+    The replay buffer of SAC / TD3 is saved too (``replay_buffer.pkl``) when it holds at most
+    :data:`REPLAY_SAVE_LIMIT` bytes; a larger one is not (SB3 pickles it whole, as allocated, up to
+    :data:`agents.sb3.algos.MEMORY_BUDGET`) and a resumed run refills it first (see :func:`train_sb3`).
+    A full disk is a :class:`rarl_gym.errors.DiskFullError` and keeps the previous files.
     """
-    tmp = run_dir / (MODEL + ".tmp")
-    model.save(tmp)
-    os.replace(tmp, run_dir / MODEL)
-    save_run_config(run_dir, {**config, "num_timesteps": int(model.num_timesteps)})
+    with atomic_path(run_dir / MODEL, what="SB3 model") as tmp:
+        model.save(tmp)
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is not None and replay_bytes(buffer) <= REPLAY_SAVE_LIMIT:
+        with atomic_path(run_dir / REPLAY, what="replay buffer") as tmp:
+            model.save_replay_buffer(tmp)
+    extra = {} if train_seconds is None else {"train_seconds": round(train_seconds, 1)}
+    save_run_config(run_dir, {**config, "num_timesteps": int(model.num_timesteps), **extra})
+
+
+def replay_bytes(buffer) -> int:
+    """Bytes of the arrays a replay buffer holds (what pickling it writes)."""
+    arrays = [v for v in vars(buffer).values() if isinstance(v, np.ndarray)]
+    for name in ("observations", "next_observations"):
+        value = getattr(buffer, name, None)
+        if isinstance(value, dict):
+            arrays += [v for v in value.values() if isinstance(v, np.ndarray)]
+    return int(sum(a.nbytes for a in arrays))
+
+
+class PeriodicSave(BaseCallback):
+    """Save the run (:func:`save_model`) every ``every`` env steps, at the start of a rollout (after
+    the previous update), so that a crash or ``kill -9`` loses at most ``every`` steps."""
+
+    def __init__(self, every: int, save: Callable[[], None]):
+        super().__init__()
+        self.every = every
+        self.save = save
+        self.last = 0
+
+    def _on_training_start(self) -> None:
+        self.last = self.model.num_timesteps
+
+    def _on_rollout_start(self) -> None:
+        if self.model.num_timesteps - self.last >= self.every:
+            self.save()
+            self.last = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
 
 
 def load_model(path: str | Path, device: str = "auto", env: VecEnv | None = None) -> tuple[BaseAlgorithm, dict]:
@@ -106,6 +151,7 @@ def train_sb3(
     *,
     resume: bool = False,
     overrides: dict | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> dict:
     """Train (or resume) an SB3 agent; returns the final evaluation (see :func:`agents.sb3.common.evaluate_run`).
 
@@ -113,41 +159,62 @@ def train_sb3(
     :func:`agents.sb3.algos.make_agent`): ``None`` takes the default, or the resumed run's (given
     ones must then agree with it). ``total_timesteps`` is the run's total (default 300 000, or
     the resumed run's): a resumed run trains ``total_timesteps - num_timesteps`` more steps (none
-    if that is not positive: it is only evaluated again).
+    if that is not positive: it is only evaluated again). The run is saved every
+    ``checkpoint_every`` env steps (and at the end, and on Ctrl-C), so ``resume`` continues from the
+    last save after a crash; the run folder is locked meanwhile (a second process training into it
+    fails with :class:`rarl_gym.errors.InUseError`).
     """
     check_choice("algo", algo, tuple(ALGOS))
+    for name, value in (("total_timesteps", total_timesteps), ("n_envs", n_envs), ("checkpoint_every", checkpoint_every)):
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ConfigError(f"{name} must be a positive int, got {value!r}", f"pass e.g. {name}={DEFAULTS.get(name, 10_000)}")
     run_dir = Path(run_dir)
     explicit = {"algo": algo, "env_id": env_id, "env_kwargs": env_kwargs or None, "seed": seed, "n_envs": n_envs, "overrides": overrides or None}
     config = open_run(run_dir, DEFAULTS, explicit, resume=resume, model_file=MODEL)
+    with run_lock(run_dir):
+        return _train_sb3(algo, run_dir, config, total_timesteps, device, progress, resume, checkpoint_every)
+
+
+def _train_sb3(algo: str, run_dir: Path, config: dict, total_timesteps: int | None, device: str, progress: bool, resume: bool, checkpoint_every: int) -> dict:
     total_timesteps = config["total_timesteps"] = total_timesteps or config.get("total_timesteps", 300_000)
     device = str(pick_device(device))
     # a resumed run draws other images than its start did: the seed moves on with the steps done
     env = make_vec(config["env_id"], config["env_kwargs"], config["n_envs"], config["seed"] + config.get("num_timesteps", 0), progress)
     tb = str(run_dir / "tb")
+    refill = False
     if resume:
         model, _ = load_model(run_dir, device, env)
         model.tensorboard_log = tb
+        if algo in OFF_POLICY:
+            if (run_dir / REPLAY).exists():  # saved with the model: continue exactly where it was
+                model.load_replay_buffer(run_dir / REPLAY)
+            else:
+                refill = True  # too large to save: the buffer starts empty, refill it before updating
     else:
         model = make_agent(algo, env, seed=config["seed"], tensorboard_log=tb, device=device, **config["overrides"])
-        run_dir.mkdir(parents=True, exist_ok=True)
     remaining = total_timesteps - model.num_timesteps
     start = time.perf_counter()
+    earlier_seconds = float(config.get("train_seconds", 0.0)) if resume else 0.0  # the run's earlier sessions
+    config.pop("train_seconds", None)
+
+    def save() -> None:
+        save_model(model, run_dir, config, train_seconds=earlier_seconds + time.perf_counter() - start)
+
     if remaining > 0:
-        callback = TqdmCallback(f"train {algo}") if progress else None
-        refill = resume and algo in OFF_POLICY  # the replay buffer starts empty: refill it before updating
+        callbacks = [PeriodicSave(checkpoint_every, save)] + ([TqdmCallback(f"train {algo}")] if progress else [])
         if refill:
             starts, model.learning_starts = model.learning_starts, model.num_timesteps + model.learning_starts
         interrupted = False
         try:
-            model.learn(remaining, callback=callback, reset_num_timesteps=not resume, tb_log_name=algo)
+            model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=not resume, tb_log_name=algo)
         except KeyboardInterrupt:  # keep what was learnt (continue with --resume)
             interrupted = True
         if refill:
             model.learning_starts = starts
-        save_model(model, run_dir, config)
+        save()
         if interrupted:
             raise KeyboardInterrupt
-    train_seconds = time.perf_counter() - start
+    train_seconds = earlier_seconds + time.perf_counter() - start  # every session of the run
     env.close()
     results = evaluate_run(model, config["env_id"], config["env_kwargs"], seed=config["seed"])
     from torch.utils.tensorboard import SummaryWriter
@@ -159,4 +226,4 @@ def train_sb3(
     return results
 
 
-__all__ = ["DEFAULTS", "MODEL", "TqdmCallback", "load_model", "make_vec", "save_model", "train_sb3"]
+__all__ = ["CHECKPOINT_EVERY", "DEFAULTS", "MODEL", "REPLAY", "PeriodicSave", "TqdmCallback", "load_model", "make_vec", "save_model", "train_sb3"]

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from rarl_gym.data.base import ABSENT, PRESENT, MultiLabelDataset
-from rarl_gym.data.voc import _file_sizes, _fingerprint, dataset_root, image_header_size, open_rgb
+from rarl_gym.data.voc import FileStampsMixin, _fingerprint, dataset_root, image_header_size, open_rgb
 from rarl_gym.errors import ConfigError, CorruptFileError, DatasetNotFoundError
 
 #: The splits of the official archives that carry instance annotations.
@@ -46,7 +46,7 @@ def _source(split: str) -> str:
     )
 
 
-class COCODataset(MultiLabelDataset):
+class COCODataset(FileStampsMixin, MultiLabelDataset):
     """A split of MS-COCO.
 
     Args:
@@ -122,6 +122,7 @@ class COCODataset(MultiLabelDataset):
                 fix,
             )
         data.setdefault("annotations", [])
+        self._validate(data, fix)
         coco = COCO()
         coco.dataset = data
         try:
@@ -134,6 +135,43 @@ class COCODataset(MultiLabelDataset):
                 fix,
             ) from exc
         return coco
+
+    def _validate(self, data: dict, fix: str) -> None:
+        """Check the fields every image and category needs before anything uses them, so that a
+        damaged file fails here, named, and not as a bare ``KeyError`` or after the extraction."""
+
+        def bad(problem: str) -> CorruptFileError:
+            return CorruptFileError(f"annotation file {self.annotation_file}: {problem}", fix)
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not data["images"]:
+            raise bad("'images' is empty: the split has no images")
+        if not data["categories"]:
+            raise bad("'categories' is empty")
+        if not isinstance(data["annotations"], list):
+            raise bad("'annotations' is not a list")
+        for i, img in enumerate(data["images"]):
+            if not isinstance(img, dict):
+                raise bad(f"images[{i}] is not an object")
+            if not is_int(img.get("id")):
+                raise bad(f"images[{i}] has no integer 'id' (got {img.get('id')!r})")
+            if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+                raise bad(f"images[{i}] (id {img['id']}) has no 'file_name'")
+            for side in ("width", "height"):
+                if side in img and not (is_int(img[side]) and img[side] > 0):
+                    raise bad(f"images[{i}] (id {img['id']}) has a {side} that is not a positive integer: {img[side]!r}")
+        for i, cat in enumerate(data["categories"]):
+            if not isinstance(cat, dict):
+                raise bad(f"categories[{i}] is not an object")
+            if not is_int(cat.get("id")):
+                raise bad(f"categories[{i}] has no integer 'id' (got {cat.get('id')!r})")
+            if not isinstance(cat.get("name"), str) or not cat["name"]:
+                raise bad(f"categories[{i}] (id {cat['id']}) has no 'name'")
+        for i, ann in enumerate(data["annotations"]):
+            if not isinstance(ann, dict) or not is_int(ann.get("image_id")) or not is_int(ann.get("category_id")):
+                raise bad(f"annotations[{i}] lacks an integer 'image_id' or 'category_id'")
 
     def _build(self) -> None:
         coco = self.coco
@@ -204,17 +242,24 @@ class COCODataset(MultiLabelDataset):
         return xyxy, classes, np.zeros(len(anns), dtype=bool)
 
     def cache_key(self) -> str:
-        """``coco-<split>-<N>-<hash of the ids, files, classes, labels and JPEG file sizes>``."""
+        """``coco-<split>-<N>-<hash of the ids, files, classes, labels and JPEG file sizes and modification times>``."""
         if self._cache_key is None:
-            digest = _fingerprint(
-                np.asarray(self._image_ids, dtype=np.int64).tobytes(),
-                "\n".join(self._files).encode(),
-                "\n".join(self.classes).encode(),
-                self._labels.tobytes(),
-                _file_sizes(self.image_path(i) for i in range(len(self))),
-            )
-            self._cache_key = f"coco-{self.split}-{len(self)}-{digest}"
+            self._cache_key = self._key(self._stats_bytes())
         return self._cache_key
+
+    def legacy_cache_key(self) -> str:
+        """The key of earlier versions (JPEG sizes, no modification times)."""
+        return self._key(self._sizes_bytes())
+
+    def _key(self, files: bytes) -> str:
+        digest = _fingerprint(
+            np.asarray(self._image_ids, dtype=np.int64).tobytes(),
+            "\n".join(self._files).encode(),
+            "\n".join(self.classes).encode(),
+            self._labels.tobytes(),
+            files,
+        )
+        return f"coco-{self.split}-{len(self)}-{digest}"
 
 
 __all__ = ["COCODataset", "COCO_SPLITS"]

@@ -15,9 +15,11 @@ and resumes after an interrupt. Opening a finished entry maps the file and takes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +29,16 @@ import torch
 from tqdm.auto import tqdm
 
 from rarl_gym.data.base import MultiLabelDataset
-from rarl_gym.errors import CorruptFileError
+from rarl_gym.errors import ConfigError, CorruptFileError, DatasetNotFoundError, NotWritableError
 from rarl_gym.features.backbones import build_backbone
 from rarl_gym.features.inference import PixelRows, forward, pixel_loader, stack_pixels
+from rarl_gym.io import FileLock, atomic_save_npy, atomic_write_bytes, disk_full_error, is_disk_full, reserve_space
 
 STORE_VERSION = 1
 FEATURES_FILE = "features.f16"
+LOCK_FILE = ".lock"
+#: The smallest backbone input size (one cell of a stride-32 feature map).
+MIN_INPUT_SIZE = 32
 
 
 def default_cache_dir() -> Path:
@@ -41,18 +47,11 @@ def default_cache_dir() -> Path:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, what="feature cache file")
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    atomic_save_npy(path, array, what="feature cache file")
 
 
 @dataclass
@@ -131,6 +130,24 @@ class FeatureStore:
         out.copy_(torch.from_numpy(staging))
         return out, labels
 
+    def close(self) -> None:
+        """Release the store's open files (the features file and the memory map); idempotent.
+
+        A closed store holds no rows (``len() == 0``); open the entry again to read it.
+        """
+        f = self.__dict__.pop("_fh", None)
+        if f is not None:
+            f.close()
+        self.__dict__.pop("_staging", None)
+        if len(self.features):  # the map's descriptor is freed with the last reference to it
+            self.features = np.empty((0, *self.features.shape[1:]), dtype=np.float16)
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _file(self):
         """The features file, opened once for reading (closed with the store)."""
         f = self.__dict__.get("_fh")
@@ -150,12 +167,43 @@ class FeatureStore:
             )
         try:
             meta = json.loads(meta_path.read_text())
-            shape = tuple(meta["shape"])
+            shape = _check_meta(meta, path)
+            size = (path / FEATURES_FILE).stat().st_size
+            if size != int(np.prod(shape)) * 2:
+                raise ValueError(f"{FEATURES_FILE} holds {size} bytes but meta.json's shape {list(shape)} needs {int(np.prod(shape)) * 2}")
             features = np.memmap(path / FEATURES_FILE, dtype=np.float16, mode="r", shape=shape)
             labels = np.load(path / "labels.npy")
-        except (OSError, ValueError, KeyError) as err:
+            if labels.shape != (shape[0], len(meta["classes"])):
+                raise ValueError(f"labels.npy has shape {labels.shape}, meta.json says {shape[0]} images x {len(meta['classes'])} classes")
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise CorruptFileError(f"feature cache {path} is damaged ({err})", f"delete {path} and extract again") from err
         return cls(path=path, features=features, labels=labels, meta=meta)
+
+
+#: meta.json: each required key and the type of its value.
+META_KEYS = {"key": dict, "shape": list, "classes": list, "image_ids": list, "image_sizes": list}
+
+
+def _check_meta(meta, path: Path) -> tuple[int, int, int, int]:
+    """The ``[N, C, H, W]`` shape of a cache entry's ``meta.json``; ``ValueError`` naming the first
+    missing or inconsistent field (a hand-edited or damaged file)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta.json holds a {type(meta).__name__}, not an object")
+    for name, kind in META_KEYS.items():
+        if name not in meta:
+            raise ValueError(f"meta.json has no {name!r}")
+        if not isinstance(meta[name], kind):
+            raise ValueError(f"meta.json's {name!r} is a {type(meta[name]).__name__}, not a {kind.__name__}")
+    shape = meta["shape"]
+    if len(shape) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        raise ValueError(f"meta.json's shape {shape!r} is not four positive ints [N, C, H, W]")
+    n = shape[0]
+    if len(meta["image_ids"]) != n:
+        raise ValueError(f"meta.json lists {len(meta['image_ids'])} image ids for {n} images")
+    sizes = meta["image_sizes"]
+    if len(sizes) != n or not all(isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and v > 0 for v in s) for s in sizes):
+        raise ValueError(f"meta.json's image_sizes is not {n} pairs of positive ints (width, height)")
+    return tuple(shape)
 
 
 def cache_key(dataset: MultiLabelDataset, backbone: str, pretrained: bool, input_size: int) -> dict:
@@ -176,6 +224,35 @@ def entry_path(key: dict, cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir or default_cache_dir()) / f"{name[:80]}-{digest}"
 
 
+def _legacy_entry(dataset: MultiLabelDataset, key: dict, cache_dir: str | Path | None) -> Path | None:
+    """A finished entry written under an earlier version's key (JPEG sizes without modification
+    times) that is still valid: every image file is older than the start of its extraction
+    (``key.json``'s modification time). ``None`` otherwise."""
+    legacy_key = getattr(dataset, "legacy_cache_key", None)
+    newest = getattr(dataset, "newest_file_ns", None)
+    if legacy_key is None or newest is None:
+        return None
+    old = entry_path({**key, "dataset": legacy_key()}, cache_dir)
+    try:
+        started = (old / "key.json").stat().st_mtime_ns
+    except OSError:
+        return None
+    return old if (old / "meta.json").exists() and newest() <= started else None
+
+
+def _make_entry_dir(path: Path) -> None:
+    """Create a cache entry's folder; a read-only or non-folder cache root is a named error."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(path, "feature cache folder", err=err) from err
+        raise NotWritableError(
+            f"cannot create the feature cache folder {path}: {err.strerror or err}",
+            "pass a writable cache_dir (env kwarg) or set $RARL_CACHE to a writable folder",
+        ) from err
+
+
 @torch.no_grad()
 def extract_features(
     dataset: MultiLabelDataset,
@@ -192,25 +269,46 @@ def extract_features(
     """Open the cache entry of ``(dataset, backbone, input_size)``, extracting it first if needed.
 
     The backbone (a name for :func:`rarl_gym.features.build_backbone`) is built only when
-    something has to be extracted, so opening a finished entry stays cheap.
+    something has to be extracted, so opening a finished entry stays cheap; it is built before
+    the entry's folder is made, so a wrong name leaves nothing behind.
 
     Extraction writes batch after batch into a memory-mapped file and records which rows are
     done, so an interrupted run resumes; the entry becomes valid only when ``meta.json`` is
-    renamed into place at the end.
-
-    Speed (see :func:`_extract_rows`): ``workers`` loader processes decode and resize the images
-    while the backbone runs (default :func:`rarl_gym.features.inference.default_workers`; 0 =
-    in this process), and rows are written in large chunks. Under ``torchrun`` (``WORLD_SIZE``
-    > 1) every rank extracts its share of the rows into the same file and rank 0 finalises.
+    renamed into place at the end. The file's space is reserved first (a full disk is a
+    :class:`rarl_gym.errors.DiskFullError` before any work, not a ``SIGBUS`` during it). One
+    process extracts an entry at a time: another one that needs it waits for it (lock file
+    ``.lock``, which names the holder) and then opens the finished entry.
     """
+    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < MIN_INPUT_SIZE:
+        raise ConfigError(f"input_size must be an int of at least {MIN_INPUT_SIZE} pixels, got {input_size!r}", "use e.g. 224, 256 or 320")
     key = cache_key(dataset, backbone, pretrained, input_size)
     path = entry_path(key, cache_dir)
     if (path / "meta.json").exists():
         return FeatureStore.open(path)
-    path.mkdir(parents=True, exist_ok=True)
-
-    n = len(dataset)
+    legacy = _legacy_entry(dataset, key, cache_dir)
+    if legacy is not None:
+        return FeatureStore.open(legacy)
+    if len(dataset) == 0:
+        raise DatasetNotFoundError(f"split {dataset.split!r} of {dataset.name} has no images", "check the dataset's split files or annotation file")
     net = build_backbone(backbone, pretrained=pretrained, device=device)
+    _make_entry_dir(path)
+
+    def waiting(holder: str) -> None:
+        print(f"feature cache {path} is being extracted by {holder}; waiting for it to finish", file=sys.stderr)
+
+    # torchrun ranks share one extraction (they meet at barriers inside): no lock between them
+    lock = FileLock(path / LOCK_FILE, f"the feature cache {path}", blocking=True, on_wait=waiting) if _shard_group()[1] == 1 else contextlib.nullcontext()
+    with lock:
+        if (path / "meta.json").exists():  # finished by the process we waited for
+            return FeatureStore.open(path)
+        return _extract(dataset, net, key, path, input_size, batch_size=batch_size, device=device, progress=progress, workers=workers)
+
+
+def _extract(
+    dataset: MultiLabelDataset, net, key: dict, path: Path, input_size: int, *, batch_size: int, device, progress: bool, workers: int | None
+) -> FeatureStore:
+    """Extract (or resume extracting) the entry ``path`` with the built backbone ``net``; the caller holds its lock."""
+    n = len(dataset)
     probe = forward(net, net.pixels([dataset.load_image(0)], input_size), device)
     shape = (n, *probe.shape[1:])
     key_file = path / "key.json"
@@ -226,13 +324,15 @@ def extract_features(
         and json.loads(key_file.read_text()) == {**key, "shape": list(shape)}
         and feat_file.stat().st_size == int(np.prod(shape)) * 2
     )
+    if rank == 0:  # allocate every block now: a full disk fails here, named, not as SIGBUS / ENOSPC mid-way
+        reserve_space(feat_file, int(np.prod(shape)) * 2, what="feature cache")
     if resumable:
         done = np.load(progress_file)
         features = np.memmap(feat_file, dtype=np.float16, mode="r+", shape=shape)
     else:
         _atomic_write_bytes(key_file, json.dumps({**key, "shape": list(shape)}, indent=1).encode())
         done = np.zeros(n, dtype=bool)
-        features = np.memmap(feat_file, dtype=np.float16, mode="w+", shape=shape)
+        features = np.memmap(feat_file, dtype=np.float16, mode="r+", shape=shape)
         _atomic_save_npy(progress_file, done)
 
     if world > 1 and rank == 0:
