@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from agents.rarl.model import RARLAgent
+from agents.tb_logging import rarl_figure2, rarl_final
 from agents.rarl.rollout import CENTER_POLICIES, RolloutModule, label_log_likelihood, rarl_loss, rollout
 from rarl_gym import metrics
 from rarl_gym.env_settings import EnvSettings
@@ -430,6 +431,7 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
         if rank == 0:
             for key, value in means.items():
                 writer.add_scalar(f"train/{key}", value, step)
+            rarl_figure2(writer, agent, eval_store, settings, step, device)  # TensorBoard: Figure 2 of fixed eval images
             bar.set_postfix(reward=f"{means['reward']:.3f}", cls=f"{means['cls']:.3f}")
             bar.update(1)
             save_checkpoint(
@@ -457,6 +459,7 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
     results["reward_curve"] = [round(r, 4) for r in reward_curve]
     for name, row in results["policies"].items():
         writer.add_scalar(f"eval/mAP_area_{name}", row["mAP_area"], step)
+    rarl_final(writer, agent, eval_store, settings, config, results, step, device)  # TensorBoard: PR curves, hparams
     writer.close()
     (run_dir / "metrics.json").write_text(json.dumps({k: v for k, v in results.items() if k != "reports"}, indent=1))
     return results

@@ -21,6 +21,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 from agents.sb3.algos import ALGOS, OFF_POLICY, make_agent
 from agents.sb3.common import evaluate_run, load_run_config, log_eval, open_run, save_run_config, write_metrics
+from agents.tb_logging import Figure2Callback, env_agent_final
 from rarl_gym.device import pick_device
 from rarl_gym.errors import CheckpointError, ConfigError, check_choice
 from rarl_gym.io import atomic_path, run_lock
@@ -202,6 +203,7 @@ def _train_sb3(algo: str, run_dir: Path, config: dict, total_timesteps: int | No
 
     if remaining > 0:
         callbacks = [PeriodicSave(checkpoint_every, save)] + ([TqdmCallback(f"train {algo}")] if progress else [])
+        callbacks.append(Figure2Callback(config["env_id"], config["env_kwargs"], every=max(1, total_timesteps // 10)))  # TensorBoard: Figure 2
         if refill:
             starts, model.learning_starts = model.learning_starts, model.num_timesteps + model.learning_starts
         interrupted = False
@@ -221,6 +223,7 @@ def _train_sb3(algo: str, run_dir: Path, config: dict, total_timesteps: int | No
 
     with SummaryWriter(tb) as writer:
         log_eval(writer, results, model.num_timesteps)
+        env_agent_final(writer, model, config, results, model.num_timesteps)  # TensorBoard: PR curves, Figure 2, hparams
     results.update(algo=algo, num_timesteps=int(model.num_timesteps), train_seconds=round(train_seconds, 1))
     write_metrics(run_dir, results)
     return results

@@ -1,0 +1,205 @@
+"""What a user sees in TensorBoard while an agent trains, besides the scalars.
+
+* ``figure2/<i>`` (images): the paper's Figure 2 of a few fixed evaluation images (the regions of
+  each glimpse step in that step's colour, predicted and true labels below), every epoch (RARL)
+  or every tenth of the run (SB3), so the attention can be watched as it is learnt.
+* ``pr/<class>`` (PR curves): one precision-recall curve per class of the final evaluation
+  (learned centres; difficult labels left out, as the metrics do).
+* the HPARAMS tab (``tb/hparams``): the run's hyperparameters with its final metrics
+  (``hparam/mAP_area_<centres>``, ``hparam/CF1_learned``...), to compare runs side by side.
+
+The RARL trainer calls :func:`rarl_figure2` and :func:`rarl_final`; the SB3 training calls
+:class:`Figure2Callback` and :func:`env_agent_final` (one line each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from rarl_gym.env_settings import EnvSettings
+from rarl_gym.glimpse import anchor_boxes, boxes_to_pixels
+
+#: How many fixed evaluation images the Figure 2 pictures show.
+FIGURE_IMAGES = 4
+
+
+def fixed_indices(n: int, count: int = FIGURE_IMAGES) -> list[int]:
+    """``count`` image indices spread evenly over a split of ``n`` (the same every epoch)."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(count, n)).round()})
+
+
+def figure2_pictures(dataset, classes: Sequence[str], indices: Sequence[int], boxes: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    """Figure 2 pictures ``[H, W, 3]`` uint8 of the images ``indices`` of ``dataset``.
+
+    ``boxes [B, T, K, 4]`` in image coordinates ``[-1, 1]``; ``probs [B, L]``; ``labels [B, L]``
+    (1 / 0 / -1). The predicted labels are the ``k`` most probable, k = the number of true ones.
+    """
+    from rarl_gym.render import figure2
+
+    pictures = []
+    for row, index in enumerate(indices):
+        image = dataset.load_image(int(index))
+        w, h = image.size
+        true = [c for c, y in zip(classes, labels[row].tolist()) if y == 1]
+        pred = [classes[j] for j in np.argsort(-probs[row], kind="stable")[: max(1, len(true))]]
+        pixels = boxes_to_pixels(torch.as_tensor(boxes[row]), w, h).numpy()
+        pictures.append(np.asarray(figure2(image, list(pixels), pred, true)))
+    return pictures
+
+
+def log_pictures(writer, pictures: Sequence[np.ndarray], step: int, tag: str = "figure2") -> None:
+    for i, picture in enumerate(pictures):
+        writer.add_image(f"{tag}/{i}", picture, step, dataformats="HWC")
+
+
+def log_pr_curves(writer, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], step: int, tag: str = "pr") -> None:
+    """``add_pr_curve`` per class: ``labels`` 1 / 0, difficult (-1) entries left out."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
+    for c, name in enumerate(classes):
+        keep = labels[:, c] >= 0
+        if keep.any():
+            writer.add_pr_curve(f"{tag}/{name}", labels[keep, c] > 0, probs[keep, c], step)
+
+
+def _scalar(value):
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return "None" if value is None else value
+    return str(value)
+
+
+def log_hparams(writer, hparams: dict, results: dict) -> None:
+    """``add_hparams`` of the run's flat hyperparameters and its final metrics (into ``<logdir>/hparams``)."""
+    flat = {}
+    for key, value in hparams.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": _scalar(v) for k, v in value.items() if not isinstance(v, (dict, list, tuple))})
+        else:
+            flat[key] = _scalar(value)
+    metrics = {}
+    for name, row in results.get("policies", {}).items():
+        for key in ("mAP_area", "mAP_voc07", "CF1", "OF1", "reward"):
+            if isinstance(row.get(key), (int, float)) and np.isfinite(row[key]):
+                metrics[f"hparam/{key}_{name}"] = float(row[key])
+    writer.add_hparams(flat, metrics, run_name="hparams")
+
+
+# -- RARL ------------------------------------------------------------------------------------------
+@torch.no_grad()
+def rarl_figure2(writer, agent, store, settings: EnvSettings, step: int, device, count: int = FIGURE_IMAGES) -> None:
+    """Figure 2 of ``count`` fixed images of ``store`` with the agent's current (test-time) centres."""
+    from agents.rarl.rollout import rollout
+
+    indices = fixed_indices(len(store), count)
+    feats, labels = store.batch(indices, device)
+    was_training = agent.training
+    agent.eval()
+    try:
+        out = rollout(agent, feats, labels, **settings.rollout_kwargs(), sample=False)
+        to_probs = getattr(agent, "probabilities", None) or (lambda fused: torch.softmax(fused, dim=-1))
+        probs = to_probs(out.fused).cpu().numpy()
+    finally:
+        agent.train(was_training)
+    t = out.centers.shape[1]
+    boxes = anchor_boxes(out.centers.reshape(-1, 2).cpu(), settings.scales, settings.ratios).reshape(len(indices), t, -1, 4)
+    dataset = settings.source.make_dataset(store.meta["key"]["split"])
+    log_pictures(writer, figure2_pictures(dataset, store.classes, indices, boxes.numpy(), probs, labels.cpu().numpy()), step)
+
+
+def rarl_final(writer, agent, store, settings: EnvSettings, config, results: dict, step: int, device) -> None:
+    """PR curves of the final evaluation (learned centres, the run's views) and the hyperparameters."""
+    from agents.rarl.trainer import predict
+
+    probs, _ = predict(agent, store, settings, views=config.eval_views, crop=config.augment_crop, device=device)
+    log_pr_curves(writer, probs, store.labels, store.classes, step)
+    log_hparams(writer, {**dataclasses.asdict(config), **{f"env.{k}": v for k, v in settings.to_dict().items()}}, results)
+
+
+# -- agents trained through the env (SB3, CEM) ----------------------------------------------------
+def env_agent_episodes(policy, env_id: str, env_kwargs: dict, split: str, indices: Sequence[int]) -> dict:
+    """One deterministic episode per image ``indices`` of ``split``: the final info (``boxes`` in
+    pixels, ``scores``, ``labels``) and ``probs``."""
+    from agents.sb3.common import lockstep_envs, scores_to_probs
+
+    venv = lockstep_envs(env_id, env_kwargs, split, len(indices))
+    try:
+        obs, _ = venv.reset(options={"index": np.asarray(indices)})
+        state, first = None, np.ones(len(indices), bool)
+        while True:
+            actions, state = policy.predict(obs, state=state, episode_start=first, deterministic=True)
+            first[:] = False
+            obs, _, terminated, truncated, infos = venv.step(np.clip(np.asarray(actions, np.float32).reshape(len(indices), -1), -1.0, 1.0))
+            if terminated.all() or truncated.all():
+                break
+        info = {k: np.asarray(infos["final_info"][k]) for k in ("boxes", "scores", "labels")}
+        info["probs"] = scores_to_probs(info["scores"], venv.unwrapped.mode)
+        info["classes"] = tuple(venv.unwrapped.classes)
+        info["dataset"] = venv.unwrapped.data
+        return info
+    finally:
+        venv.close()
+
+
+def env_agent_figure2(writer, policy, env_id: str, env_kwargs: dict, step: int, count: int = FIGURE_IMAGES) -> None:
+    settings = EnvSettings.from_env_id(env_id, {k: v for k, v in env_kwargs.items() if k != "progress"})
+    split = settings.source.eval_split
+    n = len(settings.source.open_split(split, progress=False)[1])
+    indices = fixed_indices(n, count)
+    info = env_agent_episodes(policy, env_id, env_kwargs, split, indices)
+    first = info["dataset"]
+    sizes = np.asarray([first.load_image(i).size for i in indices], np.float32)  # boxes in pixels -> [-1, 1]
+    unit = info["boxes"] / np.tile(sizes, 2)[:, None, None, :] * 2.0 - 1.0
+    log_pictures(writer, figure2_pictures(first, info["classes"], indices, unit, info["probs"], info["labels"]), step)
+
+
+def env_agent_final(writer, policy, config: dict, results: dict, step: int) -> None:
+    """PR curves of the final evaluation (the policy's centres) and the run's hyperparameters."""
+    from agents.sb3.common import evaluate_policy_on_split
+
+    pred = evaluate_policy_on_split(policy, config["env_id"], config["env_kwargs"], results["split"], seed=config.get("seed", 0))
+    log_pr_curves(writer, pred.probs, pred.labels, pred.classes, step)
+    env_agent_figure2(writer, policy, config["env_id"], config["env_kwargs"], step)
+    log_hparams(writer, {k: v for k, v in config.items() if k != "settings"}, results)
+
+
+class Figure2Callback:
+    """An SB3 callback (built lazily, so this module imports without SB3) that logs the Figure 2
+    pictures to the run's TensorBoard every ``every`` environment steps."""
+
+    def __new__(cls, env_id: str, env_kwargs: dict, every: int):
+        from stable_baselines3.common.callbacks import BaseCallback
+        from stable_baselines3.common.logger import TensorBoardOutputFormat
+
+        class _Figure2(BaseCallback):
+            def __init__(self):
+                super().__init__()
+                self.next = every
+
+            def _on_step(self) -> bool:
+                if self.num_timesteps >= self.next:
+                    self.next = self.num_timesteps + every
+                    writer = next((f.writer for f in self.logger.output_formats if isinstance(f, TensorBoardOutputFormat)), None)
+                    if writer is not None:
+                        env_agent_figure2(writer, self.model, env_id, env_kwargs, self.num_timesteps)
+                return True
+
+        return _Figure2()
+
+
+__all__ = [
+    "FIGURE_IMAGES",
+    "Figure2Callback",
+    "env_agent_episodes",
+    "env_agent_figure2",
+    "env_agent_final",
+    "figure2_pictures",
+    "fixed_indices",
+    "log_hparams",
+    "log_pictures",
+    "log_pr_curves",
+    "rarl_figure2",
+    "rarl_final",
+]
