@@ -30,6 +30,7 @@ class AgentOutput:
     loc_mean: torch.Tensor  # [B, 2] mean of the next centre, in [-1, 1]
     baseline: torch.Tensor  # [B] predicted return
     state: tuple[torch.Tensor, torch.Tensor]  # (h_t, c_t), each [B, H]
+    fold_scores: torch.Tensor | None = None  # [B, K, F, L] the cross-fitted reward heads' logits (head="linear", folds > 0)
 
 
 class RARLAgent(nn.Module):
@@ -55,7 +56,29 @@ class RARLAgent(nn.Module):
         location_prior: ``"grid"`` adds the localization output to the t-th centre of
             :data:`rarl_gym.glimpse.FIXED_GRID` (so an untrained agent looks like the fixed grid
             and REINFORCE learns where to deviate from it); ``"none"`` is the paper's absolute
-            centre.
+            centre. Only for ``locator="linear"``.
+        head: ``"lstm"`` (the paper): region scores from the LSTM state (or the embedding,
+            ``recurrent_classifier=False``); ``"linear"``: a linear classifier on the region's
+            mean over its ``s x s`` cells of the full C channels. A linear head commutes with
+            the crop, so it is applied to the whole map once (:meth:`logit_maps`) and the
+            rollout crops ``L`` logit channels; it memorises far less than the LSTM head on a
+            few thousand images (see docs/design.md).
+        folds: with ``head="linear"``, F extra cross-fitted heads (head ``f`` is trained only on
+            the training images with ``index % F != f``) whose out-of-fold scores give the
+            REINFORCE reward of a training image, so the policy is rewarded by a classifier
+            that never saw the image. 0 = none.
+        locator: ``"linear"`` (the paper): a Gaussian of standard deviation ``sigma`` whose
+            mean is a linear function of ``h_t``; ``"map"``: a mixture of such Gaussians
+            centred on a ``candidates x candidates`` grid of centres, weighted by a softmax over
+            what the head would add there (per candidate and class, the gain of the fused
+            score if its anchors were looked at), modulated per class by the belief so far and
+            by ``h_t`` (see :meth:`candidate_logits`). The mean policy (test) takes the most
+            likely candidate.
+        candidates: the side of the candidate grid of ``locator="map"``.
+        output: ``"softmax"`` (the paper's loss and scores) or ``"sigmoid"`` (binary
+            cross-entropy per class): how fused scores become label probabilities.
+        fuse_whole_image: the scores of step 0 (the whole image) join the category-wise max
+            (also an env kwarg; the rollout fuses it when either asks).
     """
 
     def __init__(
@@ -72,6 +95,12 @@ class RARLAgent(nn.Module):
         recurrent_classifier: bool = True,
         memory: bool = True,
         location_prior: str = "grid",
+        head: str = "lstm",
+        folds: int = 0,
+        locator: str = "linear",
+        candidates: int = 7,
+        output: str = "softmax",
+        fuse_whole_image: bool = False,
     ):
         super().__init__()
         self.channels = channels
@@ -87,15 +116,35 @@ class RARLAgent(nn.Module):
         if location_prior not in ("grid", "none"):
             raise ValueError(f"location_prior must be 'grid' or 'none', got {location_prior!r}")
         self.location_prior = location_prior
+        for name, value, allowed in (("head", head, ("lstm", "linear")), ("locator", locator, ("linear", "map")), ("output", output, ("softmax", "sigmoid"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if folds and head != "linear":
+            raise ValueError("folds (cross-fitted reward heads) need head='linear'")
+        self.head, self.folds, self.locator_kind, self.candidates, self.output = head, int(folds), locator, int(candidates), output
+        self.fuse_whole_image = bool(fuse_whole_image)
         cells = glimpse_size * glimpse_size
         self.proj = nn.Conv2d(channels, proj_dim, 1) if proj_dim is not None else nn.Identity()
         self.embed = nn.Sequential(nn.Dropout(dropout), nn.Flatten(), nn.Linear((proj_dim or channels) * cells, embed_dim), nn.ReLU())
         self.lstm = nn.LSTMCell(embed_dim, hidden_dim)
-        self.classifier = nn.Linear(hidden_dim if recurrent_classifier else embed_dim, num_classes)
-        self.locator = nn.Linear(hidden_dim, 2)
+        if head == "lstm":
+            self.classifier = nn.Linear(hidden_dim if recurrent_classifier else embed_dim, num_classes)
+        if locator == "linear":
+            self.locator = nn.Linear(hidden_dim, 2)
+            nn.init.zeros_(self.locator.weight)  # start looking at the middle, spread by sigma
+            nn.init.zeros_(self.locator.bias)
         self.baseline = nn.Linear(hidden_dim, 1)
-        nn.init.zeros_(self.locator.weight)  # start looking at the middle, spread by sigma
-        nn.init.zeros_(self.locator.bias)
+        if head == "linear":
+            # (1 + F) heads of L classes on the C channels: [(1+F)*L, C, 1, 1] (bias added after the crop)
+            self.region_head = nn.Conv2d(channels, (1 + self.folds) * num_classes, 1)
+        if locator == "map":
+            # attention over candidates: sum_l gain[j, l] * (w_l + u_l * p_l + (V h_t)_l) + pos(c_j) . q
+            self.loc_gain = nn.Parameter(torch.zeros(num_classes))
+            self.loc_belief = nn.Parameter(torch.zeros(num_classes))
+            self.loc_state = nn.Linear(hidden_dim, num_classes)
+            self.loc_pos = nn.Parameter(torch.zeros(5))
+            nn.init.zeros_(self.loc_state.weight)
+            nn.init.zeros_(self.loc_state.bias)
 
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         zeros = torch.zeros(batch, self.hidden_dim, device=device)
@@ -108,6 +157,49 @@ class RARLAgent(nn.Module):
         prior = loc_mean.new_tensor(FIXED_GRID[t % len(FIXED_GRID)])
         return (prior + loc_mean).clamp(-1.0, 1.0)
 
+    @property
+    def logit_channels(self) -> int:
+        """Channels of :meth:`logit_maps`: ``(1 + folds) * L`` for the linear head, else 0."""
+        return (1 + self.folds) * self.num_classes if self.head == "linear" else 0
+
+    def logit_maps(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        """The linear head on every map cell, bias excluded: ``[B, C, H, W] -> [B, (1+F)*L, H, W]``.
+
+        Cropping these maps and averaging over the ``s x s`` cells gives every region's logits
+        (the head is linear and the crop's weights sum to one), at ``L / C`` of the cost of
+        cropping the features.
+        """
+        return nn.functional.conv2d(feature_maps, self.region_head.weight)
+
+    def region_logits(self, cropped_logits: torch.Tensor) -> torch.Tensor:
+        """``[B, K, (1+F)*L, s, s]`` cropped logit maps -> ``[B, K, 1+F, L]`` region logits
+        (head 0 is the classifier, heads 1..F the cross-fitted reward heads)."""
+        logits = cropped_logits.mean(dim=(-2, -1)) + self.region_head.bias
+        return logits.unflatten(-1, (1 + self.folds, self.num_classes))
+
+    def probabilities(self, fused: torch.Tensor) -> torch.Tensor:
+        """Label probabilities ``[B, L]`` of fused scores, as the agent was trained (softmax or sigmoid)."""
+        return torch.sigmoid(fused) if self.output == "sigmoid" else torch.softmax(fused, dim=-1)
+
+    def candidate_logits(self, gains: torch.Tensor, fused: torch.Tensor, h_t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The map locator's attention over candidate centres.
+
+        Args:
+            gains: ``[B, J, L]`` how much each candidate's anchors would raise each class's
+                fused logit (``relu(max_k r[j, k, l] - fused_l)``, detached).
+            fused: ``[B, L]`` fused logits so far (detached); ``p_l = sigmoid(fused_l)``.
+            h_t: ``[B, H]`` the LSTM state.
+            positions: ``[J, 2]`` the candidate centres.
+
+        Returns:
+            ``[B, J]`` logits of the categorical choice of a candidate.
+        """
+        p = torch.sigmoid(fused)
+        weight = self.loc_gain + self.loc_belief * p + self.loc_state(h_t)  # [B, L]
+        x, y = positions.unbind(-1)
+        pos = torch.stack([x, y, x * x, y * y, x * y], dim=-1) @ self.loc_pos  # [J]
+        return torch.einsum("bjl,bl->bj", gains, weight) + pos
+
     def project(self, feature_maps: torch.Tensor) -> torch.Tensor:
         """The embedding's 1 x 1 projection applied to whole maps ``[B, C, H, W] -> [B, P, H, W]``.
 
@@ -117,12 +209,16 @@ class RARLAgent(nn.Module):
         """
         return self.proj(feature_maps)
 
-    def forward(self, glimpses: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], *, projected: bool = False) -> AgentOutput:
+    def forward(
+        self, glimpses: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], *, projected: bool = False, logits: torch.Tensor | None = None
+    ) -> AgentOutput:
         """One iteration.
 
         Args:
             glimpses: ``[B, K, C, s, s]`` region crops (``[B, K, P, s, s]`` if ``projected``).
             state: ``(h_{t-1}, c_{t-1})``, each ``[B, H]``.
+            logits: ``[B, K, (1+F)*L, s, s]``, the same regions cropped from :meth:`logit_maps`
+                (``head="linear"``, with ``projected``: the rollout crops both in one pass).
         """
         b, k = glimpses.shape[:2]
         crops = glimpses.flatten(0, 1)  # [B*K, C, s, s]
@@ -131,20 +227,29 @@ class RARLAgent(nn.Module):
             state = self.initial_state(b, glimpses.device)
         h_prev, c_prev = (s.repeat_interleave(k, dim=0) for s in state)  # [B*K, H]
         h, c = self.lstm(x, (h_prev, c_prev))
-        scores = self.classifier(h if self.recurrent_classifier else x).reshape(b, k, -1)  # [B,K,L]
         h_t = h.reshape(b, k, -1).mean(1)  # [B,H]
         c_t = c.reshape(b, k, -1).mean(1)
+        heads = None
+        if self.head == "linear":
+            if logits is None:  # full-channel crops (the env's observation): the head on each region's mean
+                heads = self.region_head(glimpses.mean(dim=(-2, -1)).flatten(0, 1)[..., None, None]).reshape(b, k, 1 + self.folds, -1)
+            else:
+                heads = self.region_logits(logits)  # [B,K,1+F,L]
+            scores = heads[:, :, 0]
+        else:
+            scores = self.classifier(h if self.recurrent_classifier else x).reshape(b, k, -1)  # [B,K,L]
         return AgentOutput(
             scores=scores,
-            loc_mean=torch.tanh(self.locator(h_t)),
+            loc_mean=torch.tanh(self.locator(h_t)) if self.locator_kind == "linear" else h_t.new_zeros(b, 2),
             baseline=self.baseline(h_t.detach()).squeeze(-1),
             state=(h_t, c_t),
+            fold_scores=heads[:, :, 1:] if heads is not None and self.folds else None,
         )
 
     def config(self) -> dict:
         """The constructor arguments (stored in checkpoints to rebuild the agent)."""
-        names = ("channels", "num_classes", "glimpse_size", "proj_dim", "embed_dim", "hidden_dim", "sigma", "dropout", "recurrent_classifier", "memory", "location_prior")
-        return {name: getattr(self, name) for name in names}
+        names = ("channels", "num_classes", "glimpse_size", "proj_dim", "embed_dim", "hidden_dim", "sigma", "dropout", "recurrent_classifier", "memory", "location_prior", "head", "folds", "candidates", "output", "fuse_whole_image")
+        return {**{name: getattr(self, name) for name in names}, "locator": self.locator_kind}
 
 
 __all__ = ["SIGMA", "AgentOutput", "RARLAgent"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from agents.rarl.model import RARLAgent
 from rarl_gym.glimpse import FIXED_GRID, DEFAULT_RATIOS, DEFAULT_SCALES, anchor_boxes, crop, fuse, view_to_image, whole_image_boxes
@@ -24,11 +25,19 @@ CENTER_POLICIES = ("learned", "random", "center", "grid")
 
 @dataclass
 class Rollout:
-    fused: torch.Tensor  # [B, L] category-wise max of the region scores of steps 1..T
+    fused: torch.Tensor  # [B, L] category-wise max of the region scores of steps 1..T (and 0 if fused)
     reward: torch.Tensor  # [B] top-k overlap of `fused`
     log_prob: torch.Tensor  # [B, T] log-probability of each sampled centre (0 if not sampled)
     baseline: torch.Tensor  # [B, T] baseline predicted when each centre was chosen
     centers: torch.Tensor  # [B, T, 2] the centres l_1..l_T
+    fold_fused: torch.Tensor | None = None  # [B, F, L] the same max for the F cross-fitted reward heads
+
+
+def candidate_centers(side: int, device=None) -> torch.Tensor:
+    """``[side * side, 2]`` the centres of a ``side x side`` grid of cells over ``[-1, 1]^2`` (x fastest)."""
+    c = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side * 2 - 1
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], dim=-1)
 
 
 def rollout(
@@ -47,15 +56,18 @@ def rollout(
     view: tuple[torch.Tensor, torch.Tensor] | None = None,
     explore: float = 0.0,
     fuse_whole_image: bool = False,
+    given_centers: torch.Tensor | None = None,
+    repeat: int = 1,
 ) -> Rollout:
     """Run B episodes of ``num_steps`` glimpses.
 
     Args:
         feature_maps: ``[B, C, H, W]``; labels: ``[B, L]`` (1 / 0 / -1).
-        centers: ``"learned"`` (the agent's Gaussian policy), ``"random"`` (uniform in [-1, 1]^2),
-            ``"center"`` (always the image middle) or ``"grid"`` (:data:`FIXED_GRID`, a fixed
-            set of windows); the agent classifies in every case.
-        sample: draw centres from the Gaussian (training); ``False`` takes its mean (test).
+        centers: ``"learned"`` (the agent's policy), ``"random"`` (uniform in [-1, 1]^2),
+            ``"center"`` (always the image middle), ``"grid"`` (:data:`FIXED_GRID`, a fixed
+            set of windows) or ``"given"`` (``given_centers [B, T, 2]``); the agent classifies
+            in every case.
+        sample: draw centres from the policy (training); ``False`` takes its mode (test).
         view: ``(windows [B, 4], flips [B])``: each episode sees only that (mirrored) window of
             its image (augmentation, ten-view test; :func:`rarl_gym.glimpse.random_views`).
             Centres and boxes are then in the view's coordinates.
@@ -63,55 +75,73 @@ def rollout(
             uniformly instead (their log-probabilities are zero, so REINFORCE ignores them).
             The classifier then learns regions everywhere, not only where the current policy
             looks, so that looking elsewhere is not punished by an untrained classifier.
-        fuse_whole_image: fuse the scores of step 0 (the whole image) with those of steps 1..T.
+        fuse_whole_image: fuse the scores of step 0 (the whole image) with those of steps 1..T
+            (also when the agent was built with ``fuse_whole_image=True``).
+        repeat: run ``repeat`` consecutive episodes of each image (the batch becomes
+            ``B * repeat`` episodes; ``labels``, ``view`` and ``given_centers`` are per episode).
+            The maps are projected once per image, then repeated.
     """
-    b = feature_maps.shape[0]
     device = feature_maps.device
     k_regions = len(scales) * len(ratios)
+    fuse_whole_image = fuse_whole_image or agent.fuse_whole_image
     maps = agent.project(feature_maps)  # crop P channels instead of C (see RARLAgent.project)
+    p = maps.shape[1]
+    if agent.head == "linear":  # crop the P projected channels and the (1+F)*L logit channels in one pass
+        maps = torch.cat([maps, agent.logit_maps(feature_maps)], dim=1)
+    if repeat > 1:
+        maps = maps.repeat_interleave(repeat, 0)
+    b = maps.shape[0]
     windows = None
     if view is not None:
         maps, windows = _mirror(maps, *view)
     state = agent.initial_state(b, device)
     boxes = whole_image_boxes(b, k_regions, device=device)
-    region_scores, log_probs, baselines, chosen = [], [], [], []
+    region_scores, fold_scores, log_probs, baselines, chosen = [], [], [], [], []
     explorer = None
     if explore > 0 and centers == "learned" and sample:
         explorer = torch.rand(b, generator=generator, device=device) < explore  # [B]
+    map_policy = centers == "learned" and agent.locator_kind == "map"
+    if map_policy:
+        positions, gains_of = _candidates(agent, maps[:, p:], windows, glimpse_size, scales, ratios)
     for t in range(num_steps + 1):
         image_boxes = boxes if windows is None else view_to_image(boxes, windows)
-        out = agent(crop(maps, image_boxes, glimpse_size), state, projected=True)
+        glimpses = crop(maps, image_boxes, glimpse_size)  # [B, K, P (+ (1+F)L), s, s]
+        out = agent(glimpses[:, :, :p], state, projected=True, logits=glimpses[:, :, p:] if agent.head == "linear" else None)
         state = out.state
         if t >= 1 or fuse_whole_image:
             region_scores.append(out.scores)
+            if out.fold_scores is not None:
+                fold_scores.append(out.fold_scores)
         if t == num_steps:
             break
-        if centers == "learned":
+        if centers == "learned" and map_policy:
+            seen = fuse(torch.stack(region_scores + ([] if t >= 1 or fuse_whole_image else [out.scores]), 1), dims=(1, 2)).detach()
+            logits = agent.candidate_logits(gains_of(seen), seen, out.state[0], positions)  # [B, J]
+            loc, log_prob = _mixture_step(logits, positions, agent.sigma, sample, generator)
+        elif centers == "learned":
             mean = agent.center_mean(out.loc_mean, t)
             if sample:
                 noise = torch.randn(mean.shape, generator=generator, device=device)
                 loc = (mean + agent.sigma * noise).detach()  # REINFORCE: no gradient through the sample
-                dist = torch.distributions.Normal(mean, agent.sigma)
-                log_prob = dist.log_prob(loc).sum(-1)
-                if explorer is not None:
-                    uniform = torch.rand(b, 2, generator=generator, device=device) * 2 - 1
-                    loc = torch.where(explorer[:, None], uniform, loc)
-                    log_prob = log_prob.masked_fill(explorer, 0.0)
-                log_probs.append(log_prob)
+                log_prob = torch.distributions.Normal(mean, agent.sigma).log_prob(loc).sum(-1)
             else:
-                loc = mean.detach()
-                log_probs.append(torch.zeros(b, device=device))
-            loc = loc.clamp(-1.0, 1.0)
+                loc, log_prob = mean.detach(), torch.zeros(b, device=device)
         elif centers == "random":
-            loc = torch.rand(b, 2, generator=generator, device=device) * 2 - 1
-            log_probs.append(torch.zeros(b, device=device))
+            loc, log_prob = torch.rand(b, 2, generator=generator, device=device) * 2 - 1, torch.zeros(b, device=device)
         elif centers in ("center", "grid"):
             xy = (0.0, 0.0) if centers == "center" else FIXED_GRID[t % len(FIXED_GRID)]
-            loc = torch.tensor(xy, device=device).expand(b, 2)
-            log_probs.append(torch.zeros(b, device=device))
+            loc, log_prob = torch.tensor(xy, device=device).expand(b, 2), torch.zeros(b, device=device)
+        elif centers == "given" and given_centers is not None:
+            loc, log_prob = given_centers[:, t], torch.zeros(b, device=device)
         else:
-            raise ValueError(f"centers must be one of {CENTER_POLICIES}, got {centers!r}")
+            raise ValueError(f"centers must be one of {CENTER_POLICIES} (or 'given' with given_centers), got {centers!r}")
+        if explorer is not None:
+            uniform = torch.rand(b, 2, generator=generator, device=device) * 2 - 1
+            loc = torch.where(explorer[:, None], uniform, loc)
+            log_prob = log_prob.masked_fill(explorer, 0.0)
+        log_probs.append(log_prob)
         baselines.append(out.baseline)
+        loc = loc.clamp(-1.0, 1.0)
         chosen.append(loc)
         boxes = anchor_boxes(loc, scales, ratios)
     fused = fuse(torch.stack(region_scores, dim=1), dims=(1, 2))  # [B,T(+1),K,L] -> [B,L]
@@ -121,7 +151,38 @@ def rollout(
         log_prob=torch.stack(log_probs, dim=1),
         baseline=torch.stack(baselines, dim=1),
         centers=torch.stack(chosen, dim=1),
+        fold_fused=fuse(torch.stack(fold_scores, dim=1), dims=(1, 2)) if fold_scores else None,  # [B,T,K,F,L] -> [B,F,L]
     )
+
+
+def _candidates(agent: RARLAgent, logit_maps: torch.Tensor, windows, glimpse_size: int, scales, ratios):
+    """The map locator's candidates: positions ``[J, 2]`` (view coordinates) and a function
+    ``fused [B, L] -> gains [B, J, L]``, the rise of each class's fused logit if the anchors of
+    candidate ``j`` were looked at (the classifier's head 0 on the cropped logit maps)."""
+    b, device = logit_maps.shape[0], logit_maps.device
+    positions = candidate_centers(agent.candidates, device)  # [J, 2]
+    j = positions.shape[0]
+    boxes = anchor_boxes(positions.repeat(b, 1), scales, ratios).reshape(b, -1, 4)  # [B, J*K, 4]
+    if windows is not None:
+        boxes = view_to_image(boxes, windows)
+    head0 = logit_maps[:, : agent.num_classes].detach()
+    region = crop(head0, boxes, glimpse_size).mean(dim=(-2, -1)) + agent.region_head.bias[: agent.num_classes].detach()
+    best = region.reshape(b, j, -1, agent.num_classes).amax(2)  # [B, J, L]
+    return positions, lambda fused: torch.relu(best - fused[:, None, :])
+
+
+def _mixture_step(logits: torch.Tensor, positions: torch.Tensor, sigma: float, sample: bool, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A centre from the mixture of Gaussians (std ``sigma``) at ``positions [J, 2]`` weighted by
+    ``softmax(logits [B, J])``, and its log-probability ``[B]`` (the mode and 0 if not ``sample``)."""
+    b = logits.shape[0]
+    if not sample:
+        return positions[logits.argmax(1)], logits.new_zeros(b)
+    with torch.no_grad():
+        pick = torch.multinomial(torch.softmax(logits, 1), 1, generator=generator)[:, 0]
+        noise = torch.randn(b, 2, generator=generator, device=logits.device)
+        loc = positions[pick] + sigma * noise
+    component = torch.distributions.Normal(positions, sigma).log_prob(loc[:, None, :]).sum(-1)  # [B, J]
+    return loc, torch.logsumexp(torch.log_softmax(logits, 1) + component, dim=1)
 
 
 class RolloutModule(torch.nn.Module):
@@ -156,28 +217,81 @@ def classification_loss(fused: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
     Difficult labels (-1) are left out of the softmax. ``[B, L]`` -> scalar.
     """
+    return -label_log_likelihood(fused, labels, "softmax").mean()
+
+
+def label_log_likelihood(fused: torch.Tensor, labels: torch.Tensor, output: str) -> torch.Tensor:
+    """Per image ``[B]``: how likely the true labels are under fused scores ``[B, L]``.
+
+    ``"softmax"``: ``sum_l target_l log softmax(fused)_l`` with the label vector normalised to sum
+    1 (the paper's loss, negated); ``"sigmoid"``: the mean over classes of ``log sigmoid(+-fused)``
+    (binary cross-entropy, negated). Difficult labels (-1) count neither way.
+    """
+    if output == "sigmoid":
+        mask = (labels >= 0).to(fused.dtype)
+        ll = -F.binary_cross_entropy_with_logits(fused, labels.clamp(min=0).to(fused.dtype), reduction="none")
+        return (ll * mask).sum(1) / mask.sum(1).clamp(min=1)
     logits = fused.masked_fill(labels < 0, float("-inf"))
     positive = (labels > 0).to(fused.dtype)
     target = positive / positive.sum(1, keepdim=True).clamp(min=1)
     log_p = torch.log_softmax(logits, dim=1).masked_fill(labels < 0, 0.0)
-    return -(target * log_p).sum(1).mean()
+    return (target * log_p).sum(1)
 
 
-def rarl_loss(out: Rollout, labels: torch.Tensor, *, rl_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """Hybrid objective: classification + REINFORCE with a learned baseline + baseline regression.
+#: What REINFORCE maximises: the paper's top-k overlap, or the log-likelihood of the true labels
+#: under the fused scores (dense: every change of a score counts, not only changes of the top k).
+REWARDS = ("topk", "likelihood")
 
-    The REINFORCE term sums ``-(R - b_t) log pi(l_t)`` over time and averages over the batch.
+
+def rarl_loss(
+    out: Rollout,
+    labels: torch.Tensor,
+    *,
+    rl_weight: float = 1.0,
+    output: str = "softmax",
+    reward: str = "topk",
+    folds: torch.Tensor | None = None,
+    samples: int = 1,
+    k: int | str = ADAPTIVE,
+) -> dict[str, torch.Tensor]:
+    """Hybrid objective: classification + REINFORCE with a baseline (+ baseline regression).
+
+    The REINFORCE term sums ``-(R - b) log pi(l_t)`` over time and averages over the batch.
+
+    Args:
+        output: the classification loss, ``"softmax"`` (the paper's) or ``"sigmoid"`` (BCE).
+        reward: what ``R`` is (:data:`REWARDS`).
+        folds: ``[B]`` the fold of each image (``index % F``) when the agent has F cross-fitted
+            reward heads: head ``f`` learns from the images of the other folds, and ``R`` is
+            computed from the scores of the head that never saw the image (``out.fold_fused``).
+        samples: the batch holds ``samples`` consecutive episodes of each image; with more
+            than one, ``b`` is the mean return of the image's other episodes (leave-one-out),
+            otherwise the learned baseline ``out.baseline``.
     """
-    advantage = (out.reward[:, None] - out.baseline).detach()  # [B,T]
+    cls = -label_log_likelihood(out.fused, labels, output).mean()
+    scores = out.fused
+    if out.fold_fused is not None and folds is not None:
+        f = out.fold_fused.shape[1]
+        own = folds[:, None] == torch.arange(f, device=folds.device)  # [B, F]: head f must not see fold f
+        per_head = -label_log_likelihood(out.fold_fused.flatten(0, 1), labels.repeat_interleave(f, 0), output).view(-1, f)
+        cls = cls + (per_head * ~own).sum() / (~own).sum().clamp(min=1)
+        scores = out.fold_fused[torch.arange(len(folds), device=folds.device), folds]  # [B, L] out of fold
+    scores = scores.detach()
+    ret = topk_overlap(scores, labels, k) if reward == "topk" else label_log_likelihood(scores, labels, output)  # [B]
+    if samples > 1:
+        grouped = ret.view(-1, samples)
+        base = ((grouped.sum(1, keepdim=True) - grouped) / (samples - 1)).reshape(-1)[:, None]  # [B, 1]
+    else:
+        base = out.baseline
+    advantage = (ret[:, None] - base).detach()  # [B,T]
     reinforce = -(advantage * out.log_prob).sum(1).mean()
-    baseline = ((out.reward[:, None] - out.baseline) ** 2).mean()
-    cls = classification_loss(out.fused, labels)
-    return {"loss": cls + rl_weight * (reinforce + baseline), "cls": cls, "reinforce": reinforce, "baseline": baseline}
+    baseline = ((ret[:, None] - out.baseline) ** 2).mean()
+    return {"loss": cls + rl_weight * (reinforce + baseline), "cls": cls, "reinforce": reinforce, "baseline": baseline, "return": ret.mean()}
 
 
-def scores_to_probs(fused: torch.Tensor) -> torch.Tensor:
-    """Label probabilities of fused scores (softmax, as trained): what the metrics rank."""
-    return torch.softmax(fused, dim=1)
+def scores_to_probs(fused: torch.Tensor, output: str = "softmax") -> torch.Tensor:
+    """Label probabilities of fused scores (softmax or sigmoid, as trained): what the metrics rank."""
+    return torch.sigmoid(fused) if output == "sigmoid" else torch.softmax(fused, dim=1)
 
 
-__all__ = ["CENTER_POLICIES", "Rollout", "RolloutModule", "classification_loss", "rarl_loss", "rollout", "scores_to_probs"]
+__all__ = ["CENTER_POLICIES", "REWARDS", "Rollout", "RolloutModule", "candidate_centers", "classification_loss", "label_log_likelihood", "rarl_loss", "rollout", "scores_to_probs"]

@@ -402,11 +402,11 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
         batches = 0
         for feats, labels, index in feature_batches(train_store, config.batch_size, generator, device, rank=rank, world=world):
             if config.samples > 1:  # M consecutive episodes of each image (leave-one-out baseline)
-                feats, labels, index = (x.repeat_interleave(config.samples, 0) for x in (feats, labels, index))
+                labels, index = (x.repeat_interleave(config.samples, 0) for x in (labels, index))
             view = None
             if config.augment_crop < 1.0:
-                view = random_views(feats.shape[0], config.augment_crop, generator=device_gen, device=device)
-            out = model(feats, labels, **settings.rollout_kwargs(), generator=device_gen, view=view, explore=config.explore)
+                view = random_views(labels.shape[0], config.augment_crop, generator=device_gen, device=device)
+            out = model(feats, labels, **settings.rollout_kwargs(), generator=device_gen, view=view, explore=config.explore, repeat=config.samples)
             losses = rarl_loss(
                 out,
                 labels,
