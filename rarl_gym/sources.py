@@ -15,7 +15,7 @@ from pathlib import Path
 from rarl_gym.data import make_dataset
 from rarl_gym.data.base import MultiLabelDataset
 from rarl_gym.data.voc import dataset_root
-from rarl_gym.errors import CorruptFileError, NotWritableError, check_choice
+from rarl_gym.errors import ConfigError, CorruptFileError, NotWritableError, check_choice
 from rarl_gym.features.store import FeatureStore, extract_features
 from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES
 from rarl_gym.io import writable
@@ -129,6 +129,12 @@ class FeatureSource:
                     return scorer
             except CorruptFileError as err:
                 warnings.warn(f"{err.problem}; fitting it again", RuntimeWarning, stacklevel=2)
+        if len(store) < SCORER_FIT["folds"]:
+            raise ConfigError(
+                f"the env's region scorer is cross-fitted on {SCORER_FIT['folds']} folds of the training split {train_split!r}, "
+                f"which has only {len(store)} image(s)",
+                f"use a training split of at least {SCORER_FIT['folds']} images (Shapes: num_images >= {SCORER_FIT['folds']}), or mode='joint'",
+            )
         if not writable(store.path):
             store.close()
             raise NotWritableError(

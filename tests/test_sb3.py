@@ -203,9 +203,11 @@ def test_cem_trains_resumes_and_evaluates(env_kwargs, cli_args, tmp_path, capsys
     assert "mode='locate'" in capsys.readouterr().err
 
 
-def test_off_policy_resume_refills_the_replay_buffer(env_kwargs, tmp_path):
+def test_off_policy_resume_refills_the_replay_buffer(env_kwargs, tmp_path, monkeypatch):
+    from agents.sb3 import train as sb3_train
     from agents.sb3.train import load_model, train_sb3
 
+    monkeypatch.setattr(sb3_train, "REPLAY_SAVE_LIMIT", 0)  # a buffer too large to save (a small one is: test_faults.py)
     run = tmp_path / "td3"
     small = {"learning_starts": 48, "batch_size": 16, "gradient_steps": 1, "buffer_size": 1000}
     first = train_sb3("td3", ENV, env_kwargs, run, total_timesteps=96, seed=0, device="cpu", n_envs=2, progress=False, overrides=small)
