@@ -18,10 +18,10 @@ never a silent mismatch. The backbone runs as in extraction
 CUDA) and its maps are rounded to float16 like the cache's, so a picture gets the probabilities
 that ``scripts/evaluate.py`` gives the same picture from the cache (tested).
 
-What runs after the backbone is the code of the evaluation, not a copy of it: for RARL,
-:func:`agents.rarl.trainer.predict` (the probabilities, one or ten views cut from one feature map
-with :func:`rarl_gym.glimpse.ten_views`) and :func:`agents.rarl.rollout.rollout` (the centres, for
-the boxes); for agents trained through the env, :class:`envs.core.GlimpseEpisodes` (the env's own
+What runs after the backbone is the evaluation's functional core: for RARL, one test-time
+:func:`agents.rarl.rollout.rollout` over the views of :func:`rarl_gym.glimpse.ten_views`, as
+:func:`agents.rarl.trainer.predict` runs it (tests check that the probabilities are equal), which
+also gives the centres for the boxes; for agents trained through the env, :class:`envs.core.GlimpseEpisodes` (the env's own
 episode logic and region scorer) stepped by the policy's ``predict``, as
 :func:`agents.sb3.common.evaluate_policy_on_split` does.
 """
@@ -249,24 +249,23 @@ class Predictor:
         return probs, pixels.numpy()
 
     def _rarl(self, maps: torch.Tensor, views: int) -> tuple[np.ndarray, torch.Tensor]:
-        from agents.rarl.rollout import rollout
-        from agents.rarl.trainer import predict
-        from rarl_gym.features.store import FeatureStore
+        """One test-time rollout of the B (x 10 views) episodes, as :func:`agents.rarl.trainer.predict`
+        runs it (the same views, probabilities averaged over the views), keeping the centres."""
+        from agents.rarl.rollout import rollout, scores_to_probs
 
         agent = self.policy.to(self.device).eval()
         b = maps.shape[0]
-        store = FeatureStore(path=Path("."), features=maps.numpy(), labels=np.zeros((b, self.num_classes), np.int8), meta={})
-        probs, _ = predict(agent, store, self.settings, views=views, crop=self.crop, device=self.device)
-        # the centres of the same episodes (the test-time policy is deterministic), for the boxes
         feats = maps.to(self.device, torch.float32)
         labels = torch.zeros(b * views, self.num_classes, dtype=torch.int8, device=self.device)
-        if views == 1:
-            view = None
-        else:
+        view = None
+        if views == 10:
             v, f = ten_views(self.crop, device=self.device)
             view = (v.repeat(b, 1), f.repeat(b))
             feats = feats.repeat_interleave(10, 0)
-        out = rollout(agent, feats, labels, **self.settings.rollout_kwargs(), centers="learned", sample=False, view=view)
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        out = rollout(agent, feats, labels, **self.settings.rollout_kwargs(), centers="learned", sample=False, generator=generator, view=view)
+        p = agent.probabilities(out.fused) if hasattr(agent, "probabilities") else scores_to_probs(out.fused)
+        probs = p.reshape(b, views, -1).mean(1).cpu().numpy()
         t = out.centers.shape[1]
         boxes = anchor_boxes(out.centers.reshape(-1, 2), self.settings.scales, self.settings.ratios).reshape(b * views, t, -1, 4)
         if view is not None:  # view coordinates -> image coordinates

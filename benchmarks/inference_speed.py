@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""Inference speed, side by side in one run: the backbone alone, RARL (1 and 10 views), and an
+HCP-style proposal pipeline on the same backbone, with accuracy rows on the evaluation split.
+
+Rows (per image and images/s, ``--batch-size`` images per forward unless said otherwise):
+
+* (a) the backbone's forward alone on the source-size input (the run's input size);
+* (b) RARL, single view: the forward, then the agent's T glimpses on the feature map
+  (``agents.predict.Predictor``: probabilities and the pixel boxes);
+* (c) RARL, ten views: the same, the ten views cut from one feature map;
+* (d) a proposal pipeline: about 100 multi-scale windows cut from the image (``--proposals``:
+  1 + 2x2 + 3x3 + 5x5 + 8x8 = 103 square windows of 100 / 80 / 60 / 45 / 30 % of the side),
+  each resized to the source size and run through the backbone, scored by the global-image
+  linear classifier (fitted on the training split's pooled features, as the trainer's ``global``
+  row), fused by category-wise max (HCP, Wei et al. 2016).
+
+Decoding and resizing the JPEG is the same for (a)-(c) and is timed as its own row. Accuracy
+(mAP area) of (b), (c), (d) and the global classifier on the first ``--accuracy-images`` images of
+the evaluation split (the proposal pipeline runs 103 forwards per image: a subset keeps it short).
+
+A second table times the forward alone in NCHW and channels-last, at batch 1 / 8 / 16 / 32 and
+1 / 2 threads (``--formats``).
+
+Example (2 CPU cores, see BENCHMARKS.md):
+    python benchmarks/inference_speed.py --run runs/rarl-voc07 --data-root ../shared/data/voc07
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rarl_gym.cli import run_cli  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="runs/rarl-shapes", help="a RARL run folder or checkpoint.pt")
+    p.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
+    p.add_argument("--images", type=int, default=32, help="images timed for rows (a)-(c)")
+    p.add_argument("--proposal-images", type=int, default=2, help="images timed for row (d)")
+    p.add_argument("--accuracy-images", type=int, default=48, help="evaluation images of the accuracy rows (0: skip)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--formats", action="store_true", help="also time the forward in NCHW / channels-last, batch 1-32, 1-2 threads")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+#: The proposal windows: (fraction of the side, positions per axis).
+PROPOSAL_GRID = ((1.0, 1), (0.8, 2), (0.6, 3), (0.45, 5), (0.3, 8))
+
+
+def proposal_windows() -> list[tuple[float, float, float, float]]:
+    """``(x1, y1, x2, y2)`` fractions of the image, multi-scale sliding windows (103 with the default grid)."""
+    windows = []
+    for side, n in PROPOSAL_GRID:
+        starts = [0.0] if n == 1 else [i * (1.0 - side) / (n - 1) for i in range(n)]
+        windows += [(x, y, x + side, y + side) for y in starts for x in starts]
+    return windows
+
+
+def timed(fn, repeat: int, sync=lambda: None) -> float:
+    """Median seconds of ``fn()`` over ``repeat`` runs, after one warm-up run."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def benchmark(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    from agents.predict import Predictor
+    from agents.rarl.trainer import predict, predict_global
+    from rarl_gym import metrics
+    from rarl_gym.features.backbones import Backbone
+    from rarl_gym.features.inference import forward
+    from rarl_gym.features.store import FeatureStore
+    from rarl_gym.scorer import fit_global_classifier, pooled_features
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    predictor = Predictor.from_run(args.run, device=args.device, data_root=args.data_root)
+    if predictor.kind != "rarl":
+        from rarl_gym.errors import ConfigError
+
+        raise ConfigError("the benchmark times a RARL run", "pass a run folder holding checkpoint.pt")
+    device = predictor.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    settings, size, bs = predictor.settings, predictor.input_size, args.batch_size
+    split = settings.source.eval_split
+    dataset = settings.source.make_dataset(split)
+    n = min(args.images, len(dataset))
+    images = [dataset.load_image(i) for i in range(n)]
+    sizes = [im.size for im in images]
+    pixels = Backbone.pixels(images, size)
+    print(f"{settings.dataset}/{split}: {n} images, backbone {settings.backbone} at {size} px, batch {bs}, "
+          f"{torch.get_num_threads()} threads, device {device}", flush=True)
+    rows: dict[str, dict] = {}
+
+    def row(name: str, seconds: float, images_done: int, note: str = "") -> None:
+        per = seconds / images_done
+        rows[name] = {"ms_per_image": round(1000 * per, 2), "images_per_s": round(1 / per, 2), "note": note}
+        print(f"{name:<44} {1000 * per:9.1f} ms/image {1 / per:9.2f} images/s  {note}", flush=True)
+
+    def batches(fn):
+        def run():
+            for lo in range(0, n, bs):
+                fn(lo, min(n, lo + bs))
+        return run
+
+    row("decode + resize (PIL, main process)", timed(lambda: Backbone.pixels([dataset.load_image(i) for i in range(n)], size), args.repeat), n)
+    row("(a) backbone forward", timed(batches(lambda lo, hi: forward(predictor.backbone, pixels[lo:hi], device)), args.repeat, sync), n)
+    row("(a) backbone forward, batch 1", timed(lambda: [forward(predictor.backbone, pixels[i : i + 1], device) for i in range(min(n, 8))], args.repeat, sync), min(n, 8))
+    maps = torch.cat([forward(predictor.backbone, pixels[lo : lo + bs], device) for lo in range(0, n, bs)])
+    for views in (1, 10):
+        label = "single view" if views == 1 else "ten views"
+        row(f"    agent part alone, {label}", timed(batches(lambda lo, hi, v=views: predictor.predict_maps(maps[lo:hi], sizes[lo:hi], views=v)), args.repeat, sync), n,
+            "probabilities + pixel boxes")
+        row(f"({'b' if views == 1 else 'c'}) RARL, {label}",
+            timed(batches(lambda lo, hi, v=views: predictor.predict_maps(predictor.features(pixels[lo:hi]), sizes[lo:hi], views=v)), args.repeat, sync), n,
+            "forward + agent")
+
+    # (d) the proposal pipeline
+    _, train_store = settings.source.open_split(settings.split, progress=False)
+    scorer = fit_global_classifier(pooled_features(train_store), torch.from_numpy(train_store.labels), seed=0)
+    windows = proposal_windows()
+
+    def proposals(image) -> np.ndarray:
+        w, h = image.size
+        crops = [image.crop((round(x1 * w), round(y1 * h), round(x2 * w), round(y2 * h))) for x1, y1, x2, y2 in windows]
+        feats = torch.cat([forward(predictor.backbone, Backbone.pixels(crops[lo : lo + bs], size), device) for lo in range(0, len(crops), bs)])
+        store = FeatureStore(path=Path("."), features=feats.numpy(), labels=np.zeros((len(crops), len(predictor.classes)), np.int8), meta={})
+        return predict_global(scorer, store).max(0)  # category-wise max over the windows
+
+    m = min(args.proposal_images, n)
+    row(f"(d) proposals ({len(windows)} windows)", timed(lambda: [proposals(images[i]) for i in range(m)], max(1, args.repeat - 2), sync), m,
+        f"{len(windows)} crops + resizes + forwards, classifier, max")
+    a, b, c, d = (rows[k]["ms_per_image"] for k in ("(a) backbone forward", "(b) RARL, single view", "(c) RARL, ten views", f"(d) proposals ({len(windows)} windows)"))
+    ratios = {"ten-view RARL / backbone forward": round(c / a, 3), "single-view RARL / backbone forward": round(b / a, 3),
+              "proposals / single-view RARL": round(d / b, 1), "proposals / ten-view RARL": round(d / c, 1)}
+    for k, v in ratios.items():
+        print(f"{k:<44} {v}")
+
+    accuracy = {}
+    if args.accuracy_images:
+        _, store = settings.source.open_split(split, progress=False)
+        k = min(args.accuracy_images, len(store))
+        idx = np.arange(k)
+        sub = FeatureStore(path=store.path, features=np.asarray(store.features[:k]), labels=store.labels[:k], meta=store.meta)
+        crop = predictor.crop
+        agent = predictor.policy
+        print(f"\naccuracy on the first {k} images of {split} (mAP area, %):", flush=True)
+        for name, probs in (
+            ("RARL, single view", predict(agent, sub, settings, views=1, crop=crop)[0]),
+            ("RARL, ten views", predict(agent, sub, settings, views=10, crop=crop)[0]),
+            ("global-image linear classifier", predict_global(scorer, sub)),
+        ):
+            accuracy[name] = round(100 * metrics.evaluate(probs, sub.labels, classes=store.classes).map_area, 1)
+            print(f"  {name:<34} {accuracy[name]:5.1f}", flush=True)
+        start = time.perf_counter()
+        probs = np.stack([proposals(dataset.load_image(int(i))) for i in idx])
+        accuracy[f"proposals ({len(windows)} windows)"] = round(100 * metrics.evaluate(probs, sub.labels, classes=store.classes).map_area, 1)
+        print(f"  {'proposals (' + str(len(windows)) + ' windows)':<34} {accuracy[f'proposals ({len(windows)} windows)']:5.1f}   ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    formats = {}
+    if args.formats and device.type == "cpu":
+        from rarl_gym.features.backbones import build_backbone
+
+        nchw = build_backbone(settings.backbone, pretrained=settings.pretrained)
+        x_all = predictor.backbone.normalise(pixels)
+        threads = torch.get_num_threads()
+        print("\nforward alone, ms/image (NCHW | channels-last):", flush=True)
+        for t in sorted({1, threads}):
+            torch.set_num_threads(t)
+            for batch in (1, 8, 16, 32):
+                count = max(batch, min(n, 32) // batch * batch)
+                x = x_all[:count] if count <= n else x_all.repeat((count + n - 1) // n, 1, 1, 1)[:count]
+
+                def run_nchw():
+                    with torch.inference_mode():
+                        for lo in range(0, count, batch):
+                            nchw.module(x[lo : lo + batch].contiguous())
+
+                def run_last():
+                    with torch.inference_mode():
+                        for lo in range(0, count, batch):
+                            predictor.backbone(x[lo : lo + batch])
+
+                nchw.module.to(memory_format=torch.contiguous_format)
+                a_ms = 1000 * timed(run_nchw, max(1, args.repeat - 1)) / count
+                b_ms = 1000 * timed(run_last, max(1, args.repeat - 1)) / count
+                formats[f"threads={t} batch={batch}"] = {"nchw_ms": round(a_ms, 1), "channels_last_ms": round(b_ms, 1), "speedup": round(a_ms / b_ms, 2)}
+                print(f"  threads {t}, batch {batch:>2}: {a_ms:7.1f} | {b_ms:7.1f}   x{a_ms / b_ms:.2f}", flush=True)
+        torch.set_num_threads(threads)
+
+    results = {"dataset": settings.dataset, "split": split, "backbone": settings.backbone, "input_size": size, "batch_size": bs,
+               "threads": torch.get_num_threads(), "device": str(device), "rows": rows, "ratios": ratios, "accuracy": accuracy, "formats": formats}
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        print(f"\nJSON: {args.out}")
+    return results
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_cli(lambda: benchmark(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
