@@ -173,7 +173,8 @@ class GlimpseEnv(gym.Env):
 
     def _check_action(self, action) -> np.ndarray:
         try:
-            a = np.asarray(action, dtype=np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):  # a huge value becomes inf: refused below
+                a = np.asarray(action, dtype=np.float32)
         except (TypeError, ValueError) as err:
             raise ActionError(f"the action {action!r} is not numeric", "pass a float array") from err
         shape = self.action_space.shape
