@@ -484,6 +484,8 @@ def test_a_second_training_into_a_locked_folder_is_refused(train_args, tmp_path,
         env_kwargs = train_args("busy")[1]
         assert train_agent.main(["--algo", "cem", "--env-kwargs", env_kwargs, "--run-dir", str(run), "--no-progress", "--total-timesteps", "10"]) == 2
         assert "in use" in capsys.readouterr().err
+        assert train_agent.main(["--algo", "ppo", "--env-kwargs", env_kwargs, "--run-dir", str(run), "--no-progress", "--total-timesteps", "48"]) == 2
+        assert "in use" in capsys.readouterr().err
     assert not run.exists()  # the lock's folder, made for nothing, is gone again
 
 
