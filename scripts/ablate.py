@@ -5,7 +5,8 @@ Trains the RARL agent under each variant (each run in its own folder under --out
 run is reused, never overwritten) and prints the tables:
 
 * Table 3, where to look: learned centres vs random centres vs a fixed grid (and the image middle);
-* Table 4, the LSTM: for location and classification (Ours-C) vs location only (Ours-B) vs none (Ours-A);
+* Table 4, the LSTM: none (Ours-A) vs location only with the linear region classifier (the default)
+  vs location and classification (the paper's Ours-C), and the paper's whole formulation;
 * Table 5, regions per location: 9 anchors vs 1 square region (side 160/512 of the image);
 * Table 6, iterations: T = 1, 5, 10.
 
@@ -29,7 +30,8 @@ from rarl_gym.cli import env_overrides, run_cli  # noqa: E402
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "base": ({}, {}),
     "no-lstm": ({"memory": False}, {}),
-    "lstm-location-only": ({"recurrent_classifier": False}, {}),
+    "paper-lstm-classifier": ({"head": "lstm", "output": "softmax", "folds": 0, "fuse_whole_image": False}, {}),
+    "paper": ({"__paper__": True}, {}),
     "one-region": ({}, {"scales": [160 / 512], "ratios": [1.0]}),
     "T1": ({}, {"num_steps": 1}),
     "T10": ({}, {"num_steps": 10}),
@@ -50,9 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_variant(name: str, args, base_env: dict, out: Path) -> dict:
-    from agents.rarl.trainer import TrainConfig, train
+    from agents.rarl.trainer import PAPER, TrainConfig, train
 
     config_changes, env_changes = VARIANTS[name]
+    if config_changes.get("__paper__"):
+        config_changes = PAPER
     run_dir = out / name
     done = run_dir / "metrics.json"
     if done.exists():
@@ -89,7 +93,15 @@ def ablate(args: argparse.Namespace) -> str:
         tables.append(table(f"Table 3: attentional regions ({views})", [("random centres", p["random"]), ("fixed grid", p["grid"]), ("image middle", p["center"]), ("learned attention", p["learned"])]))
     learned = {name: r["policies"]["learned"] for name, r in res.items()}
     for title, rows in (
-        ("Table 4: the LSTM", [("Ours-A: no LSTM", "no-lstm"), ("Ours-B: LSTM for location only", "lstm-location-only"), ("Ours-C: LSTM for location and classification", "base")]),
+        (
+            "Table 4: the LSTM",
+            [
+                ("Ours-A: no LSTM (the locator reads the current regions only)", "no-lstm"),
+                ("LSTM for location, linear region classifier (the default)", "base"),
+                ("LSTM for location and classification (the paper's classifier, map locator)", "paper-lstm-classifier"),
+                ("the paper's formulation (LSTM classifier, linear Gaussian locator, top-k reward)", "paper"),
+            ],
+        ),
         ("Table 5: regions per location", [("single region", "one-region"), ("9 regions (3 scales x 3 ratios)", "base")]),
         ("Table 6: iterations T", [("T = 1", "T1"), ("T = 5", "base"), ("T = 10", "T10")]),
     ):

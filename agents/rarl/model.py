@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rarl_gym.features.backbones import build_tail
 from rarl_gym.glimpse import FIXED_GRID
 
 #: The paper's standard deviation of the location policy, in [-1, 1] image coordinates.
@@ -79,6 +80,10 @@ class RARLAgent(nn.Module):
             cross-entropy per class): how fused scores become label probabilities.
         fuse_whole_image: the scores of step 0 (the whole image) join the category-wise max
             (also an env kwarg; the rollout fuses it when either asks).
+        tail: fine-tuning on cached intermediate maps: the name of the cached backbone whose
+            trainable tail (:func:`rarl_gym.features.backbones.build_tail`) the agent applies to
+            the maps first, e.g. ``"efficientnet_lite0_s16"``; ``channels`` is then the tail's
+            output. Its batch-norm statistics stay frozen (eval mode).
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class RARLAgent(nn.Module):
         candidates: int = 7,
         output: str = "softmax",
         fuse_whole_image: bool = False,
+        tail: str | None = None,
     ):
         super().__init__()
         self.channels = channels
@@ -123,6 +129,8 @@ class RARLAgent(nn.Module):
             raise ValueError("folds (cross-fitted reward heads) need head='linear'")
         self.head, self.folds, self.locator_kind, self.candidates, self.output = head, int(folds), locator, int(candidates), output
         self.fuse_whole_image = bool(fuse_whole_image)
+        self.tail_name = tail
+        self.tail = build_tail(tail).to(memory_format=torch.channels_last) if tail is not None else None
         cells = glimpse_size * glimpse_size
         self.proj = nn.Conv2d(channels, proj_dim, 1) if proj_dim is not None else nn.Identity()
         self.embed = nn.Sequential(nn.Dropout(dropout), nn.Flatten(), nn.Linear((proj_dim or channels) * cells, embed_dim), nn.ReLU())
@@ -156,6 +164,20 @@ class RARLAgent(nn.Module):
             return loc_mean
         prior = loc_mean.new_tensor(FIXED_GRID[t % len(FIXED_GRID)])
         return (prior + loc_mean).clamp(-1.0, 1.0)
+
+    def train(self, mode: bool = True) -> RARLAgent:
+        super().train(mode)
+        if self.tail is not None:  # fine-tune the tail's weights, not its batch-norm statistics
+            for m in self.tail.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def maps(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        """The maps the agent looks at: ``feature_maps`` through the trainable tail, if any."""
+        if self.tail is None:
+            return feature_maps
+        return self.tail(feature_maps.contiguous(memory_format=torch.channels_last)).contiguous()
 
     @property
     def logit_channels(self) -> int:
@@ -249,7 +271,7 @@ class RARLAgent(nn.Module):
     def config(self) -> dict:
         """The constructor arguments (stored in checkpoints to rebuild the agent)."""
         names = ("channels", "num_classes", "glimpse_size", "proj_dim", "embed_dim", "hidden_dim", "sigma", "dropout", "recurrent_classifier", "memory", "location_prior", "head", "folds", "candidates", "output", "fuse_whole_image")
-        return {**{name: getattr(self, name) for name in names}, "locator": self.locator_kind}
+        return {**{name: getattr(self, name) for name in names}, "locator": self.locator_kind, "tail": self.tail_name}
 
 
 __all__ = ["SIGMA", "AgentOutput", "RARLAgent"]

@@ -84,6 +84,7 @@ def rollout(
     device = feature_maps.device
     k_regions = len(scales) * len(ratios)
     fuse_whole_image = fuse_whole_image or agent.fuse_whole_image
+    feature_maps = agent.maps(feature_maps)  # a fine-tuned tail, if the agent has one
     maps = agent.project(feature_maps)  # crop P channels instead of C (see RARLAgent.project)
     p = maps.shape[1]
     if agent.head == "linear":  # crop the P projected channels and the (1+F)*L logit channels in one pass

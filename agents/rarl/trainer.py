@@ -35,12 +35,14 @@ from rarl_gym import metrics
 from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError
 from rarl_gym.device import pick_device
+from rarl_gym.features.backbones import TAILS, build_tail
 from rarl_gym.features.store import FeatureStore
 from rarl_gym.io import atomic_torch_save, run_lock
 from rarl_gym.reward import topk_overlap
 from rarl_gym.glimpse import crop as crop_regions
 from rarl_gym.glimpse import FIXED_GRID, random_views, ten_views, whole_image_boxes
-from rarl_gym.scorer import RegionScorer, fit_global_classifier, pooled_features
+from rarl_gym.scorer import RegionScorer, fit_cross_fitted_scorer, fit_global_classifier, fit_region_scorer, masked_bce, pooled_features, seeded_scorer
+from rarl_gym.sources import SCORER_FIT
 from rarl_gym.windows import fit_windows_classifier, predict_windows
 
 CHECKPOINT = "checkpoint.pt"
@@ -75,6 +77,9 @@ class TrainConfig:
     samples: int = 1  # episodes per image and batch; > 1: leave-one-out baseline
     fuse_whole_image: bool = False  # the whole image's scores (step 0) join the category-wise max
     locator_lr: float | None = None  # Adam learning rate of the localization parameters (default: lr)
+    head_init: str = "random"  # "mil": warm-start the linear head by multiple-instance fits (see init_linear_head)
+    finetune: bool = False  # train the cached backbone's tail end to end (backbone efficientnet_lite0_s16)
+    finetune_lr: float = 1e-4  # Adam learning rate of the fine-tuned tail
     augment_crop: float = 0.875  # side of the random training crop (the paper: (N - 64) / N); 1 = off
     eval_views: int = 1  # 1 (whole image) or 10 (4 corners + centre, mirrored)
     oracle_samples: int = 64  # the oracle row: best of N centre sequences per image (0: no row)
@@ -140,16 +145,41 @@ def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: 
         candidates=config.candidates,
         output=config.output,
         fuse_whole_image=config.fuse_whole_image,
+        tail=settings.backbone if config.finetune else None,
     )
+
+
+def init_linear_head(agent: RARLAgent, settings: EnvSettings, train_store: FeatureStore, config: TrainConfig, device) -> None:
+    """Warm start of the linear head (``head_init="mil"``) by the env scorer's recipe: each head
+    is a linear classifier fitted by category-wise max over the whole image and the anchors of
+    random centres (:data:`rarl_gym.sources.SCORER_FIT`). The F cross-fitted heads are the env's
+    own ``locate``-mode scorer when it has F folds (fitted once per training cache and reused), and
+    head 0 is the same fit on every training image. Training then starts from a converged
+    classifier, and REINFORCE from rewards that already mean something.
+    """
+    fit = {k: v for k, v in SCORER_FIT.items() if k != "folds"}
+    heads = [fit_region_scorer(train_store, seed=config.seed, device=device, **fit)]
+    if agent.folds:
+        if agent.folds == SCORER_FIT["folds"]:
+            heads += list(settings.source.region_scorer(settings.split, device=device, progress=config.progress).scorers)
+        else:
+            heads += list(fit_cross_fitted_scorer(train_store, folds=agent.folds, seed=config.seed, device=device, **fit).scorers)
+    with torch.no_grad():
+        agent.region_head.weight.copy_(torch.cat([h.linear.weight for h in heads])[:, :, None, None])
+        agent.region_head.bias.copy_(torch.cat([h.linear.bias for h in heads]))
 
 
 def parameter_groups(agent: RARLAgent, config: TrainConfig) -> list[dict]:
     """Adam's parameter groups: the localization parameters at ``locator_lr`` (when set), the rest at ``lr``."""
-    if config.locator_lr is None:
-        return [{"params": list(agent.parameters())}]
-    loc = [p for name, p in agent.named_parameters() if name.startswith(("loc_", "locator."))]
-    ids = {id(p) for p in loc}
-    return [{"params": [p for p in agent.parameters() if id(p) not in ids]}, {"params": loc, "lr": config.locator_lr, "weight_decay": 0.0}]
+    loc = [p for name, p in agent.named_parameters() if name.startswith(("loc_", "locator.")) and config.locator_lr is not None]
+    tail = [p for name, p in agent.named_parameters() if name.startswith("tail.")]
+    ids = {id(p) for p in loc + tail}
+    groups = [{"params": [p for p in agent.parameters() if id(p) not in ids]}]
+    if loc:
+        groups.append({"params": loc, "lr": config.locator_lr, "weight_decay": 0.0})
+    if tail:
+        groups.append({"params": tail, "lr": config.finetune_lr})
+    return groups
 
 
 @torch.no_grad()
@@ -182,10 +212,10 @@ def predict(
         elif views == 10:
             v, f = ten_views(crop, device=device)
             view = (v.repeat(b, 1), f.repeat(b))
-            feats, labels = feats.repeat_interleave(10, 0), labels.repeat_interleave(10, 0)
+            labels = labels.repeat_interleave(10, 0)
         else:
             raise ConfigError(f"views must be 1 or 10, got {views}", "use --views 1 or --views 10")
-        out = rollout(agent, feats, labels, **settings.rollout_kwargs(), centers=centers, sample=False, generator=generator, view=view)
+        out = rollout(agent, feats, labels, **settings.rollout_kwargs(), centers=centers, sample=False, generator=generator, view=view, repeat=views)
         p = agent.probabilities(out.fused)
         probs.append(p.reshape(b, -1, p.shape[-1]).mean(1).cpu())
         rewards.append(out.reward.reshape(b, -1).mean(1).cpu())
@@ -193,15 +223,41 @@ def predict(
 
 
 @torch.no_grad()
-def predict_global(scorer: RegionScorer, store: FeatureStore, *, views: int = 1, crop: float = 0.875, batch_size: int = 256) -> np.ndarray:
-    """Probabilities ``[N, L]`` of the global-image linear classifier (sigmoid), over 1 or 10 views."""
+def predict_global(
+    scorer: RegionScorer, store: FeatureStore, *, views: int = 1, crop: float = 0.875, batch_size: int = 256, tail: torch.nn.Module | None = None
+) -> np.ndarray:
+    """Probabilities ``[N, L]`` of the global-image linear classifier (sigmoid), over 1 or 10 views
+    (``tail``: the fine-tuned layers applied to the cached maps first)."""
     windows = whole_image_boxes(1, 1)[0] if views == 1 else ten_views(crop)[0]  # [V,4]
     probs = []
     for lo in range(0, len(store), batch_size):
         feats, _ = store.batch(np.arange(lo, min(lo + batch_size, len(store))))
+        if tail is not None:
+            feats = tail(feats.contiguous(memory_format=torch.channels_last)).contiguous()
         boxes = windows.expand(feats.shape[0], *windows.shape)
         probs.append(torch.sigmoid(scorer(crop_regions(feats, boxes, 1))).mean(1))
     return torch.cat(probs).numpy()
+
+
+def finetune_global(train_store: FeatureStore, config: TrainConfig, tail_name: str, device) -> tuple[torch.nn.Module, RegionScorer]:
+    """The global-image linear classifier with the same fine-tuning as the agent: the tail of
+    ``tail_name`` and a linear layer on the mean of its map over a random crop (+ flip) of the
+    image, trained together by BCE with the agent's epochs, batch size and learning rates."""
+    generator = torch.Generator().manual_seed(config.seed)
+    tail = build_tail(tail_name).to(device).to(memory_format=torch.channels_last)
+    scorer = seeded_scorer(TAILS[tail_name][0], len(train_store.classes), config.seed).to(device)
+    groups = [{"params": scorer.parameters()}, {"params": tail.parameters(), "lr": config.finetune_lr}]
+    optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    tail.eval()  # frozen batch-norm statistics, as the agent's tail
+    for _ in range(config.epochs):
+        for feats, labels, _ in feature_batches(train_store, config.batch_size, generator, device):
+            maps = tail(feats.contiguous(memory_format=torch.channels_last)).contiguous()
+            windows, _ = random_views(maps.shape[0], config.augment_crop, generator=generator, device=device)  # a flip leaves the mean as it is
+            loss = masked_bce(scorer(crop_regions(maps, windows[:, None], 1))[:, 0], labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return tail.requires_grad_(False), scorer.eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -229,7 +285,7 @@ def predict_oracle(
         given = torch.cat([mode[:, None], grid[:, None], rand], dim=1)  # [B, S, T, 2]
         s = given.shape[1]
         out = rollout(
-            agent, feats.repeat_interleave(s, 0), labels.repeat_interleave(s, 0), **settings.rollout_kwargs(), centers="given", given_centers=given.flatten(0, 1), sample=False
+            agent, feats, labels.repeat_interleave(s, 0), **settings.rollout_kwargs(), centers="given", given_centers=given.flatten(0, 1), sample=False, repeat=s
         )
         ll = label_log_likelihood(out.fused, labels.repeat_interleave(s, 0), agent.output).view(b, s)
         best = ll.argmax(1) + torch.arange(b, device=device) * s
@@ -284,7 +340,9 @@ def _check_resume(ckpt: dict, config: TrainConfig, settings: EnvSettings) -> Non
     """A resumed run must have the configuration it was started with (epochs may grow)."""
     missing = [k for k in RESUME_KEYS if k not in ckpt]
     if missing:
-        raise CheckpointError(f"the checkpoint in {config.run_dir} cannot be resumed (it has no {', '.join(missing)})", "start a new run with another --run-dir")
+        raise CheckpointError(
+            f"the checkpoint in {config.run_dir} cannot be resumed (it has no {', '.join(missing)})", "start a new run with another --run-dir"
+        )
     saved = dict(ckpt["config"])
     now = dataclasses.asdict(config)
     ignore = {"epochs", "progress", "device", "run_dir"}
@@ -369,7 +427,12 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
     np.random.seed(config.seed + rank)
     random.seed(config.seed + rank)
     generator = torch.Generator().manual_seed(config.seed)  # the same data order on every rank
-    agent = build_agent(settings, len(train_store.classes), train_store.channels, config).to(device)
+    channels = TAILS[settings.backbone][0] if config.finetune and settings.backbone in TAILS else train_store.channels
+    agent = build_agent(settings, len(train_store.classes), channels, config).to(device)
+    if config.head_init == "mil" and not resume:
+        if config.head != "linear" or config.finetune:
+            raise ConfigError("head_init='mil' warm-starts the linear head on the cached maps", "use it with head='linear' and finetune=False, or head_init='random'")
+        init_linear_head(agent, settings, train_store, config, device)
     optimizer = torch.optim.Adam(parameter_groups(agent, config), lr=config.lr, weight_decay=config.weight_decay)
     start_epoch, step = 0, 0
     if resume:
@@ -488,8 +551,12 @@ def evaluate_run(
     if config.oracle_samples > 0:
         add_row("oracle", predict_oracle(agent, store, settings, samples=config.oracle_samples, device=device, seed=config.seed))
     if train_store is not None:
-        scorer = fit_global_classifier(pooled_features(train_store), torch.from_numpy(train_store.labels), seed=config.seed)
-        add_row("global", predict_global(scorer, store, views=config.eval_views, crop=config.augment_crop))
+        if agent.tail is not None:  # the same fine-tuning for the global classifier, so the rows stay comparable
+            tail, scorer = finetune_global(train_store, config, agent.tail_name, device)
+            add_row("global", predict_global(scorer, store, views=config.eval_views, crop=config.augment_crop, tail=tail))
+        else:
+            scorer = fit_global_classifier(pooled_features(train_store), torch.from_numpy(train_store.labels), seed=config.seed)
+            add_row("global", predict_global(scorer, store, views=config.eval_views, crop=config.augment_crop))
         windows = fit_windows_classifier(train_store, seed=config.seed, device=device)
         add_row("windows", predict_windows(windows, store, views=config.eval_views, crop=config.augment_crop))
     return {"split": store.meta["key"]["split"], "views": config.eval_views, "policies": policies, "reports": reports}

