@@ -25,7 +25,7 @@ from rarl_gym import io as rio
 from rarl_gym.data import COCODataset
 from rarl_gym.data.shapes import ShapesDataset
 from rarl_gym.env_settings import EnvSettings
-from rarl_gym.errors import CheckpointError, ConfigError, CorruptFileError, DiskFullError, InUseError, NotWritableError, RarlGymError
+from rarl_gym.errors import ConfigError, CorruptFileError, DiskFullError, InUseError, NotWritableError, RarlGymError
 from rarl_gym.features import store as store_mod
 from rarl_gym.features.store import FeatureStore, entry_path, extract_features
 from rarl_gym.sources import FeatureSource

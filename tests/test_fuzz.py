@@ -9,6 +9,7 @@ Derandomized and without an example database, so a run is reproducible; a few do
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -31,7 +32,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train_agent  # noqa: E402
 
 #: 40 examples per property (``RARL_FUZZ_EXAMPLES=300`` for a longer search).
-FUZZ = settings(max_examples=int(os.environ.get("RARL_FUZZ_EXAMPLES", "40")), deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("RARL_FUZZ_EXAMPLES", "40")), deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 #: Any JSON-like value, odd floats included.
 scalars = st.one_of(
@@ -41,8 +44,10 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=8),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
-FIELDS = ["split", "root", "backbone", "pretrained", "input_size", "glimpse_size", "num_steps", "mode", "k", "fuse_whole_image", "scales", "ratios", "dataset_kwargs", "cache_dir"]
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6
+)
+FIELDS = [f.name for f in dataclasses.fields(EnvSettings)]
 env_kwargs = st.dictionaries(st.sampled_from(FIELDS) | st.text(min_size=1, max_size=8), values, max_size=4)
 
 
