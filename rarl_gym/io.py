@@ -201,6 +201,8 @@ def reserve_space(path: str | os.PathLike, nbytes: int, what: str = "file") -> N
     try:
         st = os.fstat(fd)
         try:
+            if not hasattr(os, "posix_fallocate"):  # macOS: no such call, check the free space instead
+                raise OSError(errno.EOPNOTSUPP, "posix_fallocate is not available")
             if nbytes > 0:
                 os.posix_fallocate(fd, 0, nbytes)
         except OSError as err:

@@ -277,7 +277,9 @@ def extract_features(
     renamed into place at the end. The file's space is reserved first (a full disk is a
     :class:`rarl_gym.errors.DiskFullError` before any work, not a ``SIGBUS`` during it). One
     process extracts an entry at a time: another one that needs it waits for it (lock file
-    ``.lock``, which names the holder) and then opens the finished entry.
+    ``.lock``, which names the holder) and then opens the finished entry. ``workers``: the
+    ``DataLoader`` processes that decode the images (default
+    :func:`rarl_gym.features.inference.default_workers`; none for a handful of batches).
     """
     if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < MIN_INPUT_SIZE:
         raise ConfigError(f"input_size must be an int of at least {MIN_INPUT_SIZE} pixels, got {input_size!r}", "use e.g. 224, 256 or 320")
