@@ -462,7 +462,12 @@ def test_bad_backbones_and_sizes_leave_no_cache_folder(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-def test_resume_with_the_same_backbone_is_accepted_and_seconds_add_up(train_args, tmp_path, capsys):
+def test_resume_with_the_same_backbone_is_accepted_and_seconds_add_up(train_args, tmp_path, capsys, monkeypatch):
+    from agents.rarl import trainer
+
+    # the checkpoint bookkeeping is under test, not the evaluation (test_scripts.py runs that)
+    monkeypatch.setattr(trainer, "evaluate_run", lambda *a, **k: {"split": "test", "views": 1, "policies": {}, "reports": {}})
+    monkeypatch.setattr(train_agent, "print_results", lambda *a, **k: None)
     assert train_agent.main(train_args("r", "--epochs", "1")) == 0
     first = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["train_seconds"]
     assert first > 0
