@@ -51,6 +51,19 @@ def figure2_pictures(dataset, classes: Sequence[str], indices: Sequence[int], bo
     return pictures
 
 
+_DATASETS: dict[str, object] = {}
+
+
+def _dataset(settings: EnvSettings, split: str):
+    """The split's dataset object, made once per process (COCO parses its annotation file)."""
+    import json
+
+    key = json.dumps([settings.to_dict(), split], sort_keys=True, default=str)
+    if key not in _DATASETS:
+        _DATASETS[key] = settings.source.make_dataset(split)
+    return _DATASETS[key]
+
+
 def log_pictures(writer, pictures: Sequence[np.ndarray], step: int, tag: str = "figure2") -> None:
     for i, picture in enumerate(pictures):
         writer.add_image(f"{tag}/{i}", picture, step, dataformats="HWC")
@@ -105,7 +118,7 @@ def rarl_figure2(writer, agent, store, settings: EnvSettings, step: int, device,
         agent.train(was_training)
     t = out.centers.shape[1]
     boxes = anchor_boxes(out.centers.reshape(-1, 2).cpu(), settings.scales, settings.ratios).reshape(len(indices), t, -1, 4)
-    dataset = settings.source.make_dataset(store.meta["key"]["split"])
+    dataset = _dataset(settings, store.meta["key"]["split"])
     log_pictures(writer, figure2_pictures(dataset, store.classes, indices, boxes.numpy(), probs, labels.cpu().numpy()), step)
 
 
