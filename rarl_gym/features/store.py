@@ -8,9 +8,11 @@ Layout of one cache entry (a folder under the cache root, named by a hash of its
     meta.json         written last, atomically: shape, image ids and sizes. Its presence is
                       what makes the entry valid; a killed extraction never leaves one.
     progress.npy      (only while extracting) bool [N]: rows already written, for resuming
+    .lock             held (flock) by the process extracting the entry; names it
 
 Extraction is batched, shows a progress bar, flushes and records progress after every batch,
-and resumes after an interrupt. Opening a finished entry maps the file and takes milliseconds.
+and resumes after an interrupt. Opening a finished entry maps the file and takes milliseconds;
+it checks ``meta.json`` against the files (a hand-edited or damaged entry is a named error).
 """
 
 from __future__ import annotations
