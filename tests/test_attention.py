@@ -159,3 +159,15 @@ def test_windows_baseline_finds_a_small_object_the_whole_image_dilutes():
     assert probs[1, 0] == pytest.approx(torch.sigmoid(torch.tensor(-2.0)).item(), abs=1e-6)
     ten = predict_windows(scorer, _Store(feats, torch.zeros(2, 1, dtype=torch.int8)), views=10)
     assert ten.shape == (2, 1) and np.isfinite(ten).all()
+
+
+def test_context_head_adds_the_whole_image_to_the_regions_max():
+    agent = _agent(folds=2, context=True).eval()
+    feats, labels = torch.randn(2, 6, 6, 6), torch.tensor([[1, 0, 0, 1]] * 2)
+    out = rollout(agent, feats, labels, glimpse_size=3, centers="grid")
+    plain = _agent(folds=2).eval()
+    plain.load_state_dict({k: v for k, v in agent.state_dict().items() if not k.startswith("context_head")})
+    regions = rollout(plain, feats, labels, glimpse_size=3, centers="grid")
+    whole = agent.context_head(crop(feats, whole_image_boxes(2, 1), 3).mean(dim=(-2, -1))[:, 0, :, None, None]).flatten(1)  # [B, 3L]
+    assert torch.allclose(out.fused, regions.fused + whole[:, :4], atol=1e-5)
+    assert torch.allclose(out.fold_fused, regions.fold_fused + whole[:, 4:].reshape(2, 2, 4), atol=1e-5)

@@ -84,6 +84,12 @@ class RARLAgent(nn.Module):
             trainable tail (:func:`rarl_gym.features.backbones.build_tail`) the agent applies to
             the maps first, e.g. ``"efficientnet_lite0_s16"``; ``channels`` is then the tail's
             output. Its batch-norm statistics stay frozen (eval mode).
+        context: with ``head="linear"``, a second linear head on the whole image (the view's
+            mean feature) whose logits are *added* to the category-wise max of the regions:
+            ``fused = g + max_{t,k} r_{t,k}``. The whole image gives the context (a strong
+            global classifier), the glimpses the evidence it misses; unlike fusing the whole
+            image into the max, every glimpse still moves the score, so the policy keeps a
+            signal.
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class RARLAgent(nn.Module):
         output: str = "softmax",
         fuse_whole_image: bool = False,
         tail: str | None = None,
+        context: bool = False,
     ):
         super().__init__()
         self.channels = channels
@@ -129,6 +136,9 @@ class RARLAgent(nn.Module):
             raise ValueError("folds (cross-fitted reward heads) need head='linear'")
         self.head, self.folds, self.locator_kind, self.candidates, self.output = head, int(folds), locator, int(candidates), output
         self.fuse_whole_image = bool(fuse_whole_image)
+        if context and head != "linear":
+            raise ValueError("context (a whole-image head added to the regions' max) needs head='linear'")
+        self.context = bool(context)
         self.tail_name = tail
         self.tail = build_tail(tail).to(memory_format=torch.channels_last) if tail is not None else None
         cells = glimpse_size * glimpse_size
@@ -145,6 +155,8 @@ class RARLAgent(nn.Module):
         if head == "linear":
             # (1 + F) heads of L classes on the C channels: [(1+F)*L, C, 1, 1] (bias added after the crop)
             self.region_head = nn.Conv2d(channels, (1 + self.folds) * num_classes, 1)
+        if self.context:
+            self.context_head = nn.Conv2d(channels, (1 + self.folds) * num_classes, 1)
         if locator == "map":
             # attention over candidates: sum_l gain[j, l] * (w_l + u_l * p_l + (V h_t)_l) + pos(c_j) . q
             self.loc_gain = nn.Parameter(torch.zeros(num_classes))
@@ -181,8 +193,9 @@ class RARLAgent(nn.Module):
 
     @property
     def logit_channels(self) -> int:
-        """Channels of :meth:`logit_maps`: ``(1 + folds) * L`` for the linear head, else 0."""
-        return (1 + self.folds) * self.num_classes if self.head == "linear" else 0
+        """Channels of :meth:`logit_maps`: ``(1 + folds) * L`` for the linear head (twice that with
+        ``context``), else 0."""
+        return (1 + self.folds) * self.num_classes * (2 if self.context else 1) if self.head == "linear" else 0
 
     def logit_maps(self, feature_maps: torch.Tensor) -> torch.Tensor:
         """The linear head on every map cell, bias excluded: ``[B, C, H, W] -> [B, (1+F)*L, H, W]``.
@@ -191,7 +204,16 @@ class RARLAgent(nn.Module):
         (the head is linear and the crop's weights sum to one), at ``L / C`` of the cost of
         cropping the features.
         """
-        return nn.functional.conv2d(feature_maps, self.region_head.weight)
+        weight = self.region_head.weight
+        if self.context:  # [2 * (1+F) * L, C, 1, 1]: region heads, then context heads
+            weight = torch.cat([weight, self.context_head.weight])
+        return nn.functional.conv2d(feature_maps, weight)
+
+    def context_logits(self, cropped_context: torch.Tensor) -> torch.Tensor:
+        """``[B, (1+F)*L, s, s]`` the whole view cropped from the context part of
+        :meth:`logit_maps` -> ``[B, 1+F, L]`` context logits."""
+        logits = cropped_context.mean(dim=(-2, -1)) + self.context_head.bias
+        return logits.unflatten(-1, (1 + self.folds, self.num_classes))
 
     def region_logits(self, cropped_logits: torch.Tensor) -> torch.Tensor:
         """``[B, K, (1+F)*L, s, s]`` cropped logit maps -> ``[B, K, 1+F, L]`` region logits
@@ -270,7 +292,7 @@ class RARLAgent(nn.Module):
 
     def config(self) -> dict:
         """The constructor arguments (stored in checkpoints to rebuild the agent)."""
-        names = ("channels", "num_classes", "glimpse_size", "proj_dim", "embed_dim", "hidden_dim", "sigma", "dropout", "recurrent_classifier", "memory", "location_prior", "head", "folds", "candidates", "output", "fuse_whole_image")
+        names = ("channels", "num_classes", "glimpse_size", "proj_dim", "embed_dim", "hidden_dim", "sigma", "dropout", "recurrent_classifier", "memory", "location_prior", "head", "folds", "candidates", "output", "fuse_whole_image", "context")
         return {**{name: getattr(self, name) for name in names}, "locator": self.locator_kind, "tail": self.tail_name}
 
 

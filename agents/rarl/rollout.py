@@ -107,7 +107,10 @@ def rollout(
     for t in range(num_steps + 1):
         image_boxes = boxes if windows is None else view_to_image(boxes, windows)
         glimpses = crop(maps, image_boxes, glimpse_size)  # [B, K, P (+ (1+F)L), s, s]
-        out = agent(glimpses[:, :, :p], state, projected=True, logits=glimpses[:, :, p:] if agent.head == "linear" else None)
+        q = p + (1 + agent.folds) * agent.num_classes  # region-head channels end here; context channels follow
+        out = agent(glimpses[:, :, :p], state, projected=True, logits=glimpses[:, :, p:q] if agent.head == "linear" else None)
+        if t == 0 and agent.context:
+            context = agent.context_logits(glimpses[:, 0, q:])  # [B, 1+F, L]: step 0 shows the whole view
         state = out.state
         if t >= 1 or fuse_whole_image:
             region_scores.append(out.scores)
@@ -117,7 +120,8 @@ def rollout(
             break
         if centers == "learned" and map_policy:
             seen = fuse(torch.stack(region_scores + ([] if t >= 1 or fuse_whole_image else [out.scores]), 1), dims=(1, 2)).detach()
-            logits = agent.candidate_logits(gains_of(seen), seen, out.state[0], positions)  # [B, J]
+            belief = seen + context[:, 0].detach() if agent.context else seen  # the fused logits so far
+            logits = agent.candidate_logits(gains_of(seen), belief, out.state[0], positions)  # [B, J]
             loc, log_prob = _mixture_step(logits, positions, agent.sigma, sample, generator)
         elif centers == "learned":
             mean = agent.center_mean(out.loc_mean, t)
@@ -146,13 +150,18 @@ def rollout(
         chosen.append(loc)
         boxes = anchor_boxes(loc, scales, ratios)
     fused = fuse(torch.stack(region_scores, dim=1), dims=(1, 2))  # [B,T(+1),K,L] -> [B,L]
+    fold_fused = fuse(torch.stack(fold_scores, dim=1), dims=(1, 2)) if fold_scores else None  # [B,T,K,F,L] -> [B,F,L]
+    if agent.context:  # the whole image's logits plus the regions' max
+        fused = fused + context[:, 0]
+        if fold_fused is not None:
+            fold_fused = fold_fused + context[:, 1:]
     return Rollout(
         fused=fused,
         reward=topk_overlap(fused.detach(), labels, k),
         log_prob=torch.stack(log_probs, dim=1),
         baseline=torch.stack(baselines, dim=1),
         centers=torch.stack(chosen, dim=1),
-        fold_fused=fuse(torch.stack(fold_scores, dim=1), dims=(1, 2)) if fold_scores else None,  # [B,T,K,F,L] -> [B,F,L]
+        fold_fused=fold_fused,
     )
 
 

@@ -76,6 +76,7 @@ class TrainConfig:
     reward: str = "topk"  # what REINFORCE maximises: "topk" (the paper) or "likelihood" of the true labels
     samples: int = 1  # episodes per image and batch; > 1: leave-one-out baseline
     fuse_whole_image: bool = False  # the whole image's scores (step 0) join the category-wise max
+    context: bool = False  # a whole-image linear head whose logits are added to the regions' max (RARLAgent)
     locator_lr: float | None = None  # Adam learning rate of the localization parameters (default: lr)
     head_init: str = "random"  # "mil": warm-start the linear head by multiple-instance fits (see init_linear_head)
     finetune: bool = False  # train the cached backbone's tail end to end (backbone efficientnet_lite0_s16)
@@ -102,6 +103,8 @@ PAPER: dict = {
     "samples": 1,
     "folds": 0,
     "fuse_whole_image": False,
+    "context": False,
+    "head_init": "random",
     "locator_lr": None,
 }
 
@@ -146,6 +149,7 @@ def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: 
         output=config.output,
         fuse_whole_image=config.fuse_whole_image,
         tail=settings.backbone if config.finetune else None,
+        context=config.context,
     )
 
 
@@ -167,6 +171,14 @@ def init_linear_head(agent: RARLAgent, settings: EnvSettings, train_store: Featu
     with torch.no_grad():
         agent.region_head.weight.copy_(torch.cat([h.linear.weight for h in heads])[:, :, None, None])
         agent.region_head.bias.copy_(torch.cat([h.linear.bias for h in heads]))
+    if agent.context:  # the context heads: the global-image linear classifier, on all images and per fold
+        pooled, labels = pooled_features(train_store), torch.from_numpy(train_store.labels)
+        index = np.arange(len(train_store))
+        subsets = [index] + [index[index % agent.folds != f] for f in range(agent.folds)]
+        ctx = [fit_global_classifier(pooled[i], labels[i], seed=config.seed) for i in subsets]
+        with torch.no_grad():
+            agent.context_head.weight.copy_(torch.cat([h.linear.weight for h in ctx])[:, :, None, None])
+            agent.context_head.bias.copy_(torch.cat([h.linear.bias for h in ctx]))
 
 
 def parameter_groups(agent: RARLAgent, config: TrainConfig) -> list[dict]:
