@@ -99,7 +99,10 @@ def print_results(results: dict, json_path: Path | None = None) -> None:
     report = results["reports"]["learned"]
     print(f"\nTest metrics on split {results['split']!r} ({results['views']} view(s), learned centres):")
     print(report.table())
-    print("\nSame trained model with other centres, and the global-image linear classifier (global):")
+    print(
+        "\nSame trained model with other centres; oracle: per image the best of N centre sequences (1 view, uses the labels);"
+        "\nglobal: the global-image linear classifier; windows: category-wise max over ~100 sliding windows (MIL):"
+    )
     print(comparison_table(results["policies"]))
     if json_path is not None:
         print(f"\nJSON: {json_path}")

@@ -22,7 +22,8 @@ def train_args(small_kwargs, tmp_path):
     kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
 
     def args(run, *extra):
-        return ["--env-kwargs", json.dumps(kwargs), "--run-dir", str(tmp_path / run), "--batch-size", "16", "--no-progress", *extra]
+        # a small oracle (the best of 4 centre sequences per image) keeps the tests fast
+        return ["--env-kwargs", json.dumps(kwargs), "--run-dir", str(tmp_path / run), "--batch-size", "16", "--no-progress", "--hyperparams", '{"oracle_samples": 4}', *extra]
 
     return args
 
@@ -37,7 +38,9 @@ def test_train_writes_a_run_and_prints_the_table(train_args, tmp_path, capsys):
     assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "rng", "step", "config", "settings"}
     assert list((run / "tb").glob("events.out.tfevents.*"))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["policies"]) == {"learned", "random", "center", "grid", "global"} and len(metrics["reward_curve"]) == 2
+    assert set(metrics["policies"]) == {"learned", "random", "center", "grid", "oracle", "global", "windows"} and len(metrics["reward_curve"]) == 2
+    # the oracle keeps, per image, the best of its centre sequences (the learned mode and the grid among them)
+    assert metrics["policies"]["oracle"]["mAP_area"] >= min(metrics["policies"][c]["mAP_area"] for c in ("learned", "grid"))
     assert 0.0 <= metrics["policies"]["learned"]["mAP_area"] <= 1.0
 
     # a second run into the same folder is refused, and the first run is untouched
