@@ -132,6 +132,20 @@ def test_an_env_trained_agent_predicts_as_it_is_evaluated(small_kwargs, tmp_path
         Predictor.from_run(run).predict(test_images[:1], views=10)
 
 
+def test_an_sb3_model_predicts_as_it_is_evaluated(small_kwargs, tmp_path, test_images):
+    from agents.sb3.common import evaluate_policy_on_split
+    from agents.sb3.train import load_model, train_sb3
+
+    env_kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
+    run = tmp_path / "ppo"
+    train_sb3("ppo", "RARL-Shapes-v0", env_kwargs, run, total_timesteps=96, seed=0, device="cpu", n_envs=4, progress=False,
+              overrides={"n_steps": 24, "batch_size": 48, "n_epochs": 1})
+    model, _ = load_model(run, "cpu")
+    want = evaluate_policy_on_split(model, "RARL-Shapes-v0", env_kwargs, "test").probs[INDICES]
+    preds = Predictor.from_run(run / "model.zip", device="cpu").predict(test_images)
+    np.testing.assert_allclose(np.stack([p.probs for p in preds]), want, rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_the_script_labels_a_folder_and_skips_bad_files(rarl_run, test_images, tmp_path, capsys, workers):
     folder = tmp_path / "photos"
