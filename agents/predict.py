@@ -92,6 +92,8 @@ class Prediction:
         for ten views, the boxes of the centre view."""
         from rarl_gym.render import figure2
 
+        if image is None and self.source.startswith("<image "):
+            raise ConfigError(f"{self.source} was given as pixels, not a file", "pass the image: prediction.figure2(image)")
         image = image if image is not None else open_image(self.source)
         view = DRAW_VIEW if self.boxes.shape[0] == 10 else 0
         return figure2(image, list(self.boxes[view]), self.labels or [c for c, _ in self.top(1)])

@@ -10,8 +10,9 @@ Layout of one cache entry (a folder under the cache root, named by a hash of its
     progress.npy      (only while extracting) bool [N]: rows already written, for resuming
     .lock             held (flock) by the process extracting the entry; names it
 
-Extraction is batched, shows a progress bar, flushes and records progress after every batch,
-and resumes after an interrupt. Opening a finished entry maps the file and takes milliseconds;
+Extraction is batched (loader workers decode while the backbone runs), shows a progress bar,
+writes, syncs and records progress every ~64 MB of features (and at an interrupt), and resumes
+after one; under ``torchrun`` the ranks share it. Opening a finished entry maps the file and takes milliseconds;
 it checks ``meta.json`` against the files (a hand-edited or damaged entry is a named error).
 """
 
@@ -274,8 +275,8 @@ def extract_features(
     something has to be extracted, so opening a finished entry stays cheap; it is built before
     the entry's folder is made, so a wrong name leaves nothing behind.
 
-    Extraction writes batch after batch into a memory-mapped file and records which rows are
-    done, so an interrupted run resumes; the entry becomes valid only when ``meta.json`` is
+    Extraction writes chunk after chunk of rows into the features file and records which rows
+    are done, so an interrupted run resumes; the entry becomes valid only when ``meta.json`` is
     renamed into place at the end. The file's space is reserved first (a full disk is a
     :class:`rarl_gym.errors.DiskFullError` before any work, not a ``SIGBUS`` during it). One
     process extracts an entry at a time: another one that needs it waits for it (lock file
