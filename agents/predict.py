@@ -108,7 +108,8 @@ def _run_file(path: Path) -> tuple[str, Path]:
                 return kind, path / name
         raise CheckpointError(f"{path} holds no trained run (no {', '.join(kinds)})", "pass a run folder written by scripts/train_agent.py")
     if not path.exists():
-        raise CheckpointError(f"no run at {path}", "pass a run folder written by scripts/train_agent.py, or its checkpoint.pt / model.zip / cem.npz")
+        raise CheckpointError(f"no run at {path}", "pass a run folder written by scripts/train_agent.py (make demo writes runs/rarl-shapes), "
+                              "or its checkpoint.pt / model.zip / cem.npz")
     return kinds.get(path.name, "rarl"), path
 
 
