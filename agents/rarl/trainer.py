@@ -78,6 +78,7 @@ class TrainConfig:
     fuse_whole_image: bool = False  # the whole image's scores (step 0) join the category-wise max
     context: bool = False  # a whole-image linear head whose logits are added to the regions' max (RARLAgent)
     locator_lr: float | None = None  # Adam learning rate of the localization parameters (default: lr)
+    head_lr: float | None = None  # Adam learning rate of the linear and context heads (default: lr; 0 freezes a warm start)
     head_init: str = "random"  # "mil": warm-start the linear head by multiple-instance fits (see init_linear_head)
     finetune: bool = False  # train the cached backbone's tail end to end (backbone efficientnet_lite0_s16)
     finetune_lr: float = 1e-4  # Adam learning rate of the fine-tuned tail
@@ -182,11 +183,15 @@ def init_linear_head(agent: RARLAgent, settings: EnvSettings, train_store: Featu
 
 
 def parameter_groups(agent: RARLAgent, config: TrainConfig) -> list[dict]:
-    """Adam's parameter groups: the localization parameters at ``locator_lr`` (when set), the rest at ``lr``."""
+    """Adam's parameter groups: the localization parameters at ``locator_lr``, the linear and
+    context heads at ``head_lr`` (when set), a fine-tuned tail at ``finetune_lr``, the rest at ``lr``."""
     loc = [p for name, p in agent.named_parameters() if name.startswith(("loc_", "locator.")) and config.locator_lr is not None]
     tail = [p for name, p in agent.named_parameters() if name.startswith("tail.")]
-    ids = {id(p) for p in loc + tail}
+    heads = [p for name, p in agent.named_parameters() if name.startswith(("region_head.", "context_head.")) and config.head_lr is not None]
+    ids = {id(p) for p in loc + tail + heads}
     groups = [{"params": [p for p in agent.parameters() if id(p) not in ids]}]
+    if heads:
+        groups.append({"params": heads, "lr": config.head_lr})
     if loc:
         groups.append({"params": loc, "lr": config.locator_lr, "weight_decay": 0.0})
     if tail:
