@@ -171,3 +171,23 @@ def test_context_head_adds_the_whole_image_to_the_regions_max():
     whole = agent.context_head(crop(feats, whole_image_boxes(2, 1), 3).mean(dim=(-2, -1))[:, 0, :, None, None]).flatten(1)  # [B, 3L]
     assert torch.allclose(out.fused, regions.fused + whole[:, :4], atol=1e-5)
     assert torch.allclose(out.fold_fused, regions.fold_fused + whole[:, 4:].reshape(2, 2, 4), atol=1e-5)
+
+
+def test_tail_continues_the_cached_stride16_map_to_the_full_network():
+    """Fine-tuning on the intermediate cache: the untrained tail gives Lite0's own map, and the
+    agent's classification loss reaches the tail's weights."""
+    from rarl_gym.features.backbones import TAILS, build_backbone, build_tail
+
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mid = build_backbone("efficientnet_lite0_s16")(x)
+        full = build_backbone("efficientnet_lite0")(x)
+        tail = build_tail("efficientnet_lite0_s16").eval()
+        assert mid.shape == (2, 112, 4, 4) and full.shape == (2, *TAILS["efficientnet_lite0_s16"][:1], 2, 2)
+        assert torch.allclose(tail(mid), full, atol=1e-4)
+    torch.manual_seed(0)
+    agent = RARLAgent(1280, 3, glimpse_size=1, embed_dim=8, hidden_dim=8, head="linear", locator="map", output="sigmoid", candidates=2, tail="efficientnet_lite0_s16").train()
+    assert all(not m.training for m in agent.tail.modules() if isinstance(m, torch.nn.BatchNorm2d))  # frozen statistics
+    out = rollout(agent, mid, torch.tensor([[1, 0, 1]] * 2), num_steps=1, generator=torch.Generator().manual_seed(0))
+    rarl_loss(out, torch.tensor([[1, 0, 1]] * 2), output="sigmoid")["cls"].backward()
+    assert agent.tail[0][0].conv_pw.weight.grad.abs().sum() > 0

@@ -163,6 +163,9 @@ def init_linear_head(agent: RARLAgent, settings: EnvSettings, train_store: Featu
     classifier, and REINFORCE from rewards that already mean something.
     """
     fit = {k: v for k, v in SCORER_FIT.items() if k != "folds"}
+    if agent.tail is not None:  # the untrained tail gives the full backbone's maps: fit on that backbone's cache
+        settings = settings.replace(backbone=TAILS[agent.tail_name][2])
+        train_store = settings.source.open_split(settings.split, progress=config.progress)[1]
     heads = [fit_region_scorer(train_store, seed=config.seed, device=device, **fit)]
     if agent.folds:
         if agent.folds == SCORER_FIT["folds"]:
@@ -447,8 +450,8 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
     channels = TAILS[settings.backbone][0] if config.finetune and settings.backbone in TAILS else train_store.channels
     agent = build_agent(settings, len(train_store.classes), channels, config).to(device)
     if config.head_init == "mil" and not resume:
-        if config.head != "linear" or config.finetune:
-            raise ConfigError("head_init='mil' warm-starts the linear head on the cached maps", "use it with head='linear' and finetune=False, or head_init='random'")
+        if config.head != "linear":
+            raise ConfigError("head_init='mil' warm-starts the linear head", "use it with head='linear', or head_init='random'")
         init_linear_head(agent, settings, train_store, config, device)
     optimizer = torch.optim.Adam(parameter_groups(agent, config), lr=config.lr, weight_decay=config.weight_decay)
     start_epoch, step = 0, 0

@@ -283,8 +283,8 @@ def _efficientnet_lite0_s16(pretrained: bool) -> Backbone:
 
 
 #: Backbones whose cached map a trainable tail continues to a deeper map (fine-tuning on cached
-#: intermediate features): name -> (channels, stride) of the tail's output.
-TAILS: dict[str, tuple[int, int]] = {"efficientnet_lite0_s16": (1280, 32)}
+#: intermediate features): name -> (channels, stride, the backbone whose map the untrained tail gives).
+TAILS: dict[str, tuple[int, int, str]] = {"efficientnet_lite0_s16": (1280, 32, "efficientnet_lite0")}
 
 
 def build_tail(name: str, *, pretrained: bool = True, device: str | torch.device = "cpu") -> nn.Module:
