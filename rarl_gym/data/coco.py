@@ -241,16 +241,6 @@ class COCODataset(FileStampsMixin, MultiLabelDataset):
         classes = np.asarray([col[a["category_id"]] for a in anns], dtype=np.int64)
         return xyxy, classes, np.zeros(len(anns), dtype=bool)
 
-    def cache_key(self) -> str:
-        """``coco-<split>-<N>-<hash of the ids, files, classes, labels and JPEG file sizes and modification times>``."""
-        if self._cache_key is None:
-            self._cache_key = self._key(self._stats_bytes())
-        return self._cache_key
-
-    def legacy_cache_key(self) -> str:
-        """The key of earlier versions (JPEG sizes, no modification times)."""
-        return self._key(self._sizes_bytes())
-
     def _key(self, files: bytes) -> str:
         digest = _fingerprint(
             np.asarray(self._image_ids, dtype=np.int64).tobytes(),

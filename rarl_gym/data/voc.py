@@ -113,6 +113,20 @@ class FileStampsMixin:
     def _stats_bytes(self) -> bytes:
         return np.ascontiguousarray(self.file_stats()).tobytes()
 
+    def _key(self, files: bytes) -> str:
+        """The dataset's key from the bytes of its files' stamps (each dataset hashes its own ids and labels)."""
+        raise NotImplementedError
+
+    def cache_key(self) -> str:
+        """``<dataset>-<split>-<N>-<hash of the ids, labels and JPEG file sizes and modification times>``."""
+        if getattr(self, "_cache_key", None) is None:
+            self._cache_key = self._key(self._stats_bytes())
+        return self._cache_key
+
+    def legacy_cache_key(self) -> str:
+        """The key of earlier versions (JPEG sizes, no modification times)."""
+        return self._key(self._sizes_bytes())
+
 
 def open_rgb(path: Path) -> Image.Image:
     """Decode ``path`` fully into an RGB image; errors name the file."""
@@ -353,16 +367,6 @@ class VOC07Dataset(FileStampsMixin, MultiLabelDataset):
             np.asarray(classes, dtype=np.int64),
             np.asarray(difficult, dtype=bool),
         )
-
-    def cache_key(self) -> str:
-        """``voc07-<split>-<N>-<hash of the ids, the labels and the JPEG file sizes and modification times>``."""
-        if self._cache_key is None:
-            self._cache_key = self._key(self._stats_bytes())
-        return self._cache_key
-
-    def legacy_cache_key(self) -> str:
-        """The key of earlier versions (JPEG sizes, no modification times)."""
-        return self._key(self._sizes_bytes())
 
     def _key(self, files: bytes) -> str:
         digest = _fingerprint("\n".join(self._ids).encode(), self._labels.tobytes(), files)
