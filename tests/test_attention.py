@@ -191,3 +191,21 @@ def test_tail_continues_the_cached_stride16_map_to_the_full_network():
     out = rollout(agent, mid, torch.tensor([[1, 0, 1]] * 2), num_steps=1, generator=torch.Generator().manual_seed(0))
     rarl_loss(out, torch.tensor([[1, 0, 1]] * 2), output="sigmoid")["cls"].backward()
     assert agent.tail[0][0].conv_pw.weight.grad.abs().sum() > 0
+
+
+def test_map_locator_reads_the_out_of_fold_head_in_training():
+    """In training the locator chases the gains of the head that never saw the image; at test, head 0's."""
+    agent = _agent(folds=2).eval()
+    feats = torch.zeros(1, 6, 8, 8)
+    feats[0, 0, :2, :2] = 5.0  # channel 0 top-left
+    feats[0, 1, 6:, 6:] = 5.0  # channel 1 bottom-right
+    with torch.no_grad():
+        agent.region_head.weight.zero_()
+        agent.region_head.bias.zero_()
+        agent.region_head.weight[0, 0] = 1.0  # head 0, class 0 <- channel 0
+        agent.region_head.weight[8, 1] = 1.0  # head 2 (fold 1's), class 0 <- channel 1
+        agent.loc_gain[0] = 10.0
+    labels = torch.tensor([[1, 0, 0, 0]])
+    test = rollout(agent, feats, labels, glimpse_size=3, sample=False, num_steps=1).centers[0, 0]
+    train = rollout(agent, feats, labels, glimpse_size=3, sample=False, num_steps=1, folds=torch.tensor([1])).centers[0, 0]
+    assert test.tolist() == pytest.approx([-0.75, -0.75]) and train.tolist() == pytest.approx([0.75, 0.75])

@@ -58,6 +58,7 @@ def rollout(
     fuse_whole_image: bool = False,
     given_centers: torch.Tensor | None = None,
     repeat: int = 1,
+    folds: torch.Tensor | None = None,
 ) -> Rollout:
     """Run B episodes of ``num_steps`` glimpses.
 
@@ -80,6 +81,11 @@ def rollout(
         repeat: run ``repeat`` consecutive episodes of each image (the batch becomes
             ``B * repeat`` episodes; ``labels``, ``view`` and ``given_centers`` are per episode).
             The maps are projected once per image, then repeated.
+        folds: ``[B * repeat]`` the fold of each training episode's image (``index % F``): the
+            map locator then reads the scores of the cross-fitted head that never saw the image
+            (the classifier's head 0 has learnt the training images, so its scores there would
+            point the policy at what it remembers, not at what it sees); ``None`` (evaluation):
+            head 0.
     """
     device = feature_maps.device
     k_regions = len(scales) * len(ratios)
@@ -103,7 +109,9 @@ def rollout(
         explorer = torch.rand(b, generator=generator, device=device) < explore  # [B]
     map_policy = centers == "learned" and agent.locator_kind == "map"
     if map_policy:
-        positions, gains_of = _candidates(agent, maps[:, p:], windows, glimpse_size, scales, ratios)
+        head = torch.zeros(b, dtype=torch.long, device=device) if folds is None or not agent.folds else 1 + folds.long() % agent.folds  # [B]
+        positions, gains_of = _candidates(agent, maps[:, p:], windows, glimpse_size, scales, ratios, head)
+        seen_scores = []  # [B, K, L] per step: the locator's head's region scores
     for t in range(num_steps + 1):
         image_boxes = boxes if windows is None else view_to_image(boxes, windows)
         glimpses = crop(maps, image_boxes, glimpse_size)  # [B, K, P (+ (1+F)L), s, s]
@@ -119,8 +127,12 @@ def rollout(
         if t == num_steps:
             break
         if centers == "learned" and map_policy:
-            seen = fuse(torch.stack(region_scores + ([] if t >= 1 or fuse_whole_image else [out.scores]), 1), dims=(1, 2)).detach()
-            belief = seen + context[:, 0].detach() if agent.context else seen  # the fused logits so far
+            heads = out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)  # [B,K,1+F,L]
+            now = heads[torch.arange(b, device=device), :, head].detach()  # [B, K, L]
+            if t >= 1 or fuse_whole_image:
+                seen_scores.append(now)
+            seen = fuse(torch.stack(seen_scores, 1), dims=(1, 2)) if seen_scores else now.amax(1)  # step 0 stands in until something is fused
+            belief = seen + context[torch.arange(b, device=device), head].detach() if agent.context else seen  # the fused logits so far
             logits = agent.candidate_logits(gains_of(seen), belief, out.state[0], positions)  # [B, J]
             loc, log_prob = _mixture_step(logits, positions, agent.sigma, sample, generator)
         elif centers == "learned":
@@ -165,19 +177,22 @@ def rollout(
     )
 
 
-def _candidates(agent: RARLAgent, logit_maps: torch.Tensor, windows, glimpse_size: int, scales, ratios):
+def _candidates(agent: RARLAgent, logit_maps: torch.Tensor, windows, glimpse_size: int, scales, ratios, head: torch.Tensor):
     """The map locator's candidates: positions ``[J, 2]`` (view coordinates) and a function
     ``fused [B, L] -> gains [B, J, L]``, the rise of each class's fused logit if the anchors of
-    candidate ``j`` were looked at (the classifier's head 0 on the cropped logit maps)."""
+    candidate ``j`` were looked at (head ``head[b]`` of the linear classifier, ``[B]``, on the
+    cropped logit maps)."""
     b, device = logit_maps.shape[0], logit_maps.device
     positions = candidate_centers(agent.candidates, device)  # [J, 2]
     j = positions.shape[0]
     boxes = anchor_boxes(positions.repeat(b, 1), scales, ratios).reshape(b, -1, 4)  # [B, J*K, 4]
     if windows is not None:
         boxes = view_to_image(boxes, windows)
-    head0 = logit_maps[:, : agent.num_classes].detach()
-    region = crop(head0, boxes, glimpse_size).mean(dim=(-2, -1)) + agent.region_head.bias[: agent.num_classes].detach()
-    best = region.reshape(b, j, -1, agent.num_classes).amax(2)  # [B, J, L]
+    n_heads = 1 + agent.folds
+    heads = logit_maps[:, : n_heads * agent.num_classes].detach()
+    region = crop(heads, boxes, glimpse_size).mean(dim=(-2, -1)) + agent.region_head.bias.detach()  # [B, J*K, (1+F)*L]
+    region = region.reshape(b, j, -1, n_heads, agent.num_classes)[torch.arange(b, device=head.device), :, :, head]  # [B, J, K, L]
+    best = region.amax(2)  # [B, J, L]
     return positions, lambda fused: torch.relu(best - fused[:, None, :])
 
 

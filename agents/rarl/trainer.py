@@ -55,31 +55,31 @@ class TrainConfig:
     env_id: str = "RARL-Shapes-v0"
     env_kwargs: dict = field(default_factory=dict)  # overrides of the env's registered kwargs
     run_dir: str = "runs/rarl-shapes"
-    epochs: int = 15
+    epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
     rl_weight: float = 1.0
     proj_dim: int | None = 64
-    embed_dim: int = 256
-    hidden_dim: int = 256
+    embed_dim: int = 128
+    hidden_dim: int = 128
     dropout: float = 0.2
     recurrent_classifier: bool = True  # False: the paper's "Ours-B" ablation
     memory: bool = True  # False: no recurrence ("Ours-A")
     location_prior: str = "grid"  # "none": the paper's absolute centres (locator="linear" only)
-    explore: float = 0.5  # fraction of training episodes with uniform random centres
-    head: str = "lstm"  # "linear": a linear classifier on full-channel region means (RARLAgent)
-    folds: int = 0  # cross-fitted reward heads (head="linear"): the policy's reward comes out of fold
-    locator: str = "linear"  # "map": a Gaussian mixture over candidate centres (RARLAgent)
+    explore: float = 0.25  # fraction of training episodes with uniform random centres
+    head: str = "linear"  # a linear classifier on full-channel region means; "lstm": the paper's (RARLAgent)
+    folds: int = 2  # cross-fitted reward heads (head="linear"): the policy's reward comes out of fold
+    locator: str = "map"  # a Gaussian mixture over candidate centres; "linear": the paper's (RARLAgent)
     candidates: int = 7  # side of the map locator's candidate grid
-    output: str = "softmax"  # "sigmoid": per-class BCE instead of the paper's softmax loss
-    reward: str = "topk"  # what REINFORCE maximises: "topk" (the paper) or "likelihood" of the true labels
-    samples: int = 1  # episodes per image and batch; > 1: leave-one-out baseline
+    output: str = "sigmoid"  # per-class BCE; "softmax": the paper's loss
+    reward: str = "likelihood"  # what REINFORCE maximises: "topk" (the paper) or "likelihood" of the true labels
+    samples: int = 4  # episodes per image and batch; > 1: leave-one-out baseline
     fuse_whole_image: bool = False  # the whole image's scores (step 0) join the category-wise max
-    context: bool = False  # a whole-image linear head whose logits are added to the regions' max (RARLAgent)
-    locator_lr: float | None = None  # Adam learning rate of the localization parameters (default: lr)
-    head_lr: float | None = None  # Adam learning rate of the linear and context heads (default: lr; 0 freezes a warm start)
-    head_init: str = "random"  # "mil": warm-start the linear head by multiple-instance fits (see init_linear_head)
+    context: bool = True  # a whole-image linear head whose logits are added to the regions' max (RARLAgent)
+    locator_lr: float | None = 0.05  # Adam learning rate of the localization parameters (default: lr)
+    head_lr: float | None = 0.0  # Adam learning rate of the linear and context heads (default: lr; 0 freezes a warm start)
+    head_init: str = "mil"  # "mil": warm-start the linear head by multiple-instance fits (see init_linear_head)
     finetune: bool = False  # train the cached backbone's tail end to end (backbone efficientnet_lite0_s16)
     finetune_lr: float = 1e-4  # Adam learning rate of the fine-tuned tail
     augment_crop: float = 0.875  # side of the random training crop (the paper: (N - 64) / N); 1 = off
@@ -107,6 +107,10 @@ PAPER: dict = {
     "context": False,
     "head_init": "random",
     "locator_lr": None,
+    "head_lr": None,
+    "embed_dim": 256,
+    "hidden_dim": 256,
+    "epochs": 15,
 }
 
 
@@ -489,14 +493,15 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
             view = None
             if config.augment_crop < 1.0:
                 view = random_views(labels.shape[0], config.augment_crop, generator=device_gen, device=device)
-            out = model(feats, labels, **settings.rollout_kwargs(), generator=device_gen, view=view, explore=config.explore, repeat=config.samples)
+            folds = index % config.folds if config.folds else None
+            out = model(feats, labels, **settings.rollout_kwargs(), generator=device_gen, view=view, explore=config.explore, repeat=config.samples, folds=folds)
             losses = rarl_loss(
                 out,
                 labels,
                 rl_weight=config.rl_weight,
                 output=config.output,
                 reward=config.reward,
-                folds=index % config.folds if config.folds else None,
+                folds=folds,
                 samples=config.samples,
                 k=settings.k,
             )
