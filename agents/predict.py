@@ -41,7 +41,7 @@ from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, CorruptFileError
 from rarl_gym.features.backbones import Backbone, build_backbone
 from rarl_gym.features.inference import PixelRows, as_images, forward, open_image, pixel_loader, stack_pixels
-from rarl_gym.glimpse import anchor_boxes, boxes_to_pixels, ten_views, view_to_image
+from rarl_gym.glimpse import anchor_boxes, ten_views, view_to_image
 
 #: The labels a prediction lists by default: among the top 3 and with probability >= 0.1, the
 #: rule of the CP / CR / CF1 metrics (:func:`rarl_gym.metrics.topk_prf`).

@@ -68,7 +68,6 @@ def save(run_dir: Path, state: dict, rng: np.random.Generator, config: dict) -> 
 
 def train_cem(env_id=None, env_kwargs=None, run_dir="runs/cem-shapes", total_timesteps=None, seed=None, progress=True, *, resume=False, **search) -> dict:
     """Train (or resume) to ``total_timesteps`` env steps, evaluate; ``search``: population, episodes, elite_frac."""
-    from tqdm.auto import tqdm
 
     if set(search) - {"population", "episodes", "elite_frac"}:
         raise ConfigError(f"unknown CEM option(s) {sorted(set(search) - set(DEFAULTS))}", "use population, episodes, elite_frac")
