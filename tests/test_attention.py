@@ -15,7 +15,7 @@ from rarl_gym.windows import predict_windows, sliding_windows
 
 def _agent(**kw):
     torch.manual_seed(0)
-    return RARLAgent(6, 4, glimpse_size=3, embed_dim=8, hidden_dim=8, dropout=0.0, head="linear", locator="map", output="sigmoid", candidates=4, **kw)
+    return RARLAgent(6, 4, glimpse_size=3, embed_dim=8, hidden_dim=8, dropout=0.0, head="linear", locator="map", output="sigmoid", candidates=4, **{"location_prior": "none", **kw})
 
 
 def test_linear_head_scores_equal_the_head_on_region_means():
@@ -209,3 +209,10 @@ def test_map_locator_reads_the_out_of_fold_head_in_training():
     test = rollout(agent, feats, labels, glimpse_size=3, sample=False, num_steps=1).centers[0, 0]
     train = rollout(agent, feats, labels, glimpse_size=3, sample=False, num_steps=1, folds=torch.tensor([1])).centers[0, 0]
     assert test.tolist() == pytest.approx([-0.75, -0.75]) and train.tolist() == pytest.approx([0.75, 0.75])
+
+
+def test_map_locator_with_the_grid_prior_starts_as_the_grid():
+    agent = RARLAgent(6, 4, glimpse_size=3, embed_dim=8, hidden_dim=8, head="linear", locator="map", output="sigmoid", candidates=7).eval()
+    out = rollout(agent, torch.randn(2, 6, 8, 8), torch.tensor([[1, 0, 0, 1]] * 2), glimpse_size=3, sample=False, centers="learned")
+    nearest = [[0.0, 0.0], [-4 / 7, -4 / 7], [4 / 7, -4 / 7], [-4 / 7, 4 / 7], [4 / 7, 4 / 7]]  # the 7 x 7 candidates nearest the grid
+    assert torch.allclose(out.centers[0], torch.tensor(nearest), atol=1e-6)

@@ -57,7 +57,8 @@ class RARLAgent(nn.Module):
         location_prior: ``"grid"`` adds the localization output to the t-th centre of
             :data:`rarl_gym.glimpse.FIXED_GRID` (so an untrained agent looks like the fixed grid
             and REINFORCE learns where to deviate from it); ``"none"`` is the paper's absolute
-            centre. Only for ``locator="linear"``.
+            centre. With ``locator="map"``, ``"grid"`` adds a learned pull towards the t-th grid
+            centre to the candidates' logits (:meth:`candidate_logits`).
         head: ``"lstm"`` (the paper): region scores from the LSTM state (or the embedding,
             ``recurrent_classifier=False``); ``"linear"``: a linear classifier on the region's
             mean over its ``s x s`` cells of the full C channels. A linear head commutes with
@@ -163,6 +164,8 @@ class RARLAgent(nn.Module):
             self.loc_belief = nn.Parameter(torch.zeros(num_classes))
             self.loc_state = nn.Linear(hidden_dim, num_classes)
             self.loc_pos = nn.Parameter(torch.zeros(5))
+            # location_prior="grid": a learned pull towards the t-th fixed-grid centre (starts as the grid)
+            self.loc_prior = nn.Parameter(torch.ones(1)) if location_prior == "grid" else None
             nn.init.zeros_(self.loc_state.weight)
             nn.init.zeros_(self.loc_state.bias)
 
@@ -225,7 +228,7 @@ class RARLAgent(nn.Module):
         """Label probabilities ``[B, L]`` of fused scores, as the agent was trained (softmax or sigmoid)."""
         return torch.sigmoid(fused) if self.output == "sigmoid" else torch.softmax(fused, dim=-1)
 
-    def candidate_logits(self, gains: torch.Tensor, fused: torch.Tensor, h_t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def candidate_logits(self, gains: torch.Tensor, fused: torch.Tensor, h_t: torch.Tensor, positions: torch.Tensor, t: int = 0) -> torch.Tensor:
         """The map locator's attention over candidate centres.
 
         Args:
@@ -234,6 +237,9 @@ class RARLAgent(nn.Module):
             fused: ``[B, L]`` fused logits so far (detached); ``p_l = sigmoid(fused_l)``.
             h_t: ``[B, H]`` the LSTM state.
             positions: ``[J, 2]`` the candidate centres.
+            t: the step (with ``location_prior="grid"``, a learned pull ``-w ||c_j - g_t||^2 / (2 * 0.15^2)``
+                towards the t-th centre of the fixed grid is added: the untrained locator looks
+                like the grid, and REINFORCE learns where the gains are worth leaving it).
 
         Returns:
             ``[B, J]`` logits of the categorical choice of a candidate.
@@ -242,7 +248,11 @@ class RARLAgent(nn.Module):
         weight = self.loc_gain + self.loc_belief * p + self.loc_state(h_t)  # [B, L]
         x, y = positions.unbind(-1)
         pos = torch.stack([x, y, x * x, y * y, x * y], dim=-1) @ self.loc_pos  # [J]
-        return torch.einsum("bjl,bl->bj", gains, weight) + pos
+        logits = torch.einsum("bjl,bl->bj", gains, weight) + pos
+        if self.loc_prior is not None:
+            grid = positions.new_tensor(FIXED_GRID[t % len(FIXED_GRID)])
+            logits = logits - self.loc_prior * ((positions - grid) ** 2).sum(-1) / (2 * 0.15**2)
+        return logits
 
     def project(self, feature_maps: torch.Tensor) -> torch.Tensor:
         """The embedding's 1 x 1 projection applied to whole maps ``[B, C, H, W] -> [B, P, H, W]``.

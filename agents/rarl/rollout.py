@@ -133,7 +133,7 @@ def rollout(
                 seen_scores.append(now)
             seen = fuse(torch.stack(seen_scores, 1), dims=(1, 2)) if seen_scores else now.amax(1)  # step 0 stands in until something is fused
             belief = seen + context[torch.arange(b, device=device), head].detach() if agent.context else seen  # the fused logits so far
-            logits = agent.candidate_logits(gains_of(seen), belief, out.state[0], positions)  # [B, J]
+            logits = agent.candidate_logits(gains_of(seen), belief, out.state[0], positions, t)  # [B, J]
             loc, log_prob = _mixture_step(logits, positions, agent.sigma, sample, generator)
         elif centers == "learned":
             mean = agent.center_mean(out.loc_mean, t)

@@ -356,7 +356,12 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def agent_from_checkpoint(ckpt: dict) -> RARLAgent:
     agent = RARLAgent(**ckpt["agent_config"])
-    agent.load_state_dict(ckpt["model"])
+    result = agent.load_state_dict(ckpt["model"], strict=False)
+    if result.unexpected_keys or set(result.missing_keys) - {"loc_prior"}:
+        agent.load_state_dict(ckpt["model"])  # raises with the full list
+    if "loc_prior" in result.missing_keys:  # a map locator saved before the grid prior existed had none
+        with torch.no_grad():
+            agent.loc_prior.zero_()
     return agent.eval()
 
 
