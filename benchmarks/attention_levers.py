@@ -37,9 +37,11 @@ LEVERS: dict[str, dict] = {
     "B": {**_NEW, "context": True, "head_init": "mil", "explore": 0.25, "embed_dim": 128, "hidden_dim": 128, "locator_lr": 0.01, "head_lr": None, "epochs": 4},
     # C: B with the warm-started classifier frozen and a faster, longer-trained locator
     "C": {**_NEW, "context": True, "head_init": "mil", "explore": 0.25, "embed_dim": 128, "hidden_dim": 128, "locator_lr": 0.05, "head_lr": 0.0, "epochs": 10},
-    # F: the default with a 5x slower locator (it stays nearer the grid it starts from)
+    # E: the default before F (locator_lr 0.05)
+    "E": {"locator_lr": 0.05},
+    # F: E with a 5x slower locator (it stays nearer the grid it starts from) = the default
     "F": {"locator_lr": 0.01},
-    # FT: C on the cached stride-16 map, Lite0's last stages fine-tuned end to end (env kwarg backbone=efficientnet_lite0_s16)
+    # FT: E on the cached stride-16 map, Lite0's last stages fine-tuned end to end (env kwarg backbone=efficientnet_lite0_s16)
     "FT": {**_NEW, "context": True, "head_init": "mil", "explore": 0.25, "embed_dim": 128, "hidden_dim": 128, "locator_lr": 0.05, "head_lr": 0.0,
            "finetune": True, "finetune_lr": 1e-4, "epochs": 4},
     "default": {},

@@ -77,7 +77,7 @@ class TrainConfig:
     samples: int = 4  # episodes per image and batch; > 1: leave-one-out baseline
     fuse_whole_image: bool = False  # the whole image's scores (step 0) join the category-wise max
     context: bool = True  # a whole-image linear head whose logits are added to the regions' max (RARLAgent)
-    locator_lr: float | None = 0.05  # Adam learning rate of the localization parameters (default: lr)
+    locator_lr: float | None = 0.01  # Adam learning rate of the localization parameters (default: lr)
     head_lr: float | None = 0.0  # Adam learning rate of the linear and context heads (default: lr; 0 freezes a warm start)
     head_init: str = "mil"  # "mil": warm-start the linear head by multiple-instance fits (see init_linear_head)
     finetune: bool = False  # train the cached backbone's tail end to end (backbone efficientnet_lite0_s16)
