@@ -59,7 +59,7 @@ def write_limit(shape: tuple[int, ...], calls: int) -> float:
 def main(args: argparse.Namespace) -> None:
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from envs import to_sb3
+    from agents.sb3.vec_env import to_sb3
 
     if args.threads:
         torch.set_num_threads(args.threads)

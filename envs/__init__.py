@@ -1,6 +1,6 @@
 """Gymnasium environments of rarl-gym (registered by ``import rarl_gym``)."""
 
 from envs.glimpse_env import GlimpseEnv
-from envs.vector_env import GlimpseVectorEnv, SB3VecEnvAdapter, to_sb3
+from envs.vector_env import GlimpseVectorEnv
 
-__all__ = ["GlimpseEnv", "GlimpseVectorEnv", "SB3VecEnvAdapter", "to_sb3"]
+__all__ = ["GlimpseEnv", "GlimpseVectorEnv"]

@@ -6,7 +6,8 @@ import pytest
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs import GlimpseEnv, GlimpseVectorEnv, SB3VecEnvAdapter, to_sb3
+from agents.sb3.vec_env import SB3VecEnvAdapter, to_sb3
+from envs import GlimpseEnv, GlimpseVectorEnv
 from rarl_gym.errors import ActionError, ConfigError
 
 
@@ -228,3 +229,19 @@ def test_async_vectorisation_equals_sync(small_kwargs):
             sync.close()
     finally:
         torch.set_num_threads(1)
+
+
+def test_making_and_stepping_an_env_imports_no_agent_code():
+    """Imports point one way: an env never imports Stable-Baselines3 or anything under agents."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gymnasium as gym, rarl_gym\n"
+        "env = gym.make('RARL-Shapes-v0', backbone='tiny', input_size=64, dataset_kwargs={'num_images': 4, 'image_size': 64}, progress=False, mode='joint')\n"
+        "env.reset(seed=0); env.step(env.action_space.sample())\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('stable_baselines3', 'sb3_contrib', 'agents')]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -66,7 +66,7 @@ def make_vec(env_id: str, env_kwargs: dict, n_envs: int, seed: int, progress: bo
     """
     kwargs = {**{k: v for k, v in env_kwargs.items() if k != "progress"}, "progress": progress}
     try:
-        from envs.vector_env import to_sb3
+        from agents.sb3.vec_env import to_sb3
 
         venv = gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
     except (gym.error.Error, ImportError):
