@@ -106,10 +106,15 @@ def _run_file(path: Path) -> tuple[str, Path]:
         for name, kind in kinds.items():
             if (path / name).exists():
                 return kind, path / name
-        raise CheckpointError(f"{path} holds no trained run (no {', '.join(kinds)})", "pass a run folder written by scripts/train_agent.py")
+        raise CheckpointError(
+            f"{path} holds no trained run (no {', '.join(kinds)})", "pass a run folder written by scripts/train_agent.py"
+        )
     if not path.exists():
-        raise CheckpointError(f"no run at {path}", "pass a run folder written by scripts/train_agent.py (make demo writes runs/rarl-shapes), "
-                              "or its checkpoint.pt / model.zip / cem.npz")
+        raise CheckpointError(
+            f"no run at {path}",
+            "pass a run folder written by scripts/train_agent.py (make demo writes runs/rarl-shapes), "
+            "or its checkpoint.pt / model.zip / cem.npz",
+        )
     return kinds.get(path.name, "rarl"), path
 
 
@@ -122,33 +127,53 @@ def _run_classes(settings: EnvSettings, num_classes: int) -> tuple[str, ...]:
     else:
         try:
             names = settings.source.make_dataset(settings.source.eval_split).classes
-        except Exception:  # noqa: BLE001 - the dataset is not here: numbered classes
+        except Exception:  # the dataset is not here: numbered classes
             names = tuple(f"class_{i}" for i in range(num_classes))
     names = tuple(names)
     if len(names) != num_classes:
-        raise CheckpointError(f"the run predicts {num_classes} classes but its dataset {settings.dataset!r} has {len(names)}", "pass a run trained by this version of rarl-gym")
+        raise CheckpointError(
+            f"the run predicts {num_classes} classes but its dataset {settings.dataset!r} has {len(names)}",
+            "pass a run trained by this version of rarl-gym",
+        )
     return names
 
 
 class Predictor:
     """A trained run, ready to label new images. Build it with :meth:`from_run`."""
 
-    def __init__(self, kind: str, settings: EnvSettings, policy, *, crop: float = 0.875, device: str | torch.device = "auto",
-                 backbone: str | None = None, input_size: int | None = None, run: str = ""):
+    def __init__(
+        self,
+        kind: str,
+        settings: EnvSettings,
+        policy,
+        *,
+        crop: float = 0.875,
+        device: str | torch.device = "auto",
+        backbone: str | None = None,
+        input_size: int | None = None,
+        run: str = "",
+    ):
         self.kind, self.settings, self.policy, self.crop, self.run = kind, settings, policy, crop, run
         self.device = pick_device(str(device))
         self.input_size = settings.source.size
         if backbone is not None and backbone != settings.backbone:
-            raise ConfigError(f"the run {run} was trained on {settings.backbone!r} features, not {backbone!r}",
-                              f"predict with backbone={settings.backbone!r} (the default), or train a run on {backbone!r}")
+            raise ConfigError(
+                f"the run {run} was trained on {settings.backbone!r} features, not {backbone!r}",
+                f"predict with backbone={settings.backbone!r} (the default), or train a run on {backbone!r}",
+            )
         if input_size is not None and int(input_size) != self.input_size:
-            raise ConfigError(f"the run {run} was trained on features of {self.input_size} px images, not {input_size}",
-                              "leave the input size to the run (the default)")
+            raise ConfigError(
+                f"the run {run} was trained on features of {self.input_size} px images, not {input_size}",
+                "leave the input size to the run (the default)",
+            )
         self.backbone: Backbone = build_backbone(settings.backbone, pretrained=settings.pretrained, device=self.device)
         channels = self._channels()
         if channels is not None and channels != self.backbone.channels:
-            raise CheckpointError(f"the run {run} reads {channels}-channel features but the backbone {settings.backbone!r} gives {self.backbone.channels}",
-                                  "predict with the backbone the run was trained with")
+            raise CheckpointError(
+                f"the run {run} reads {channels}-channel features but the "
+                f"backbone {settings.backbone!r} gives {self.backbone.channels}",
+                "predict with the backbone the run was trained with",
+            )
         self._check_cache_weights()
         self.num_classes = self._num_classes()
         self.classes = _run_classes(settings, self.num_classes)
@@ -156,8 +181,15 @@ class Predictor:
 
     # -- loading ----------------------------------------------------------------------------------
     @classmethod
-    def from_run(cls, run: str | Path, *, device: str | torch.device = "auto", backbone: str | None = None,
-                 input_size: int | None = None, data_root: str | None = None) -> Predictor:
+    def from_run(
+        cls,
+        run: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        backbone: str | None = None,
+        input_size: int | None = None,
+        data_root: str | None = None,
+    ) -> Predictor:
         """Load a run: its folder, or its ``checkpoint.pt`` (RARL), ``model.zip`` (SB3) or ``cem.npz`` (CEM).
 
         ``backbone`` / ``input_size`` are checked against the run's (a different one is a
@@ -170,7 +202,10 @@ class Predictor:
 
             ckpt = load_checkpoint(path)
             if "settings" not in ckpt or "agent_config" not in ckpt:
-                raise CheckpointError(f"{path} has no settings: it was not written by scripts/train_agent.py", "pass a run written by train_agent.py")
+                raise CheckpointError(
+                    f"{path} has no settings: it was not written by scripts/train_agent.py",
+                    "pass a run written by train_agent.py",
+                )
             settings = EnvSettings.from_kwargs(**ckpt["settings"])
             policy = agent_from_checkpoint(ckpt)
             crop = ckpt.get("config", {}).get("augment_crop", 0.875)
@@ -183,7 +218,9 @@ class Predictor:
                 from agents.custom.cem import load_cem
 
                 policy, config = load_cem(path)
-            settings = EnvSettings.from_env_id(config["env_id"], {k: v for k, v in config["env_kwargs"].items() if k != "progress"})
+            settings = EnvSettings.from_env_id(
+                config["env_id"], {k: v for k, v in config["env_kwargs"].items() if k != "progress"}
+            )
             crop = 0.875
         if data_root is not None:
             settings = settings.replace(root=data_root)
@@ -216,19 +253,23 @@ class Predictor:
 
         try:
             dataset = self.settings.source.make_dataset(self.settings.source.train_split)
-            path = entry_path(cache_key(dataset, self.settings.backbone, self.settings.pretrained, self.input_size), self.settings.cache_dir)
+            path = entry_path(
+                cache_key(dataset, self.settings.backbone, self.settings.pretrained, self.input_size), self.settings.cache_dir
+            )
             import json
 
             meta = json.loads((path / "meta.json").read_text())
-        except Exception:  # noqa: BLE001 - no dataset or no cache here: nothing to compare with
+        except Exception:  # no dataset or no cache here: nothing to compare with
             return
         mine = {"weights": self.backbone.weights, "stride": self.backbone.stride, "channels": self.backbone.channels}
         theirs = {"weights": meta.get("weights"), "stride": meta.get("stride"), "channels": meta.get("shape", [None, None])[1]}
         diff = {k: (theirs[k], mine[k]) for k in mine if theirs[k] is not None and theirs[k] != mine[k]}
         if diff:
             lines = "; ".join(f"{k}: run's features {a!r} vs here {b!r}" for k, (a, b) in diff.items())
-            raise CheckpointError(f"the backbone built here is not the one the run {self.run} was trained on ({lines})",
-                                  "install the same backbone weights (or retrain on these)")
+            raise CheckpointError(
+                f"the backbone built here is not the one the run {self.run} was trained on ({lines})",
+                "install the same backbone weights (or retrain on these)",
+            )
 
     # -- the two halves ---------------------------------------------------------------------------
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -236,7 +277,9 @@ class Predictor:
         return forward(self.backbone, pixels, self.device)
 
     @torch.no_grad()
-    def predict_maps(self, maps: torch.Tensor, sizes: Sequence[tuple[int, int]], *, views: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def predict_maps(
+        self, maps: torch.Tensor, sizes: Sequence[tuple[int, int]], *, views: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The agent's part: probabilities ``[B, L]`` and pixel boxes ``[B, V, T, K, 4]`` of feature
         maps ``[B, C, H, W]`` of pictures of ``sizes`` ``[(w, h)]``."""
         if views not in (1, 10):
@@ -266,11 +309,22 @@ class Predictor:
             view = (v.repeat(b, 1), f.repeat(b))
             feats = feats.repeat_interleave(10, 0)
         generator = torch.Generator(device=self.device).manual_seed(0)
-        out = rollout(agent, feats, labels, **self.settings.rollout_kwargs(), centers="learned", sample=False, generator=generator, view=view)
+        out = rollout(
+            agent,
+            feats,
+            labels,
+            **self.settings.rollout_kwargs(),
+            centers="learned",
+            sample=False,
+            generator=generator,
+            view=view,
+        )
         p = agent.probabilities(out.fused) if hasattr(agent, "probabilities") else scores_to_probs(out.fused)
         probs = p.reshape(b, views, -1).mean(1).cpu().numpy()
         t = out.centers.shape[1]
-        boxes = anchor_boxes(out.centers.reshape(-1, 2), self.settings.scales, self.settings.ratios).reshape(b * views, t, -1, 4)
+        boxes = anchor_boxes(out.centers.reshape(-1, 2), self.settings.scales, self.settings.ratios).reshape(
+            b * views, t, -1, 4
+        )
         if view is not None:  # view coordinates -> image coordinates
             k = boxes.shape[2]
             boxes = view_to_image(boxes.reshape(b * views, t * k, 4), view[0], view[1]).reshape(b * views, t, k, 4)
@@ -281,7 +335,9 @@ class Predictor:
         from envs.core import GlimpseEpisodes
 
         if self._episodes is None:  # the env's episode logic and region scorer, as on the evaluation split
-            self._episodes = GlimpseEpisodes.from_settings(self.settings.replace(split=self.settings.source.eval_split), progress=False)
+            self._episodes = GlimpseEpisodes.from_settings(
+                self.settings.replace(split=self.settings.source.eval_split), progress=False
+            )
         episodes = self._episodes
         b = maps.shape[0]
         glimpses = episodes.reset(maps, torch.zeros(b, self.num_classes, dtype=torch.int8))
@@ -302,8 +358,9 @@ class Predictor:
         order = np.argsort(-probs, kind="stable")[: (top_k or len(probs))]
         return [self.classes[j] for j in order if threshold is None or probs[j] >= threshold]
 
-    def predict(self, images, *, views: int = 1, threshold: float | None = THRESHOLD, top_k: int | None = TOP_K,
-                batch_size: int = 16) -> list[Prediction]:
+    def predict(
+        self, images, *, views: int = 1, threshold: float | None = THRESHOLD, top_k: int | None = TOP_K, batch_size: int = 16
+    ) -> list[Prediction]:
         """Predictions for ``images``: paths, PIL images, or an RGB tensor ``[B, 3, H, W]`` (uint8 or
         float in ``[0, 1]``). A bad file raises :class:`~rarl_gym.errors.CorruptFileError`.
 
@@ -324,11 +381,21 @@ class Predictor:
 
     def _predictions(self, pixels, sizes, names, views, threshold, top_k) -> list[Prediction]:
         probs, boxes = self.predict_maps(self.features(pixels), sizes, views=views)
-        return [Prediction(name, tuple(size), self.classes, p, self._labels(p, threshold, top_k), bx)
-                for name, size, p, bx in zip(names, sizes, probs, boxes)]
+        return [
+            Prediction(name, tuple(size), self.classes, p, self._labels(p, threshold, top_k), bx)
+            for name, size, p, bx in zip(names, sizes, probs, boxes)
+        ]
 
-    def predict_files(self, paths: Sequence[str | Path], *, views: int = 1, threshold: float | None = THRESHOLD,
-                      top_k: int | None = TOP_K, batch_size: int = 16, workers: int | None = None) -> Iterator[Prediction | CorruptFileError]:
+    def predict_files(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        views: int = 1,
+        threshold: float | None = THRESHOLD,
+        top_k: int | None = TOP_K,
+        batch_size: int = 16,
+        workers: int | None = None,
+    ) -> Iterator[Prediction | CorruptFileError]:
         """Like :meth:`predict` for many files, in order, with loader workers decoding ahead; a file
         that cannot be read yields its :class:`CorruptFileError` instead of a prediction (the
         others go on)."""
@@ -340,14 +407,24 @@ class Predictor:
             good = [item for item in items if item[2] is not None]
             results: dict[int, Prediction | CorruptFileError] = {}
             if good:
-                preds = self._predictions(stack_pixels(good, self.device), [size for _, _, size in good], [paths[i] for i, _, _ in good],
-                                          views, threshold, top_k)
+                preds = self._predictions(
+                    stack_pixels(good, self.device),
+                    [size for _, _, size in good],
+                    [paths[i] for i, _, _ in good],
+                    views,
+                    threshold,
+                    top_k,
+                )
                 results.update({i: p for (i, _, _), p in zip(good, preds)})
             for i, err, size in items:
                 if size is None:
                     if not isinstance(err, Exception):
                         raise err  # KeyboardInterrupt and the like
-                    results[i] = err if isinstance(err, CorruptFileError) else CorruptFileError(f"{paths[i]}: {err}", "skip or replace the file")
+                    results[i] = (
+                        err
+                        if isinstance(err, CorruptFileError)
+                        else CorruptFileError(f"{paths[i]}: {err}", "skip or replace the file")
+                    )
             for i, _, _ in items:
                 yield results[i]
 

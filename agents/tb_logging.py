@@ -32,7 +32,9 @@ def fixed_indices(n: int, count: int = FIGURE_IMAGES) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, min(count, n)).round()})
 
 
-def figure2_pictures(dataset, classes: Sequence[str], indices: Sequence[int], boxes: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+def figure2_pictures(
+    dataset, classes: Sequence[str], indices: Sequence[int], boxes: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> list[np.ndarray]:
     """Figure 2 pictures ``[H, W, 3]`` uint8 of the images ``indices`` of ``dataset``.
 
     ``boxes [B, T, K, 4]`` in image coordinates ``[-1, 1]``; ``probs [B, L]``; ``labels [B, L]``
@@ -144,7 +146,9 @@ def env_agent_episodes(policy, env_id: str, env_kwargs: dict, split: str, indice
         while True:
             actions, state = policy.predict(obs, state=state, episode_start=first, deterministic=True)
             first[:] = False
-            obs, _, terminated, truncated, infos = venv.step(np.clip(np.asarray(actions, np.float32).reshape(len(indices), -1), -1.0, 1.0))
+            obs, _, terminated, truncated, infos = venv.step(
+                np.clip(np.asarray(actions, np.float32).reshape(len(indices), -1), -1.0, 1.0)
+            )
             if terminated.all() or truncated.all():
                 break
         info = {k: np.asarray(infos["final_info"][k]) for k in ("boxes", "scores", "labels")}
@@ -172,7 +176,9 @@ def env_agent_final(writer, policy, config: dict, results: dict, step: int) -> N
     """PR curves of the final evaluation (the policy's centres) and the run's hyperparameters."""
     from agents.sb3.common import evaluate_policy_on_split
 
-    pred = evaluate_policy_on_split(policy, config["env_id"], config["env_kwargs"], results["split"], seed=config.get("seed", 0))
+    pred = evaluate_policy_on_split(
+        policy, config["env_id"], config["env_kwargs"], results["split"], seed=config.get("seed", 0)
+    )
     log_pr_curves(writer, pred.probs, pred.labels, pred.classes, step)
     env_agent_figure2(writer, policy, config["env_id"], config["env_kwargs"], step)
     log_hparams(writer, {k: v for k, v in config.items() if k != "settings"}, results)
@@ -194,7 +200,9 @@ class Figure2Callback:
             def _on_step(self) -> bool:
                 if self.num_timesteps >= self.next:
                     self.next = self.num_timesteps + every
-                    writer = next((f.writer for f in self.logger.output_formats if isinstance(f, TensorBoardOutputFormat)), None)
+                    writer = next(
+                        (f.writer for f in self.logger.output_formats if isinstance(f, TensorBoardOutputFormat)), None
+                    )
                     if writer is not None:
                         env_agent_figure2(writer, self.model, env_id, env_kwargs, self.num_timesteps)
                 return True

@@ -29,21 +29,78 @@ _NEW = {"head": "linear", "folds": 2, "locator": "map", "output": "sigmoid", "re
 #: name -> TrainConfig overrides (over TrainConfig's own defaults).
 LEVERS: dict[str, dict] = {
     "paper": {"__paper__": True, "epochs": 15},
-    "old-default": {"head": "lstm", "locator": "linear", "output": "softmax", "reward": "topk", "samples": 1, "folds": 0, "context": False,
-                    "head_init": "random", "explore": 0.5, "location_prior": "grid", "locator_lr": None, "head_lr": None, "embed_dim": 256, "hidden_dim": 256, "epochs": 15},
+    "old-default": {
+        "head": "lstm",
+        "locator": "linear",
+        "output": "softmax",
+        "reward": "topk",
+        "samples": 1,
+        "folds": 0,
+        "context": False,
+        "head_init": "random",
+        "explore": 0.5,
+        "location_prior": "grid",
+        "locator_lr": None,
+        "head_lr": None,
+        "embed_dim": 256,
+        "hidden_dim": 256,
+        "epochs": 15,
+    },
     # A: linear head + whole image in the max, map locator, cross-fitted likelihood reward, M = 4, trained from scratch
-    "A": {**_NEW, "fuse_whole_image": True, "context": False, "head_init": "random", "locator_lr": 0.01, "head_lr": None, "explore": 0.5, "embed_dim": 256, "hidden_dim": 256, "epochs": 6},
+    "A": {
+        **_NEW,
+        "fuse_whole_image": True,
+        "context": False,
+        "head_init": "random",
+        "locator_lr": 0.01,
+        "head_lr": None,
+        "explore": 0.5,
+        "embed_dim": 256,
+        "hidden_dim": 256,
+        "epochs": 6,
+    },
     # B: + context head (whole image added to the regions' max), MIL warm start, smaller LSTM
-    "B": {**_NEW, "context": True, "head_init": "mil", "explore": 0.25, "embed_dim": 128, "hidden_dim": 128, "locator_lr": 0.01, "head_lr": None, "epochs": 4},
+    "B": {
+        **_NEW,
+        "context": True,
+        "head_init": "mil",
+        "explore": 0.25,
+        "embed_dim": 128,
+        "hidden_dim": 128,
+        "locator_lr": 0.01,
+        "head_lr": None,
+        "epochs": 4,
+    },
     # C: B with the warm-started classifier frozen and a faster, longer-trained locator
-    "C": {**_NEW, "context": True, "head_init": "mil", "explore": 0.25, "embed_dim": 128, "hidden_dim": 128, "locator_lr": 0.05, "head_lr": 0.0, "epochs": 10},
+    "C": {
+        **_NEW,
+        "context": True,
+        "head_init": "mil",
+        "explore": 0.25,
+        "embed_dim": 128,
+        "hidden_dim": 128,
+        "locator_lr": 0.05,
+        "head_lr": 0.0,
+        "epochs": 10,
+    },
     # E: the default before F (locator_lr 0.05)
     "E": {"locator_lr": 0.05},
     # F: E with a 5x slower locator (it stays nearer the grid it starts from) = the default
     "F": {"locator_lr": 0.01},
     # FT: E on the cached stride-16 map, Lite0's last stages fine-tuned end to end (env kwarg backbone=efficientnet_lite0_s16)
-    "FT": {**_NEW, "context": True, "head_init": "mil", "explore": 0.25, "embed_dim": 128, "hidden_dim": 128, "locator_lr": 0.05, "head_lr": 0.0,
-           "finetune": True, "finetune_lr": 1e-4, "epochs": 4},
+    "FT": {
+        **_NEW,
+        "context": True,
+        "head_init": "mil",
+        "explore": 0.25,
+        "embed_dim": 128,
+        "hidden_dim": 128,
+        "locator_lr": 0.05,
+        "head_lr": 0.0,
+        "finetune": True,
+        "finetune_lr": 1e-4,
+        "epochs": 4,
+    },
     "default": {},
 }
 
@@ -73,10 +130,28 @@ def main(argv=None) -> int:
             print(f"{name}: finished run in {run_dir}, reused")
             continue
         start = time.time()
-        config = TrainConfig(env_id=args.env, env_kwargs=env_kwargs, run_dir=str(run_dir), eval_split=args.eval_split, eval_views=args.eval_views, progress=False, **changes)
+        config = TrainConfig(
+            env_id=args.env,
+            env_kwargs=env_kwargs,
+            run_dir=str(run_dir),
+            eval_split=args.eval_split,
+            eval_views=args.eval_views,
+            progress=False,
+            **changes,
+        )
         results = train(config, resume=(run_dir / "checkpoint.pt").exists())
-        rows = {k: {m: round(100 * (v.get(m) or 0), 2) for m in ("mAP_area", "mAP_voc07", "CF1", "OF1", "reward")} for k, v in results["policies"].items()}
-        line = {"name": name, "env": args.env, "changes": changes, "rows": rows, "train_seconds": results["train_seconds"], "wall_seconds": round(time.time() - start, 1)}
+        rows = {
+            k: {m: round(100 * (v.get(m) or 0), 2) for m in ("mAP_area", "mAP_voc07", "CF1", "OF1", "reward")}
+            for k, v in results["policies"].items()
+        }
+        line = {
+            "name": name,
+            "env": args.env,
+            "changes": changes,
+            "rows": rows,
+            "train_seconds": results["train_seconds"],
+            "wall_seconds": round(time.time() - start, 1),
+        }
         with open(out / "levers.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         print(json.dumps(line))

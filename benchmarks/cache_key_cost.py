@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rarl_gym.data.voc import _file_stats  # noqa: E402
+from rarl_gym.data.voc import _file_stats
 
 
 def main(argv=None) -> int:
@@ -57,8 +57,10 @@ def main(argv=None) -> int:
         rate = args.hash_mb / 1024 / sha1_s
         print(f"created {args.files} files in {made:.1f} s under {root}")
         print(f"size + mtime key (one stat per file): best {min(times):.3f} s, runs {', '.join(f'{t:.3f}' for t in times)}")
-        print(f"SHA-1 in memory: {rate:.2f} GB/s -> {args.split_gb / rate:.1f} s for {args.split_gb} GB of JPEGs, "
-              f"plus reading them (at 200 MB/s from disk: {args.split_gb * 1024 / 200:.0f} s)")
+        print(
+            f"SHA-1 in memory: {rate:.2f} GB/s -> {args.split_gb / rate:.1f} s for {args.split_gb} GB of JPEGs, "
+            f"plus reading them (at 200 MB/s from disk: {args.split_gb * 1024 / 200:.0f} s)"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

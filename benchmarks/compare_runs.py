@@ -22,7 +22,11 @@ def row(run: Path) -> str:
     steps = m.get("num_timesteps", "-")
     secs = m.get("train_seconds")
     mins = f"{secs / 60:.1f}" if secs is not None else "-"
-    return f"| {m.get('algo', run.name)} | " + " | ".join(cells) + f" | {100 * p['learned'].get('reward', 0):.1f} | {steps} | {mins} |"
+    return (
+        f"| {m.get('algo', run.name)} | "
+        + " | ".join(cells)
+        + f" | {100 * p['learned'].get('reward', 0):.1f} | {steps} | {mins} |"
+    )
 
 
 def main(argv=None) -> int:

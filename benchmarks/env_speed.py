@@ -12,7 +12,8 @@ buffer, timed, divided by the bytes of one observation. ``% limit`` = env steps/
 Examples:
     python benchmarks/env_speed.py
     python benchmarks/env_speed.py --env RARL-VOC07-v0 --env-kwargs '{"glimpse_size": 3}' --steps 300
-    python benchmarks/env_speed.py --env-kwargs '{"backbone": "tiny", "input_size": 64, "dataset_kwargs": {"num_images": 40, "image_size": 64}}'
+    python benchmarks/env_speed.py \
+        --env-kwargs '{"backbone": "tiny", "input_size": 64, "dataset_kwargs": {"num_images": 40, "image_size": 64}}'
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import gymnasium as gym
+import numpy as np
+import torch
 
-import rarl_gym  # noqa: E402,F401  (registers the ids)
-from rarl_gym.cli import env_overrides, run_cli  # noqa: E402
+import rarl_gym  # noqa: F401  (registers the ids)
+from rarl_gym.cli import env_overrides, run_cli
 
 
 def timed(step: Callable[[], object], calls: int, warmup: int = 12) -> float:
@@ -71,7 +72,9 @@ def main(args: argparse.Namespace) -> None:
     space = single.observation_space["glimpses"]
     obs_bytes = int(np.prod(space.shape)) * 4 + 8  # glimpses float32 + step int64
 
-    def run_single(env=single, a=rng.uniform(-1, 1, single.action_space.shape).astype(np.float32)) -> None:
+    single_action = rng.uniform(-1, 1, single.action_space.shape).astype(np.float32)
+
+    def run_single(env=single, a=single_action) -> None:
         if env.step(a)[2]:
             env.reset()
 
@@ -89,16 +92,21 @@ def main(args: argparse.Namespace) -> None:
         venv = gym.make_vec(args.env, num_envs=b, vectorization_mode="vector_entry_point", copy=copy, **kwargs)
         venv.reset(seed=0)
         acts = rng.uniform(-1, 1, venv.action_space.shape).astype(np.float32)
-        rate = b / timed(lambda: venv.step(acts), args.steps)
+        rate = b / timed(lambda venv=venv, acts=acts: venv.step(acts), args.steps)
         limit = write_limit((b, *space.shape), args.steps) / obs_bytes
         rows.append((f"GlimpseVectorEnv(B={b}, copy={copy})", b, rate, limit))
         if b == 16 and not copy:
             sb3 = to_sb3(venv)
             sb3.reset()
-            rows.append((f"SB3VecEnvAdapter(B={b})", b, b / timed(lambda: sb3.step(acts), args.steps), limit))
+            rows.append(
+                (f"SB3VecEnvAdapter(B={b})", b, b / timed(lambda sb3=sb3, acts=acts: sb3.step(acts), args.steps), limit)
+            )
         venv.close()
 
-    print(f"\n{args.env} {kwargs}: one observation = {space.shape} float32 = {obs_bytes} B; torch threads = {torch.get_num_threads()}\n")
+    print(
+        f"\n{args.env} {kwargs}: one observation = {space.shape} float32 "
+        f"= {obs_bytes} B; torch threads = {torch.get_num_threads()}\n"
+    )
     print("| env | B | env steps/s | µs / env step | obs MB/s | write limit (steps/s) | % limit |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, b, rate, limit in rows:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rarl_gym.cli import run_cli  # noqa: E402
+from rarl_gym.cli import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,8 +91,20 @@ def run(args: argparse.Namespace) -> dict:
     dataset = first_n(full, n)
     size, bs = source.size, args.batch_size
     cache = Path(args.cache_dir or tempfile.mkdtemp(prefix="rarl-extract-bench-"))
-    results = {"dataset": args.dataset, "split": split, "images": n, "input_size": size, "batch_size": bs, "threads": torch.get_num_threads(), "rows": {}}
-    print(f"{args.dataset}/{split}: first {n} images at {size} px, {args.backbone}, batch {bs}, {torch.get_num_threads()} threads; cache {cache}", flush=True)
+    results = {
+        "dataset": args.dataset,
+        "split": split,
+        "images": n,
+        "input_size": size,
+        "batch_size": bs,
+        "threads": torch.get_num_threads(),
+        "rows": {},
+    }
+    print(
+        f"{args.dataset}/{split}: first {n} images at {size} px, {args.backbone}, "
+        f"batch {bs}, {torch.get_num_threads()} threads; cache {cache}",
+        flush=True,
+    )
 
     def report(name: str, seconds: float) -> None:
         results["rows"][name] = {"seconds": round(seconds, 2), "images_per_s": round(n / seconds, 2)}
@@ -100,7 +112,9 @@ def run(args: argparse.Namespace) -> dict:
 
     net = build_backbone(args.backbone)
     start = time.perf_counter()
-    pixels = torch.cat([net.pixels([dataset.load_image(i) for i in range(lo, min(n, lo + bs))], size) for lo in range(0, n, bs)])
+    pixels = torch.cat(
+        [net.pixels([dataset.load_image(i) for i in range(lo, min(n, lo + bs))], size) for lo in range(0, n, bs)]
+    )
     report("decode + resize alone (main process)", time.perf_counter() - start)
     forward(net, pixels[:bs])  # warm-up
     start = time.perf_counter()
@@ -132,13 +146,20 @@ def run(args: argparse.Namespace) -> dict:
 
     for workers in args.workers:
         start = time.perf_counter()
-        extract_features(dataset, args.backbone, size, cache_dir=cache / f"after-{workers}", batch_size=bs, progress=False, workers=workers)
+        extract_features(
+            dataset, args.backbone, size, cache_dir=cache / f"after-{workers}", batch_size=bs, progress=False, workers=workers
+        )
         report(f"after: extract_features, {workers} loader worker(s)", time.perf_counter() - start)
     ceiling = results["rows"]["forward alone, channels-last (the ceiling)"]["images_per_s"]
     best = max(v["images_per_s"] for k, v in results["rows"].items() if k.startswith("after"))
     results["after_best_over_ceiling"] = round(best / ceiling, 3)
-    results["after_best_over_before"] = round(best / results["rows"]["before: NCHW, decode in between, flush per batch"]["images_per_s"], 2)
-    print(f"best 'after' = {100 * best / ceiling:.0f} % of the forward-alone throughput, {results['after_best_over_before']:.2f}x 'before'")
+    results["after_best_over_before"] = round(
+        best / results["rows"]["before: NCHW, decode in between, flush per batch"]["images_per_s"], 2
+    )
+    print(
+        f"best 'after' = {100 * best / ceiling:.0f} % of the forward-alone "
+        f"throughput, {results['after_best_over_before']:.2f}x 'before'"
+    )
     if not args.keep:
         shutil.rmtree(cache, ignore_errors=True)
     if args.out:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rarl_gym.cli import run_cli  # noqa: E402
+from rarl_gym.cli import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--formats", action="store_true", help="also time the forward in NCHW / channels-last, batch 1-32, 1-2 threads")
+    p.add_argument(
+        "--formats", action="store_true", help="also time the forward in NCHW / channels-last, batch 1-32, 1-2 threads"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p.parse_args(argv)
@@ -109,8 +111,11 @@ def benchmark(args: argparse.Namespace) -> dict:
     images = [dataset.load_image(i) for i in range(n)]
     sizes = [im.size for im in images]
     pixels = Backbone.pixels(images, size)
-    print(f"{settings.dataset}/{split}: {n} images, backbone {settings.backbone} at {size} px, batch {bs}, "
-          f"{torch.get_num_threads()} threads, device {device}", flush=True)
+    print(
+        f"{settings.dataset}/{split}: {n} images, backbone {settings.backbone} at {size} px, batch {bs}, "
+        f"{torch.get_num_threads()} threads, device {device}",
+        flush=True,
+    )
     rows: dict[str, dict] = {}
 
     def row(name: str, seconds: float, images_done: int, note: str = "") -> None:
@@ -122,19 +127,47 @@ def benchmark(args: argparse.Namespace) -> dict:
         def run():
             for lo in range(0, n, bs):
                 fn(lo, min(n, lo + bs))
+
         return run
 
-    row("decode + resize (PIL, main process)", timed(lambda: Backbone.pixels([dataset.load_image(i) for i in range(n)], size), args.repeat), n)
-    row("(a) backbone forward", timed(batches(lambda lo, hi: forward(predictor.backbone, pixels[lo:hi], device)), args.repeat, sync), n)
-    row("(a) backbone forward, batch 1", timed(lambda: [forward(predictor.backbone, pixels[i : i + 1], device) for i in range(min(n, 8))], args.repeat, sync), min(n, 8))
+    row(
+        "decode + resize (PIL, main process)",
+        timed(lambda: Backbone.pixels([dataset.load_image(i) for i in range(n)], size), args.repeat),
+        n,
+    )
+    row(
+        "(a) backbone forward",
+        timed(batches(lambda lo, hi: forward(predictor.backbone, pixels[lo:hi], device)), args.repeat, sync),
+        n,
+    )
+    row(
+        "(a) backbone forward, batch 1",
+        timed(lambda: [forward(predictor.backbone, pixels[i : i + 1], device) for i in range(min(n, 8))], args.repeat, sync),
+        min(n, 8),
+    )
     maps = torch.cat([forward(predictor.backbone, pixels[lo : lo + bs], device) for lo in range(0, n, bs)])
     for views in (1, 10):
         label = "single view" if views == 1 else "ten views"
-        row(f"    agent part alone, {label}", timed(batches(lambda lo, hi, v=views: predictor.predict_maps(maps[lo:hi], sizes[lo:hi], views=v)), args.repeat, sync), n,
-            "probabilities + pixel boxes")
-        row(f"({'b' if views == 1 else 'c'}) RARL, {label}",
-            timed(batches(lambda lo, hi, v=views: predictor.predict_maps(predictor.features(pixels[lo:hi]), sizes[lo:hi], views=v)), args.repeat, sync), n,
-            "forward + agent")
+        row(
+            f"    agent part alone, {label}",
+            timed(
+                batches(lambda lo, hi, v=views: predictor.predict_maps(maps[lo:hi], sizes[lo:hi], views=v)), args.repeat, sync
+            ),
+            n,
+            "probabilities + pixel boxes",
+        )
+        row(
+            f"({'b' if views == 1 else 'c'}) RARL, {label}",
+            timed(
+                batches(
+                    lambda lo, hi, v=views: predictor.predict_maps(predictor.features(pixels[lo:hi]), sizes[lo:hi], views=v)
+                ),
+                args.repeat,
+                sync,
+            ),
+            n,
+            "forward + agent",
+        )
 
     # (d) the proposal pipeline
     _, train_store = settings.source.open_split(settings.split, progress=False)
@@ -144,16 +177,39 @@ def benchmark(args: argparse.Namespace) -> dict:
     def proposals(image) -> np.ndarray:
         w, h = image.size
         crops = [image.crop((round(x1 * w), round(y1 * h), round(x2 * w), round(y2 * h))) for x1, y1, x2, y2 in windows]
-        feats = torch.cat([forward(predictor.backbone, Backbone.pixels(crops[lo : lo + bs], size), device) for lo in range(0, len(crops), bs)])
-        store = FeatureStore(path=Path("."), features=feats.numpy(), labels=np.zeros((len(crops), len(predictor.classes)), np.int8), meta={})
+        feats = torch.cat(
+            [
+                forward(predictor.backbone, Backbone.pixels(crops[lo : lo + bs], size), device)
+                for lo in range(0, len(crops), bs)
+            ]
+        )
+        store = FeatureStore(
+            path=Path("."), features=feats.numpy(), labels=np.zeros((len(crops), len(predictor.classes)), np.int8), meta={}
+        )
         return predict_global(scorer, store).max(0)  # category-wise max over the windows
 
     m = min(args.proposal_images, n)
-    row(f"(d) proposals ({len(windows)} windows)", timed(lambda: [proposals(images[i]) for i in range(m)], max(1, args.repeat - 2), sync), m,
-        f"{len(windows)} crops + resizes + forwards, classifier, max")
-    a, b, c, d = (rows[k]["ms_per_image"] for k in ("(a) backbone forward", "(b) RARL, single view", "(c) RARL, ten views", f"(d) proposals ({len(windows)} windows)"))
-    ratios = {"ten-view RARL / backbone forward": round(c / a, 3), "single-view RARL / backbone forward": round(b / a, 3),
-              "proposals / single-view RARL": round(d / b, 1), "proposals / ten-view RARL": round(d / c, 1)}
+    row(
+        f"(d) proposals ({len(windows)} windows)",
+        timed(lambda: [proposals(images[i]) for i in range(m)], max(1, args.repeat - 2), sync),
+        m,
+        f"{len(windows)} crops + resizes + forwards, classifier, max",
+    )
+    a, b, c, d = (
+        rows[k]["ms_per_image"]
+        for k in (
+            "(a) backbone forward",
+            "(b) RARL, single view",
+            "(c) RARL, ten views",
+            f"(d) proposals ({len(windows)} windows)",
+        )
+    )
+    ratios = {
+        "ten-view RARL / backbone forward": round(c / a, 3),
+        "single-view RARL / backbone forward": round(b / a, 3),
+        "proposals / single-view RARL": round(d / b, 1),
+        "proposals / ten-view RARL": round(d / c, 1),
+    }
     for k, v in ratios.items():
         print(f"{k:<44} {v}")
 
@@ -175,8 +231,9 @@ def benchmark(args: argparse.Namespace) -> dict:
             print(f"  {name:<34} {accuracy[name]:5.1f}", flush=True)
         start = time.perf_counter()
         probs = np.stack([proposals(dataset.load_image(int(i))) for i in idx])
-        accuracy[f"proposals ({len(windows)} windows)"] = round(100 * metrics.evaluate(probs, sub.labels, classes=store.classes).map_area, 1)
-        print(f"  {'proposals (' + str(len(windows)) + ' windows)':<34} {accuracy[f'proposals ({len(windows)} windows)']:5.1f}   ({time.perf_counter() - start:.0f} s)", flush=True)
+        name = f"proposals ({len(windows)} windows)"
+        accuracy[name] = round(100 * metrics.evaluate(probs, sub.labels, classes=store.classes).map_area, 1)
+        print(f"  {name:<34} {accuracy[name]:5.1f}   ({time.perf_counter() - start:.0f} s)", flush=True)
 
     formats = {}
     if args.formats and device.type == "cpu":
@@ -192,12 +249,12 @@ def benchmark(args: argparse.Namespace) -> dict:
                 count = max(batch, min(n, 32) // batch * batch)
                 x = x_all[:count] if count <= n else x_all.repeat((count + n - 1) // n, 1, 1, 1)[:count]
 
-                def run_nchw():
+                def run_nchw(x=x, count=count, batch=batch):
                     with torch.inference_mode():
                         for lo in range(0, count, batch):
                             nchw.module(x[lo : lo + batch].contiguous())
 
-                def run_last():
+                def run_last(x=x, count=count, batch=batch):
                     with torch.inference_mode():
                         for lo in range(0, count, batch):
                             predictor.backbone(x[lo : lo + batch])
@@ -205,12 +262,27 @@ def benchmark(args: argparse.Namespace) -> dict:
                 nchw.module.to(memory_format=torch.contiguous_format)
                 a_ms = 1000 * timed(run_nchw, max(1, args.repeat - 1)) / count
                 b_ms = 1000 * timed(run_last, max(1, args.repeat - 1)) / count
-                formats[f"threads={t} batch={batch}"] = {"nchw_ms": round(a_ms, 1), "channels_last_ms": round(b_ms, 1), "speedup": round(a_ms / b_ms, 2)}
+                formats[f"threads={t} batch={batch}"] = {
+                    "nchw_ms": round(a_ms, 1),
+                    "channels_last_ms": round(b_ms, 1),
+                    "speedup": round(a_ms / b_ms, 2),
+                }
                 print(f"  threads {t}, batch {batch:>2}: {a_ms:7.1f} | {b_ms:7.1f}   x{a_ms / b_ms:.2f}", flush=True)
         torch.set_num_threads(threads)
 
-    results = {"dataset": settings.dataset, "split": split, "backbone": settings.backbone, "input_size": size, "batch_size": bs,
-               "threads": torch.get_num_threads(), "device": str(device), "rows": rows, "ratios": ratios, "accuracy": accuracy, "formats": formats}
+    results = {
+        "dataset": settings.dataset,
+        "split": split,
+        "backbone": settings.backbone,
+        "input_size": size,
+        "batch_size": bs,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "rows": rows,
+        "ratios": ratios,
+        "accuracy": accuracy,
+        "formats": formats,
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
         print(f"\nJSON: {args.out}")

@@ -99,7 +99,9 @@ class GlimpseEpisodes:
         :meth:`reset`'s maps (the same memory episode after episode; a reader fills it in place)."""
         m = self._maps
         if m is None or tuple(m.shape) != tuple(shape) or m.device != torch.device(device):
-            m = self._maps = torch.empty(shape, device=device, dtype=self.map_dtype(device)).contiguous(memory_format=torch.channels_last)
+            m = self._maps = torch.empty(shape, device=device, dtype=self.map_dtype(device)).contiguous(
+                memory_format=torch.channels_last
+            )
         return m
 
     def reset(self, feature_maps: torch.Tensor, labels: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,13 +112,19 @@ class GlimpseEpisodes:
         lose nothing). ``images [B]``: the images' indices in their split; with ``out_of_fold``
         and a :class:`rarl_gym.scorer.CrossFitScorer`, image ``i`` is scored by fold ``i % F``.
         """
-        if feature_maps.dtype != self.map_dtype(feature_maps.device) or not feature_maps.is_contiguous(memory_format=torch.channels_last):
+        if feature_maps.dtype != self.map_dtype(feature_maps.device) or not feature_maps.is_contiguous(
+            memory_format=torch.channels_last
+        ):
             feature_maps = self.map_buffer(tuple(feature_maps.shape), feature_maps.device).copy_(feature_maps)
         b = feature_maps.shape[0]
         self.feature_maps = feature_maps
         self.labels = labels
         folds = getattr(self.scorer, "folds", None)
-        self.folds = None if not (self.out_of_fold and folds and images is not None) else torch.as_tensor(images, dtype=torch.long) % folds
+        self.folds = (
+            None
+            if not (self.out_of_fold and folds and images is not None)
+            else torch.as_tensor(images, dtype=torch.long) % folds
+        )
         self.t = 0
         self.fused = torch.full((b, labels.shape[1]), float("-inf"), device=feature_maps.device)
         self.boxes = whole_image_boxes(b, self.num_regions, device=feature_maps.device)  # [B,K,4] float32
@@ -124,7 +132,9 @@ class GlimpseEpisodes:
         self.centers: list[torch.Tensor] = []  # centres of steps 1..t, each [B,2]
         c = feature_maps.shape[1]
         means = torch.empty(b, 1, c, device=feature_maps.device) if self.scorer is not None else None
-        whole = crop(feature_maps, self.boxes[:, :1], self.glimpse_size, region_means=means)  # [B,1,C,s,s]: all K anchors are the whole image
+        whole = crop(
+            feature_maps, self.boxes[:, :1], self.glimpse_size, region_means=means
+        )  # [B,1,C,s,s]: all K anchors are the whole image
         self.glimpses = self._output(whole.shape[2:]).copy_(whole.expand(-1, self.num_regions, -1, -1, -1))
         self.region_means = None if means is None else means.expand(-1, self.num_regions, -1)  # [B,K,C]
         return self.glimpses

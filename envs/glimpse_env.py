@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -87,7 +87,7 @@ class GlimpseEnv(gym.Env):
     * v0: initial version.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 2}
 
     def __init__(self, render_mode: str | None = None, progress: bool = True, **kwargs: Any):
         if render_mode is not None:

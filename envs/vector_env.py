@@ -6,13 +6,14 @@ images (one batched ``roi_align``), and the autoreset at the end of the episodes
 read of the B next feature maps. The results equal those of B :class:`envs.glimpse_env.GlimpseEnv`
 in a ``SyncVectorEnv(..., autoreset_mode="SameStep")`` driven with the same actions and seeds.
 
-:class:`agents.sb3.vec_env.SB3VecEnvAdapter` (or :func:`~agents.sb3.vec_env.to_sb3`) exposes it as a Stable-Baselines3 ``VecEnv``.
+:class:`agents.sb3.vec_env.SB3VecEnvAdapter` (or :func:`~agents.sb3.vec_env.to_sb3`) exposes it as a
+Stable-Baselines3 ``VecEnv``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,7 +46,10 @@ def check_actions(actions: Any, space: spaces.Box, mode: str) -> np.ndarray:
         )
     bad = ~np.isfinite(a).all(axis=1)
     if bad.any():
-        raise ActionError(f"the actions of sub-env(s) {np.flatnonzero(bad).tolist()} contain NaN or inf: {a[bad]}", "check the policy's output for NaN")
+        raise ActionError(
+            f"the actions of sub-env(s) {np.flatnonzero(bad).tolist()} contain NaN or inf: {a[bad]}",
+            "check the policy's output for NaN",
+        )
     out = ((a < -1.0 - 1e-6) | (a > 1.0 + 1e-6)).any(axis=1)
     if out.any():
         raise ActionError(
@@ -91,15 +95,24 @@ class GlimpseVectorEnv(VectorEnv):
     returned arrays in either mode.
     """
 
-    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 2, "autoreset_mode": AutoresetMode.SAME_STEP}
+    metadata: ClassVar[dict[str, Any]] = {
+        "render_modes": ["rgb_array"],
+        "render_fps": 2,
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+    }
 
-    def __init__(self, num_envs: int, render_mode: str | None = None, progress: bool = True, copy: bool = True, **env_kwargs: Any):
+    def __init__(
+        self, num_envs: int, render_mode: str | None = None, progress: bool = True, copy: bool = True, **env_kwargs: Any
+    ):
         if not (isinstance(num_envs, (int, np.integer)) and not isinstance(num_envs, bool) and num_envs >= 1):
             raise ConfigError(f"num_envs must be a positive int, got {num_envs!r}", "use e.g. num_envs=16")
         if render_mode is not None:
             check_choice("render_mode", render_mode, tuple(self.metadata["render_modes"]))
         if not isinstance(copy, bool):
-            raise ConfigError(f"copy must be True or False, got {copy!r}", "copy=False reuses two output buffers (fast), copy=True returns fresh arrays")
+            raise ConfigError(
+                f"copy must be True or False, got {copy!r}",
+                "copy=False reuses two output buffers (fast), copy=True returns fresh arrays",
+            )
         self.num_envs = int(num_envs)
         self.render_mode = render_mode
         self.settings = settings = EnvSettings.from_kwargs(**env_kwargs)
@@ -113,7 +126,10 @@ class GlimpseVectorEnv(VectorEnv):
         s = settings.glimpse_size
         self._glimpse_shape = (self.episodes.num_regions, self.store.channels, s, s)
         self.single_observation_space = spaces.Dict(
-            {"glimpses": spaces.Box(-np.inf, np.inf, self._glimpse_shape, np.float32), "step": spaces.Discrete(settings.num_steps + 1)}
+            {
+                "glimpses": spaces.Box(-np.inf, np.inf, self._glimpse_shape, np.float32),
+                "step": spaces.Discrete(settings.num_steps + 1),
+            }
         )
         act_dim = 2 if settings.mode == "locate" else 2 + len(self.classes)
         self.single_action_space = spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
@@ -156,12 +172,18 @@ class GlimpseVectorEnv(VectorEnv):
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
         if mask is not None and not np.all(mask):
-            raise ConfigError("GlimpseVectorEnv cannot reset only some sub-envs (reset_mask)", "its episodes run in lockstep: reset all of them")
+            raise ConfigError(
+                "GlimpseVectorEnv cannot reset only some sub-envs (reset_mask)",
+                "its episodes run in lockstep: reset all of them",
+            )
         if "index" in options:
             given = options["index"]
             values = list(given) if isinstance(given, (list, tuple, np.ndarray)) else [given] * b
             if len(values) != b:
-                raise ConfigError(f"options['index'] holds {len(values)} indices for num_envs={b}", "pass one index or a list of num_envs indices")
+                raise ConfigError(
+                    f"options['index'] holds {len(values)} indices for num_envs={b}",
+                    "pass one index or a list of num_envs indices",
+                )
             index = np.asarray([check_index(v, n) for v in values], dtype=np.int64)
             return self._start(index)
         return self._start(self._next_index())
@@ -225,7 +247,10 @@ class GlimpseVectorEnv(VectorEnv):
 
     def _obs(self, glimpses: torch.Tensor) -> ObsDict:
         step = min(self.episodes.t, self.episodes.num_steps)
-        return {"glimpses": glimpses.numpy().astype(np.float32, copy=False), "step": np.full(self.num_envs, step, dtype=np.int64)}
+        return {
+            "glimpses": glimpses.numpy().astype(np.float32, copy=False),
+            "step": np.full(self.num_envs, step, dtype=np.int64),
+        }
 
     def _final(self) -> tuple[np.ndarray, dict]:
         """The ended episodes' ``final_obs`` (object array ``[B]``) and batched ``final_info``."""

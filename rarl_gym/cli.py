@@ -83,7 +83,9 @@ def comparison_table(policies: dict[str, dict]) -> str:
     """One line per centre policy: mAP (area and VOC07), CF1, OF1, mean reward, in percent."""
     cols = ("mAP_area", "mAP_voc07", "CF1", "OF1", "reward")
     head = f"{'row':<10}" + "".join(f"{c:>11}" for c in cols)
-    rows = [head] + [f"{name:<10}" + "".join(f"{100 * (row.get(c) or 0):>11.1f}" for c in cols) for name, row in policies.items()]
+    rows = [head] + [
+        f"{name:<10}" + "".join(f"{100 * (row.get(c) or 0):>11.1f}" for c in cols) for name, row in policies.items()
+    ]
     return "\n".join(rows)
 
 
@@ -101,4 +103,12 @@ def print_results(results: dict, json_path: Path | None = None) -> None:
         print(f"\nJSON: {json_path}")
 
 
-__all__ = ["comparison_table", "env_overrides", "non_negative_int", "positive_float", "positive_int", "print_results", "run_cli"]
+__all__ = [
+    "comparison_table",
+    "env_overrides",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "print_results",
+    "run_cli",
+]

@@ -78,7 +78,10 @@ class EnvSettings:
         if not (self.k == ADAPTIVE or (_is_int(self.k) and self.k >= 1)):
             raise ConfigError(f"k must be 'adaptive' or a positive int, got {self.k!r}", "use k='adaptive' or e.g. k=3")
         if self.input_size is not None and not (_is_int(self.input_size) and self.input_size >= MIN_INPUT_SIZE):
-            raise ConfigError(f"input_size must be an int of at least {MIN_INPUT_SIZE} pixels (or None), got {self.input_size!r}", "use e.g. 224, 256 or 320")
+            raise ConfigError(
+                f"input_size must be an int of at least {MIN_INPUT_SIZE} pixels (or None), got {self.input_size!r}",
+                "use e.g. 224, 256 or 320",
+            )
         for name in ("backbone", "split", "root", "cache_dir"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
@@ -87,16 +90,27 @@ class EnvSettings:
                 raise ConfigError(f"{name} must be a non-empty string, got {value!r}", f"e.g. {name}={_EXAMPLES[name]!r}")
         for name in ("pretrained", "fuse_whole_image"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}", f"pass {name}=True or {name}=False")
+                raise ConfigError(
+                    f"{name} must be True or False, got {getattr(self, name)!r}", f"pass {name}=True or {name}=False"
+                )
         for name in ("scales", "ratios"):
             values = getattr(self, name)
             if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values:
-                raise ConfigError(f"{name} must be a non-empty list of positive numbers, got {values!r}", f"e.g. {name}={list(getattr(EnvSettings, name))}")
+                raise ConfigError(
+                    f"{name} must be a non-empty list of positive numbers, got {values!r}",
+                    f"e.g. {name}={list(getattr(EnvSettings, name))}",
+                )
             if not all(_is_number(v) and math.isfinite(v) and v > 0 for v in values):
-                raise ConfigError(f"{name} must hold finite positive numbers, got {values!r}", f"e.g. {name}={list(getattr(EnvSettings, name))}")
+                raise ConfigError(
+                    f"{name} must hold finite positive numbers, got {values!r}",
+                    f"e.g. {name}={list(getattr(EnvSettings, name))}",
+                )
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if not isinstance(self.dataset_kwargs, (dict, type(None))):
-            raise ConfigError(f"dataset_kwargs must be a dict, got {self.dataset_kwargs!r}", "e.g. dataset_kwargs={'num_images': 200} (Shapes)")
+            raise ConfigError(
+                f"dataset_kwargs must be a dict, got {self.dataset_kwargs!r}",
+                "e.g. dataset_kwargs={'num_images': 200} (Shapes)",
+            )
         object.__setattr__(self, "dataset_kwargs", dict(self.dataset_kwargs or {}))
         if self.split is None:
             object.__setattr__(self, "split", self.source.train_split)
@@ -144,7 +158,7 @@ class EnvSettings:
     @classmethod
     def from_env_id(cls, env_id: str, overrides: dict | None = None) -> EnvSettings:
         """The registered kwargs of ``env_id`` with ``overrides`` on top."""
-        import rarl_gym  # noqa: F401  (registers the ids)
+        import rarl_gym  # registers the ids
 
         try:
             spec = gym.spec(env_id)

@@ -76,7 +76,9 @@ def whole_image_boxes(batch: int, k: int, *, device=None, dtype=torch.float32) -
     return torch.tensor(WHOLE_IMAGE, device=device, dtype=dtype).expand(batch, k, 4).clone()
 
 
-def crop_weights(boxes: torch.Tensor, height: int, width: int, size: int, sampling_ratio: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_weights(
+    boxes: torch.Tensor, height: int, width: int, size: int, sampling_ratio: int = -1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The separable bilinear weights of ``roi_align(..., aligned=True)`` for boxes on an ``height x width`` map.
 
     RoI-align averages ``n_y x n_x`` bilinear samples per output bin; each sample's weights are a
@@ -199,8 +201,14 @@ def crop(
     elif method == "native":
         from rarl_gym import native
 
-        target = out if out is not None and out.is_contiguous() and out.dtype == torch.float32 else torch.empty(b, k, c, size, size)
-        means = region_means if region_means is not None and region_means.is_contiguous() and region_means.dtype == torch.float32 else None
+        target = (
+            out if out is not None and out.is_contiguous() and out.dtype == torch.float32 else torch.empty(b, k, c, size, size)
+        )
+        means = (
+            region_means
+            if region_means is not None and region_means.is_contiguous() and region_means.dtype == torch.float32
+            else None
+        )
         native.crop_nhwc(
             feature_maps.detach().permute(0, 2, 3, 1).contiguous(),  # free for channels-last maps
             torch.arange(b).repeat_interleave(k),
@@ -269,7 +277,9 @@ def view_to_image(boxes: torch.Tensor, views: torch.Tensor, flips: torch.Tensor 
     return torch.stack([cx + x1 * hx, cy + y1 * hy, cx + x2 * hx, cy + y2 * hy], dim=-1)
 
 
-def random_views(batch: int, crop: float, *, generator: torch.Generator | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_views(
+    batch: int, crop: float, *, generator: torch.Generator | None = None, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Training augmentation: a random square crop of side ``crop`` (fraction of the image) and a
     random left-right flip per image, as the paper's random (N - 64)-crop and flip.
 
@@ -302,8 +312,8 @@ def ten_views(crop: float, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
 
 __all__ = [
     "DEFAULT_RATIOS",
-    "FIXED_GRID",
     "DEFAULT_SCALES",
+    "FIXED_GRID",
     "anchor_boxes",
     "anchor_offsets",
     "boxes_to_pixels",

@@ -75,7 +75,9 @@ def is_disk_full(err: BaseException) -> bool:
     return False
 
 
-def disk_full_error(path: str | os.PathLike, what: str, needed: int | None = None, err: BaseException | None = None) -> DiskFullError:
+def disk_full_error(
+    path: str | os.PathLike, what: str, needed: int | None = None, err: BaseException | None = None
+) -> DiskFullError:
     """A :class:`DiskFullError` for ``what`` written at ``path``: how much is needed, how much is free, the fix."""
     path = Path(path)
     free = free_bytes(path.parent)
@@ -141,7 +143,9 @@ def atomic_path(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
             tmp.unlink()
         if is_disk_full(err):
             raise disk_full_error(path, what, err=err) from err
-        if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)) or (isinstance(err, OSError) and err.errno == errno.EROFS):
+        if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)) or (
+            isinstance(err, OSError) and err.errno == errno.EROFS
+        ):
             raise _not_writable(path, what, err) from err
         raise
     fsync_dir(path.parent)
@@ -223,7 +227,9 @@ def reserve_space(path: str | os.PathLike, nbytes: int, what: str = "file") -> N
 
 def _holder_text() -> str:
     argv = " ".join(sys.argv)[:300]
-    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": argv})
+    return json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": argv}
+    )
 
 
 def describe_holder(text: str) -> str:
@@ -244,7 +250,9 @@ class FileLock:
     in place (removing it would let a third process lock a different file).
     """
 
-    def __init__(self, path: str | os.PathLike, what: str, *, blocking: bool = False, on_wait: Callable[[str], None] | None = None):
+    def __init__(
+        self, path: str | os.PathLike, what: str, *, blocking: bool = False, on_wait: Callable[[str], None] | None = None
+    ):
         self.path = Path(path)
         self.what = what
         self.blocking = blocking
@@ -316,14 +324,18 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[FileLock]:
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise NotWritableError(f"the run folder {run_dir} is a file, not a folder", "pass --run-dir a new folder or one that holds a run")
+        raise NotWritableError(
+            f"the run folder {run_dir} is a file, not a folder", "pass --run-dir a new folder or one that holds a run"
+        )
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         if is_disk_full(err):
             raise disk_full_error(run_dir, "run folder", err=err) from err
-        raise NotWritableError(f"cannot create the run folder {run_dir}: {err.strerror or err}", "pass --run-dir a writable folder") from err
+        raise NotWritableError(
+            f"cannot create the run folder {run_dir}: {err.strerror or err}", "pass --run-dir a writable folder"
+        ) from err
     lock = FileLock(run_dir / RUN_LOCK, f"the run folder {run_dir}").acquire()
     try:
         yield lock
@@ -336,8 +348,8 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[FileLock]:
 
 
 __all__ = [
-    "FileLock",
     "RUN_LOCK",
+    "FileLock",
     "atomic_path",
     "atomic_save_npy",
     "atomic_torch_save",

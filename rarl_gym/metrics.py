@@ -11,8 +11,9 @@ Every number is a fraction in ``[0, 1]``; only :meth:`MetricReport.table` and
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -58,7 +58,9 @@ def library_path(cache_dir: str | Path | None = None) -> Path:
     """Where the compiled kernel for this source, these flags and this CPU lives."""
     from rarl_gym.features.store import default_cache_dir
 
-    digest = hashlib.sha1("\n".join([SOURCE.read_text(), " ".join(FLAGS), platform.machine(), _cpu_signature()]).encode()).hexdigest()[:16]
+    digest = hashlib.sha1(
+        "\n".join([SOURCE.read_text(), " ".join(FLAGS), platform.machine(), _cpu_signature()]).encode()
+    ).hexdigest()[:16]
     return Path(cache_dir or default_cache_dir()) / "native" / f"glimpse_crop-{digest}.so"
 
 
@@ -116,7 +118,9 @@ def load() -> ctypes.CDLL | None:
             try:
                 lib = _open(path)
             except (OSError, AttributeError) as err:  # a damaged or truncated build: compile it again, once
-                warnings.warn(f"rarl_gym: the compiled kernel {path} is damaged ({err}); building it again", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"rarl_gym: the compiled kernel {path} is damaged ({err}); building it again", RuntimeWarning, stacklevel=3
+                )
                 build(path)
                 lib = _open(path)
             _lib = lib
@@ -138,7 +142,12 @@ def available() -> bool:
 
 
 def crop_nhwc(
-    features: torch.Tensor, image: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor, means: torch.Tensor | None = None, sampling_ratio: int = -1
+    features: torch.Tensor,
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    out: torch.Tensor,
+    means: torch.Tensor | None = None,
+    sampling_ratio: int = -1,
 ) -> torch.Tensor:
     """Crop regions from channels-last maps with the compiled kernel (RoI-align weights computed in C).
 
@@ -164,9 +173,20 @@ def crop_nhwc(
         raise ValueError("crop_nhwc: features must be a contiguous float32 or float16 CPU tensor")
     half = int(features.dtype == torch.float16)
     image = image.to(torch.int64).contiguous()
-    if out.shape != (n, c, s, s) or image.shape != (n,) or boxes.shape != (n, 4) or (means is not None and means.shape != (n, c)):
+    if (
+        out.shape != (n, c, s, s)
+        or image.shape != (n,)
+        or boxes.shape != (n, 4)
+        or (means is not None and means.shape != (n, c))
+    ):
         raise ValueError("crop_nhwc: inconsistent shapes")
-    ptrs = [features.data_ptr(), image.data_ptr(), boxes.data_ptr(), out.data_ptr(), None if means is None else means.data_ptr()]
+    ptrs = [
+        features.data_ptr(),
+        image.data_ptr(),
+        boxes.data_ptr(),
+        out.data_ptr(),
+        None if means is None else means.data_ptr(),
+    ]
     codes = _parallel(lambda lo, hi: lib.glimpse_crop_nhwc(*ptrs, lo, hi, c, h, w, s, sampling_ratio, half), n)
     if any(codes):
         raise MemoryError("crop_nhwc: the kernel could not allocate its work buffer")
@@ -185,7 +205,11 @@ def read_maps_nhwc(fd: int, index, out: torch.Tensor) -> torch.Tensor:
     if lib is None:
         raise RuntimeError("the native kernels are not available")
     b, c, h, w = out.shape
-    if out.dtype not in (torch.float32, torch.float16) or out.device.type != "cpu" or not out.is_contiguous(memory_format=torch.channels_last):
+    if (
+        out.dtype not in (torch.float32, torch.float16)
+        or out.device.type != "cpu"
+        or not out.is_contiguous(memory_format=torch.channels_last)
+    ):
         raise ValueError("read_maps_nhwc: out must be a channels-last float32 or float16 CPU tensor")
     half = int(out.dtype == torch.float16)
     rows = torch.as_tensor(index, dtype=torch.int64).contiguous()
@@ -194,7 +218,9 @@ def read_maps_nhwc(fd: int, index, out: torch.Tensor) -> torch.Tensor:
     codes = _parallel(lambda lo, hi: lib.read_maps_nhwc(fd, rows.data_ptr(), out.data_ptr(), lo, hi, c, h * w, half), b)
     bad = next((code for code in codes if code), 0)
     if bad:
-        raise OSError(bad if bad > 0 else 0, os.strerror(bad) if bad > 0 else "the feature file is shorter than its metadata says")
+        raise OSError(
+            bad if bad > 0 else 0, os.strerror(bad) if bad > 0 else "the feature file is shorter than its metadata says"
+        )
     return out
 
 

@@ -30,7 +30,9 @@ def draw_glimpses(image: Image.Image, boxes_per_step: Sequence[np.ndarray], *, w
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def figure2(image: Image.Image, boxes_per_step: Sequence[np.ndarray], predicted: Sequence[str], true: Sequence[str] | None = None) -> Image.Image:
+def figure2(
+    image: Image.Image, boxes_per_step: Sequence[np.ndarray], predicted: Sequence[str], true: Sequence[str] | None = None
+) -> Image.Image:
     """The paper's Figure 2 for one image: the regions of each step in that step's colour
     (:func:`draw_glimpses`) with the predicted labels underneath (and the true ones, when known).
 

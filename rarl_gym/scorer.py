@@ -133,7 +133,9 @@ class CrossFitScorer(nn.Module):
 def fit_cross_fitted_scorer(store, *, folds: int = 2, seed: int = 0, **fit) -> CrossFitScorer:
     """A :class:`CrossFitScorer`: :func:`fit_region_scorer` on each of the ``folds`` complements."""
     index = np.arange(len(store))
-    return CrossFitScorer([fit_region_scorer(store, images=index[index % folds != f], seed=seed + f, **fit) for f in range(folds)])
+    return CrossFitScorer(
+        [fit_region_scorer(store, images=index[index % folds != f], seed=seed + f, **fit) for f in range(folds)]
+    )
 
 
 def fit_region_scorer(
@@ -189,12 +191,22 @@ def fit_region_scorer(
 
 def pooled_features(store, batch_size: int = 256) -> torch.Tensor:
     """``[N, C]`` global average of every feature map of a :class:`FeatureStore` (batched reads)."""
-    parts = [torch.from_numpy(store.features[i : i + batch_size].astype("float32")).mean(dim=(2, 3)) for i in range(0, len(store), batch_size)]
+    parts = [
+        torch.from_numpy(store.features[i : i + batch_size].astype("float32")).mean(dim=(2, 3))
+        for i in range(0, len(store), batch_size)
+    ]
     return torch.cat(parts)
 
 
 def fit_global_classifier(
-    pooled: torch.Tensor, labels: torch.Tensor, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0
+    pooled: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
 ) -> RegionScorer:
     """The global-image linear classifier (CNN-SVM / VeryDeep analogue): BCE on pooled features ``[N, C]``."""
     generator = torch.Generator().manual_seed(seed)
@@ -235,9 +247,22 @@ def load_scorer(path: str | Path) -> tuple[RegionScorer | CrossFitScorer, dict]:
         meta = blob["meta"]
         if not isinstance(meta, dict):
             raise TypeError(f"its metadata is a {type(meta).__name__}")
-    except Exception as err:  # noqa: BLE001 - unpickling, zip, key and shape errors all mean a damaged file
-        raise CorruptFileError(f"the region scorer {path} is damaged ({type(err).__name__}: {err})", f"delete {path}; the env fits it again") from err
+    except Exception as err:  # unpickling, zip, key and shape errors all mean a damaged file
+        raise CorruptFileError(
+            f"the region scorer {path} is damaged ({type(err).__name__}: {err})", f"delete {path}; the env fits it again"
+        ) from err
     return scorer, meta
 
 
-__all__ = ["CrossFitScorer", "RegionScorer", "fit_cross_fitted_scorer", "fit_global_classifier", "fit_region_scorer", "pooled_features", "load_scorer", "masked_bce", "save_scorer", "training_regions"]
+__all__ = [
+    "CrossFitScorer",
+    "RegionScorer",
+    "fit_cross_fitted_scorer",
+    "fit_global_classifier",
+    "fit_region_scorer",
+    "load_scorer",
+    "masked_bce",
+    "pooled_features",
+    "save_scorer",
+    "training_regions",
+]

@@ -11,7 +11,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from rarl_gym.data import make_dataset
 from rarl_gym.data.base import MultiLabelDataset
 from rarl_gym.data.voc import dataset_root
@@ -84,7 +83,7 @@ class FeatureSource:
     def _coco_has(self, split: str) -> bool:
         try:
             root = dataset_root(self.root, "coco", "coco")
-        except Exception:  # noqa: BLE001 - no root known: the dataset reports it when opened
+        except Exception:  # no root known: the dataset reports it when opened
             return False
         return (root / "annotations" / f"instances_{split}.json").is_file()
 
@@ -131,17 +130,22 @@ class FeatureSource:
                 warnings.warn(f"{err.problem}; fitting it again", RuntimeWarning, stacklevel=2)
         if len(store) < SCORER_FIT["folds"]:
             raise ConfigError(
-                f"the env's region scorer is cross-fitted on {SCORER_FIT['folds']} folds of the training split {train_split!r}, "
+                f"the env's region scorer is cross-fitted on {SCORER_FIT['folds']} "
+                f"folds of the training split {train_split!r}, "
                 f"which has only {len(store)} image(s)",
-                f"use a training split of at least {SCORER_FIT['folds']} images (Shapes: num_images >= {SCORER_FIT['folds']}), or mode='joint'",
+                f"use a training split of at least {SCORER_FIT['folds']} images "
+                f"(Shapes: num_images >= {SCORER_FIT['folds']}), or mode='joint'",
             )
         if not writable(store.path):
             store.close()
             raise NotWritableError(
-                f"the env's region scorer {path} must be fitted (it is missing, damaged or stale) but its folder {store.path} is read-only",
+                f"the env's region scorer {path} must be fitted (it is missing, "
+                f"damaged or stale) but its folder {store.path} is read-only",
                 "make the feature cache writable, or copy it to a writable folder and pass cache_dir= (or set $RARL_CACHE)",
             )
-        scorer = fit_cross_fitted_scorer(store, scales=DEFAULT_SCALES, ratios=DEFAULT_RATIOS, device=device, progress=progress, **SCORER_FIT)
+        scorer = fit_cross_fitted_scorer(
+            store, scales=DEFAULT_SCALES, ratios=DEFAULT_RATIOS, device=device, progress=progress, **SCORER_FIT
+        )
         store.close()
         save_scorer(scorer.cpu(), path, {"fit": SCORER_FIT, "split": train_split})
         return scorer.cpu()

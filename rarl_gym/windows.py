@@ -45,7 +45,15 @@ def fit_windows_classifier(store, *, windows: torch.Tensor | None = None, seed: 
 
 
 @torch.no_grad()
-def predict_windows(scorer: RegionScorer, store, *, windows: torch.Tensor | None = None, views: int = 1, crop: float = 0.875, batch_size: int = 128) -> np.ndarray:
+def predict_windows(
+    scorer: RegionScorer,
+    store,
+    *,
+    windows: torch.Tensor | None = None,
+    views: int = 1,
+    crop: float = 0.875,
+    batch_size: int = 128,
+) -> np.ndarray:
     """Probabilities ``[N, L]`` (sigmoid of the category-wise max over the windows), mean over 1 or 10 views."""
     windows = sliding_windows() if windows is None else windows  # [R, 4]
     if views == 1:

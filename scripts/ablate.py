@@ -13,6 +13,7 @@ run is reused, never overwritten) and prints the tables:
 Examples:
     python scripts/ablate.py --env RARL-Shapes-v0 --epochs 12
     python scripts/ablate.py --env RARL-VOC07-v0 --data-root ../shared/data/voc07 --views 10
+    python scripts/ablate.py --env RARL-VOC07-v0 --data-root ../shared/data/voc07 --hyperparams '{"oracle_samples": 0}'
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rarl_gym.cli import env_overrides, run_cli  # noqa: E402
+from rarl_gym.cli import env_overrides, run_cli
 
 #: name -> (TrainConfig changes, env kwarg changes)
 VARIANTS: dict[str, tuple[dict, dict]] = {
@@ -43,33 +44,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--env", default="RARL-Shapes-v0")
     p.add_argument("--data-root", default=None)
     p.add_argument("--env-kwargs", default="{}", help="JSON object of env kwargs for every variant")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=None, help="epochs of every variant (default: TrainConfig's)")
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="evaluation views")
     p.add_argument("--only", nargs="*", choices=list(VARIANTS), default=None, help="run only these variants")
     p.add_argument("--out", default=None, help="folder of the runs (default runs/ablate-<dataset>)")
+    p.add_argument(
+        "--hyperparams",
+        default="{}",
+        help="JSON object of TrainConfig fields for every variant (a variant's own changes win), "
+        "e.g. '{\"oracle_samples\": 0}'",
+    )
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
 
 def run_variant(name: str, args, base_env: dict, out: Path) -> dict:
-    from agents.rarl.trainer import PAPER, TrainConfig, train
+    from agents.rarl.trainer import PAPER, TrainConfig, hyperparams_from_json, train
 
     config_changes, env_changes = VARIANTS[name]
+    epochs = args.epochs or TrainConfig.epochs
     if config_changes.get("__paper__"):
         config_changes = PAPER
     run_dir = out / name
     done = run_dir / "metrics.json"
     if done.exists():
         return json.loads(done.read_text())
-    config = TrainConfig(
+    options = {**hyperparams_from_json(args.hyperparams, '{"oracle_samples": 0}'), **config_changes}
+    options.update(  # every variant is trained for the same epochs and evaluated alike
         env_id=args.env,
         env_kwargs={**base_env, **env_changes},
         run_dir=str(run_dir),
-        epochs=args.epochs,
+        epochs=epochs,
         eval_views=args.views,
         device=args.device,
-        **config_changes,
     )
+    config = TrainConfig(**options)
     resume = (run_dir / "checkpoint.pt").exists()  # an interrupted variant continues
     results = train(config, resume=resume)
     return {k: v for k, v in results.items() if k != "reports"}
@@ -86,11 +95,23 @@ def ablate(args: argparse.Namespace) -> str:
     out = Path(args.out or f"runs/ablate-{args.env.split('-')[1].lower()}")
     names = args.only or list(VARIANTS)
     res = {name: run_variant(name, args, base_env, out) for name in names}
-    views = f"{args.views} view(s), {args.epochs} epochs, {args.env}"
+    from agents.rarl.trainer import TrainConfig
+
+    views = f"{args.views} view(s), {args.epochs or TrainConfig.epochs} epochs, {args.env}"
     tables = []
     if "base" in res:
         p = res["base"]["policies"]
-        tables.append(table(f"Table 3: attentional regions ({views})", [("random centres", p["random"]), ("fixed grid", p["grid"]), ("image middle", p["center"]), ("learned attention", p["learned"])]))
+        tables.append(
+            table(
+                f"Table 3: attentional regions ({views})",
+                [
+                    ("random centres", p["random"]),
+                    ("fixed grid", p["grid"]),
+                    ("image middle", p["center"]),
+                    ("learned attention", p["learned"]),
+                ],
+            )
+        )
     learned = {name: r["policies"]["learned"] for name, r in res.items()}
     for title, rows in (
         (

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rarl_gym.cli import run_cli  # noqa: E402
+from rarl_gym.cli import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,10 +28,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default=None, help="split to evaluate (default: the dataset's evaluation split)")
     p.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="1 view or the ten-view test")
-    p.add_argument("--centers", default="learned", choices=["learned", "random", "center", "grid"], help="where the glimpses go")
+    p.add_argument(
+        "--centers", default="learned", choices=["learned", "random", "center", "grid"], help="where the glimpses go"
+    )
     p.add_argument("--out", default=None, help="JSON file (default: <run folder>/eval-<split>-<centers>-<views>v.json)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
-    p.add_argument("--compare", action="store_true", help="every row of the training table: learned, random, center and grid centres, and the global classifier")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="every row of the training table: learned, random, center and grid centres, and the global classifier",
+    )
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
@@ -62,7 +68,9 @@ def evaluate_env_agent(args: argparse.Namespace, kind: str) -> None:
     env_kwargs = {**config["env_kwargs"], **({"root": args.data_root} if args.data_root else {})}
     settings = EnvSettings.from_env_id(config["env_id"], env_kwargs)
     split = args.split or settings.source.eval_split
-    pred = evaluate_policy_on_split(policy, config["env_id"], env_kwargs, split, centers=args.centers, seed=config.get("seed", 0))
+    pred = evaluate_policy_on_split(
+        policy, config["env_id"], env_kwargs, split, centers=args.centers, seed=config.get("seed", 0)
+    )
     report = metrics.evaluate(pred.probs, pred.labels, classes=pred.classes)
     reward = float(pred.rewards.mean())
     print(f"{settings.dataset} split {split!r}, {config['algo']}, {args.centers} centres, mean reward {reward:.3f}")
@@ -70,14 +78,16 @@ def evaluate_env_agent(args: argparse.Namespace, kind: str) -> None:
     path = Path(args.checkpoint)
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / f"eval-{split}-{args.centers}-1v.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"split": split, "views": 1, "centers": args.centers, "reward": reward, **report.to_dict()}, indent=1))
+    out.write_text(
+        json.dumps({"split": split, "views": 1, "centers": args.centers, "reward": reward, **report.to_dict()}, indent=1)
+    )
     print(f"\nJSON: {out}")
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> None:
     from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint, predict
-    from rarl_gym.device import pick_device
     from rarl_gym import metrics
+    from rarl_gym.device import pick_device
     from rarl_gym.env_settings import EnvSettings
 
     kind = _env_agent_file(Path(args.checkpoint))
@@ -98,11 +108,19 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
         return _compare(args, ckpt, agent, store, settings, device, run_dir, split)
     probs, rewards = predict(agent, store, settings, centers=args.centers, views=args.views, crop=crop, device=device)
     report = metrics.evaluate(probs, store.labels, classes=store.classes)
-    print(f"{settings.dataset} split {split!r}, {args.views} view(s), {args.centers} centres, mean reward {rewards.mean():.3f}")
+    print(
+        f"{settings.dataset} split {split!r}, {args.views} view(s), {args.centers} centres, mean reward {rewards.mean():.3f}"
+    )
     print(report.markdown() if args.markdown else report.table())
     out = Path(args.out) if args.out else run_dir / f"eval-{split}-{args.centers}-{args.views}v.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"split": split, "views": args.views, "centers": args.centers, "reward": float(rewards.mean()), **report.to_dict()}
+    result = {
+        "split": split,
+        "views": args.views,
+        "centers": args.centers,
+        "reward": float(rewards.mean()),
+        **report.to_dict(),
+    }
     out.write_text(json.dumps(result, indent=1))
     print(f"\nJSON: {out}")
 

@@ -7,7 +7,8 @@ machine, and reports the time per split. An interrupted run resumes where it sto
 Examples:
     python scripts/extract_features.py --dataset voc07 --root ../shared/data/voc07 --splits train val
     python scripts/extract_features.py --dataset coco --root ../shared/data/coco --splits train2017 val2017 --input-size 448
-    torchrun --nproc_per_node=4 scripts/extract_features.py --dataset coco --splits train2014   # 4 processes (or GPUs) share one cache
+    # 4 processes (or GPUs) share one cache:
+    torchrun --nproc_per_node=4 scripts/extract_features.py --dataset coco --splits train2014
 
 Under torchrun every rank extracts its share of the rows into the same cache file (which must be
 on a file system all ranks see) and rank 0 finalises the entry.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rarl_gym.cli import run_cli  # noqa: E402
+from rarl_gym.cli import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,8 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--input-size", type=int, default=None, help="backbone input side (default 256 for Shapes, 320 otherwise)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: one per core beyond two, at least one)")
-    p.add_argument("--dataset-kwargs", default="{}", help='JSON, e.g. \'{"num_images": 500}\' for Shapes')
+    p.add_argument(
+        "--workers", type=int, default=None, help="image decoding processes (default: one per core beyond two, at least one)"
+    )
+    p.add_argument("--dataset-kwargs", default="{}", help="JSON, e.g. '{\"num_images\": 500}' for Shapes")
     p.add_argument("--cache-dir", default=None, help="default $RARL_CACHE or ~/.cache/rarl_gym")
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
@@ -51,7 +54,14 @@ def extract(args: argparse.Namespace) -> None:
     from rarl_gym.sources import FeatureSource
 
     dataset_kwargs = json_object(args.dataset_kwargs, "--dataset-kwargs", '{"num_images": 500}')
-    source = FeatureSource(dataset=args.dataset, root=args.root, backbone=args.backbone, input_size=args.input_size, cache_dir=args.cache_dir, dataset_kwargs=dataset_kwargs)
+    source = FeatureSource(
+        dataset=args.dataset,
+        root=args.root,
+        backbone=args.backbone,
+        input_size=args.input_size,
+        cache_dir=args.cache_dir,
+        dataset_kwargs=dataset_kwargs,
+    )
     device = pick_device(args.device)
     rank = int(os.environ.get("RANK", "0"))
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
@@ -59,11 +69,22 @@ def extract(args: argparse.Namespace) -> None:
     for split in args.splits or [source.train_split, source.eval_split]:
         dataset = source.make_dataset(split)
         start = time.perf_counter()
-        store = extract_features(dataset, args.backbone, source.size, cache_dir=args.cache_dir, batch_size=args.batch_size, device=device,
-                                 workers=args.workers, progress=rank == 0)
+        store = extract_features(
+            dataset,
+            args.backbone,
+            source.size,
+            cache_dir=args.cache_dir,
+            batch_size=args.batch_size,
+            device=device,
+            workers=args.workers,
+            progress=rank == 0,
+        )
         seconds = time.perf_counter() - start
         if rank == 0:
-            print(f"{args.dataset}/{split}: {len(store)} images, features {tuple(store.features.shape)} in {seconds:.1f} s -> {store.path}")
+            print(
+                f"{args.dataset}/{split}: {len(store)} images, features "
+                f"{tuple(store.features.shape)} in {seconds:.1f} s -> {store.path}"
+            )
 
 
 def main(argv=None) -> int:

@@ -18,12 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rarl_gym.cli import run_cli  # noqa: E402
+from rarl_gym.cli import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", nargs="?", default="runs/rarl-shapes", help="checkpoint.pt or its run folder (default runs/rarl-shapes)")
+    p.add_argument(
+        "checkpoint", nargs="?", default="runs/rarl-shapes", help="checkpoint.pt or its run folder (default runs/rarl-shapes)"
+    )
     p.add_argument("--split", default=None, help="split (default: the dataset's evaluation split)")
     p.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
     p.add_argument("--images", type=int, nargs="*", default=None, help="image indices (default: the first --num)")
@@ -35,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def visualize(args: argparse.Namespace) -> list[Path]:
     import numpy as np
     import torch
+
     from agents.rarl.rollout import rollout
     from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint
     from rarl_gym.env_settings import EnvSettings
@@ -50,7 +53,9 @@ def visualize(args: argparse.Namespace) -> list[Path]:
     indices = args.images if args.images else list(range(min(args.num, len(store))))
     bad = [i for i in indices if not 0 <= i < len(store)]
     if bad:
-        raise ConfigError(f"image indices {bad} are outside the split of {len(store)} images", f"use indices in [0, {len(store) - 1}]")
+        raise ConfigError(
+            f"image indices {bad} are outside the split of {len(store)} images", f"use indices in [0, {len(store) - 1}]"
+        )
     agent = agent_from_checkpoint(ckpt)
     feats, labels = store.batch(indices)
     with torch.no_grad():

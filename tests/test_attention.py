@@ -15,7 +15,19 @@ from rarl_gym.windows import predict_windows, sliding_windows
 
 def _agent(**kw):
     torch.manual_seed(0)
-    return RARLAgent(6, 4, glimpse_size=3, embed_dim=8, hidden_dim=8, dropout=0.0, head="linear", locator="map", output="sigmoid", candidates=4, **{"location_prior": "none", **kw})
+    return RARLAgent(
+        6,
+        4,
+        glimpse_size=3,
+        embed_dim=8,
+        hidden_dim=8,
+        dropout=0.0,
+        head="linear",
+        locator="map",
+        output="sigmoid",
+        candidates=4,
+        **{"location_prior": "none", **kw},
+    )
 
 
 def test_linear_head_scores_equal_the_head_on_region_means():
@@ -28,7 +40,9 @@ def test_linear_head_scores_equal_the_head_on_region_means():
     assert via_maps.shape == (2, 9, 3, 4)
     assert torch.allclose(out.scores, via_maps[:, :, 0], atol=1e-5)
     assert torch.allclose(out.fold_scores, via_maps[:, :, 1:], atol=1e-5)
-    manual = agent.region_head.weight[:4, :, 0, 0] @ crop(feats, boxes, 3).mean(dim=(-2, -1))[0, 0] + agent.region_head.bias[:4]
+    manual = (
+        agent.region_head.weight[:4, :, 0, 0] @ crop(feats, boxes, 3).mean(dim=(-2, -1))[0, 0] + agent.region_head.bias[:4]
+    )
     assert torch.allclose(out.scores[0, 0], manual, atol=1e-5)
 
 
@@ -38,7 +52,10 @@ def test_mixture_log_prob_is_the_mixture_density():
     logits = torch.tensor([[2.0, 0.0, -1.0, 0.5, 0.0, 0.0, 1.0, -2.0, 0.3]])
     loc, log_prob = _mixture_step(logits, positions, 0.11, True, torch.Generator().manual_seed(0))
     weights = torch.softmax(logits[0], 0)
-    density = sum(float(w) * math.exp(-((loc[0] - c) ** 2).sum().item() / (2 * 0.11**2)) / (2 * math.pi * 0.11**2) for w, c in zip(weights, positions))
+    density = sum(
+        float(w) * math.exp(-((loc[0] - c) ** 2).sum().item() / (2 * 0.11**2)) / (2 * math.pi * 0.11**2)
+        for w, c in zip(weights, positions)
+    )
     assert log_prob.item() == pytest.approx(math.log(density), rel=1e-5)
     mode, zero = _mixture_step(logits, positions, 0.11, False, None)
     assert mode[0].tolist() == positions[0].tolist() and zero.item() == 0.0
@@ -91,7 +108,9 @@ def test_fold_head_gradient_ignores_its_own_fold():
         agent.zero_grad()
         out = rollout(agent, feats[index], labels[index], glimpse_size=3, centers="grid")
         rarl_loss(out, labels[index], output="sigmoid", reward="likelihood", folds=folds[index])["cls"].backward()
-        return agent.region_head.weight.grad[8:12].clone() * len(index)  # the loss averages over (image, other-fold head) pairs
+        return agent.region_head.weight.grad[8:12].clone() * len(
+            index
+        )  # the loss averages over (image, other-fold head) pairs
 
     # the head of fold 1 (rows 8:12) trains on fold 0 (images 0, 2): fold 1's images add nothing to it
     assert torch.allclose(head1_grad([0, 2]), head1_grad([0, 1, 2, 3]), atol=1e-6)
@@ -104,7 +123,9 @@ def test_leave_one_out_baseline():
     fused = torch.tensor([[3.0, -3.0], [-3.0, 3.0], [0.0, 0.0]])  # returns: high, low, middle
     labels = torch.tensor([[1, 0]] * 3)
     log_prob = torch.ones(3, 2, requires_grad=True)
-    out = Rollout(fused=fused, reward=torch.zeros(3), log_prob=log_prob, baseline=torch.zeros(3, 2), centers=torch.zeros(3, 2, 2))
+    out = Rollout(
+        fused=fused, reward=torch.zeros(3), log_prob=log_prob, baseline=torch.zeros(3, 2), centers=torch.zeros(3, 2, 2)
+    )
     losses = rarl_loss(out, labels, output="sigmoid", reward="likelihood", samples=3)
     ret = label_log_likelihood(fused, labels, "sigmoid")
     advantage = ret - (ret.sum() - ret) / 2
@@ -128,7 +149,12 @@ def test_sliding_windows_cover_the_image():
     # every map cell centre lies in some small window
     small = boxes[1:37]
     c = candidate_centers(10)
-    inside = (c[:, None, 0] >= small[:, 0]) & (c[:, None, 0] <= small[:, 2]) & (c[:, None, 1] >= small[:, 1]) & (c[:, None, 1] <= small[:, 3])
+    inside = (
+        (c[:, None, 0] >= small[:, 0])
+        & (c[:, None, 0] <= small[:, 2])
+        & (c[:, None, 1] >= small[:, 1])
+        & (c[:, None, 1] <= small[:, 3])
+    )
     assert inside.any(1).all()
 
 
@@ -168,7 +194,9 @@ def test_context_head_adds_the_whole_image_to_the_regions_max():
     plain = _agent(folds=2).eval()
     plain.load_state_dict({k: v for k, v in agent.state_dict().items() if not k.startswith("context_head")})
     regions = rollout(plain, feats, labels, glimpse_size=3, centers="grid")
-    whole = agent.context_head(crop(feats, whole_image_boxes(2, 1), 3).mean(dim=(-2, -1))[:, 0, :, None, None]).flatten(1)  # [B, 3L]
+    whole = agent.context_head(crop(feats, whole_image_boxes(2, 1), 3).mean(dim=(-2, -1))[:, 0, :, None, None]).flatten(
+        1
+    )  # [B, 3L]
     assert torch.allclose(out.fused, regions.fused + whole[:, :4], atol=1e-5)
     assert torch.allclose(out.fold_fused, regions.fold_fused + whole[:, 4:].reshape(2, 2, 4), atol=1e-5)
 
@@ -186,7 +214,18 @@ def test_tail_continues_the_cached_stride16_map_to_the_full_network():
         assert mid.shape == (2, 112, 4, 4) and full.shape == (2, *TAILS["efficientnet_lite0_s16"][:1], 2, 2)
         assert torch.allclose(tail(mid), full, atol=1e-4)
     torch.manual_seed(0)
-    agent = RARLAgent(1280, 3, glimpse_size=1, embed_dim=8, hidden_dim=8, head="linear", locator="map", output="sigmoid", candidates=2, tail="efficientnet_lite0_s16").train()
+    agent = RARLAgent(
+        1280,
+        3,
+        glimpse_size=1,
+        embed_dim=8,
+        hidden_dim=8,
+        head="linear",
+        locator="map",
+        output="sigmoid",
+        candidates=2,
+        tail="efficientnet_lite0_s16",
+    ).train()
     assert all(not m.training for m in agent.tail.modules() if isinstance(m, torch.nn.BatchNorm2d))  # frozen statistics
     out = rollout(agent, mid, torch.tensor([[1, 0, 1]] * 2), num_steps=1, generator=torch.Generator().manual_seed(0))
     rarl_loss(out, torch.tensor([[1, 0, 1]] * 2), output="sigmoid")["cls"].backward()
@@ -212,7 +251,17 @@ def test_map_locator_reads_the_out_of_fold_head_in_training():
 
 
 def test_map_locator_with_the_grid_prior_starts_as_the_grid():
-    agent = RARLAgent(6, 4, glimpse_size=3, embed_dim=8, hidden_dim=8, head="linear", locator="map", output="sigmoid", candidates=7).eval()
-    out = rollout(agent, torch.randn(2, 6, 8, 8), torch.tensor([[1, 0, 0, 1]] * 2), glimpse_size=3, sample=False, centers="learned")
-    nearest = [[0.0, 0.0], [-4 / 7, -4 / 7], [4 / 7, -4 / 7], [-4 / 7, 4 / 7], [4 / 7, 4 / 7]]  # the 7 x 7 candidates nearest the grid
+    agent = RARLAgent(
+        6, 4, glimpse_size=3, embed_dim=8, hidden_dim=8, head="linear", locator="map", output="sigmoid", candidates=7
+    ).eval()
+    out = rollout(
+        agent, torch.randn(2, 6, 8, 8), torch.tensor([[1, 0, 0, 1]] * 2), glimpse_size=3, sample=False, centers="learned"
+    )
+    nearest = [
+        [0.0, 0.0],
+        [-4 / 7, -4 / 7],
+        [4 / 7, -4 / 7],
+        [-4 / 7, 4 / 7],
+        [4 / 7, 4 / 7],
+    ]  # the 7 x 7 candidates nearest the grid
     assert torch.allclose(out.centers[0], torch.tensor(nearest), atol=1e-6)

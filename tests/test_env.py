@@ -90,11 +90,11 @@ def test_gymnasium_and_sb3_checkers(small_kwargs):
 def test_joint_mode_scores_come_from_the_action(small_kwargs):
     env = gym.make("RARL-Shapes-v0", mode="joint", **small_kwargs)
     assert env.action_space.shape == (14,)
-    obs, _ = env.reset(seed=0)
+    env.reset(seed=0)
     labels = env.unwrapped.store.labels[env.unwrapped._index]
     perfect = np.concatenate([[0.0, 0.0], np.where(labels == 1, 1.0, -1.0)]).astype(np.float32)
     for _ in range(6):
-        obs, reward, terminated, _, info = env.step(perfect)
+        _obs, reward, terminated, _, info = env.step(perfect)
     assert terminated and reward == 1.0
     assert np.allclose(info["scores"], perfect[2:])
 

@@ -82,7 +82,13 @@ def test_inputs_and_bad_files(tmp_path):
     with pytest.raises(CorruptFileError, match="no image"):
         open_image(tmp_path / "missing.png")
     assert len(as_images(torch.rand(2, 3, 8, 8))) == 2 and as_images(torch.zeros(3, 8, 8, dtype=torch.uint8))[0].size == (8, 8)
-    rows = PixelRows(lambda i: open_image(tmp_path / "x.jpg") if i == 1 else ShapesDataset("train", num_images=3, image_size=32).load_image(i), 3, 16)
+    rows = PixelRows(
+        lambda i: (
+            open_image(tmp_path / "x.jpg") if i == 1 else ShapesDataset("train", num_images=3, image_size=32).load_image(i)
+        ),
+        3,
+        16,
+    )
     items = [item for batch in pixel_loader(rows, 2, workers=1) for item in batch]
     assert [i for i, _, _ in items] == [0, 1, 2]
     assert isinstance(items[1][1], CorruptFileError) and items[1][2] is None and items[0][1].shape == (3, 16, 16)
@@ -91,9 +97,27 @@ def test_inputs_and_bad_files(tmp_path):
 def test_torchrun_shards_an_extraction(tmp_path):
     """Two CPU ranks (gloo) extract one cache, each its half of the rows; rank 0 finalises. The
     cache equals a single process's; an interrupted sharded run's rows are kept."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "scripts" / "extract_features.py"),
-           "--backbone", "tiny", "--input-size", "64", "--dataset-kwargs", '{"num_images": 40, "image_size": 64}', "--splits", "train",
-           "--cache-dir", str(tmp_path / "ddp"), "--batch-size", "4", "--workers", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        str(ROOT / "scripts" / "extract_features.py"),
+        "--backbone",
+        "tiny",
+        "--input-size",
+        "64",
+        "--dataset-kwargs",
+        '{"num_images": 40, "image_size": 64}',
+        "--splits",
+        "train",
+        "--cache-dir",
+        str(tmp_path / "ddp"),
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("shapes/train: 40 images") == 1  # rank 0 reports

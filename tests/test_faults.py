@@ -150,8 +150,12 @@ def _coco_layout(root: Path, splits=("train2017", "val2017"), n=4) -> Path:
             image_id = 100 * s + i + 1
             Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / split / f"{image_id:012d}.jpg")
             images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": 48, "height": 40})
-            anns.append({"id": image_id, "image_id": image_id, "category_id": cats[i % 3]["id"], "bbox": [1, 1, 9, 9], "iscrowd": 0})
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+            anns.append(
+                {"id": image_id, "image_id": image_id, "category_id": cats[i % 3]["id"], "bbox": [1, 1, 9, 9], "iscrowd": 0}
+            )
+        (root / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats})
+        )
     return root
 
 
@@ -164,7 +168,7 @@ def test_coco_2017_alone_works_in_locate_mode(tmp_path):
     env = gym.make("RARL-COCO2014-v0", split="val2017", **kwargs)  # locate mode: the scorer is fitted on train2017
     env.reset(seed=0)
     for _ in range(6):
-        _, reward, terminated, _, info = env.step(np.zeros(2, np.float32))
+        _, _reward, terminated, _, info = env.step(np.zeros(2, np.float32))
     assert terminated and info["scores"].shape == (3,)
     env.close()
     scorers = list((tmp_path / "cache").glob("*/scorer.pt"))
@@ -220,7 +224,18 @@ def test_sb3_saves_periodically_and_resumes_after_a_crash(small_kwargs, tmp_path
     monkeypatch.setattr(sb3_train, "TqdmCallback", Crash)
     run = tmp_path / "ppo"
     with pytest.raises(SystemExit):
-        train_sb3("ppo", "RARL-Shapes-v0", env_kwargs, run, total_timesteps=240, seed=0, device="cpu", n_envs=2, overrides=hyper, checkpoint_every=48)
+        train_sb3(
+            "ppo",
+            "RARL-Shapes-v0",
+            env_kwargs,
+            run,
+            total_timesteps=240,
+            seed=0,
+            device="cpu",
+            n_envs=2,
+            overrides=hyper,
+            checkpoint_every=48,
+        )
     saved = json.loads((run / "run.json").read_text())
     assert 48 <= saved["num_timesteps"] < 150 and saved["train_seconds"] > 0  # the last periodic save
     assert load_model(run, "cpu")[0].num_timesteps == saved["num_timesteps"]
@@ -239,12 +254,27 @@ def test_off_policy_runs_save_their_replay_buffer(small_kwargs, tmp_path, monkey
     env_kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
     small = {"learning_starts": 48, "batch_size": 16, "gradient_steps": 1, "buffer_size": 500}
     run = tmp_path / "td3"
-    train_sb3("td3", "RARL-Shapes-v0", env_kwargs, run, total_timesteps=96, seed=0, device="cpu", n_envs=2, progress=False, overrides=small)
+    train_sb3(
+        "td3",
+        "RARL-Shapes-v0",
+        env_kwargs,
+        run,
+        total_timesteps=96,
+        seed=0,
+        device="cpu",
+        n_envs=2,
+        progress=False,
+        overrides=small,
+    )
     assert (run / "replay_buffer.pkl").exists()
     loaded = []
     real = sb3_train.ALGOS["td3"].load_replay_buffer
-    monkeypatch.setattr(sb3_train.ALGOS["td3"], "load_replay_buffer", lambda self, p, **k: (loaded.append(p), real(self, p, **k)))
-    assert train_sb3("td3", run_dir=run, total_timesteps=144, device="cpu", progress=False, resume=True)["num_timesteps"] == 144
+    monkeypatch.setattr(
+        sb3_train.ALGOS["td3"], "load_replay_buffer", lambda self, p, **k: (loaded.append(p), real(self, p, **k))
+    )
+    assert (
+        train_sb3("td3", run_dir=run, total_timesteps=144, device="cpu", progress=False, resume=True)["num_timesteps"] == 144
+    )
     assert loaded
 
 
@@ -280,7 +310,15 @@ def test_coco_annotation_defects_are_named_before_any_extraction(tmp_path, edit,
     edit(data)
     path.write_text(json.dumps(data))
     with pytest.raises(CorruptFileError, match=message) as err:
-        gym.make("RARL-COCO2014-v0", root=str(root), split="train2017", backbone="tiny", input_size=64, cache_dir=str(tmp_path / "cache"), progress=False)
+        gym.make(
+            "RARL-COCO2014-v0",
+            root=str(root),
+            split="train2017",
+            backbone="tiny",
+            input_size=64,
+            cache_dir=str(tmp_path / "cache"),
+            progress=False,
+        )
     assert "instances_train2017.json" in str(err.value)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
@@ -359,7 +397,10 @@ def test_wrong_reset_options_and_cache_dirs(small_kwargs, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(NotWritableError, match="cache_dir"):
-        gym.make("RARL-Shapes-v0", **{**small_kwargs, "cache_dir": str(blocker / "cache"), "dataset_kwargs": {"num_images": 3, "image_size": 64}})
+        gym.make(
+            "RARL-Shapes-v0",
+            **{**small_kwargs, "cache_dir": str(blocker / "cache"), "dataset_kwargs": {"num_images": 3, "image_size": 64}},
+        )
     with pytest.raises(ConfigError, match="at least 2"):
         gym.make("RARL-Shapes-v0", **{**small_kwargs, "dataset_kwargs": {"num_images": 1, "image_size": 64}})
 
@@ -369,12 +410,24 @@ def train_args(small_kwargs, tmp_path):
     kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
 
     def args(run, *extra):
-        return ["--env-kwargs", json.dumps(kwargs), "--run-dir", str(tmp_path / run), "--batch-size", "16", "--no-progress", *extra]
+        return [
+            "--env-kwargs",
+            json.dumps(kwargs),
+            "--run-dir",
+            str(tmp_path / run),
+            "--batch-size",
+            "16",
+            "--no-progress",
+            *extra,
+        ]
 
     return args
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--lr", "nan"), ("--epochs", "-1"), ("--lr", "inf"), ("--seed", "-3"), ("--n-envs", "0")])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--batch-size", "0"), ("--lr", "nan"), ("--epochs", "-1"), ("--lr", "inf"), ("--seed", "-3"), ("--n-envs", "0")],
+)
 def test_bad_numbers_on_the_command_line_are_refused(train_args, flag, value, capsys):
     with pytest.raises(SystemExit) as exit_:
         train_agent.main(train_args("x", flag, value))
@@ -387,7 +440,10 @@ def test_bad_runs_and_checkpoints_are_named(train_args, tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     assert train_agent.main(train_args("afile", "--epochs", "1")) == 2
     assert "is a file" in capsys.readouterr().err
-    assert train_agent.main(["--algo", "ppo", "--run-dir", str(tmp_path / "afile"), "--no-progress", "--total-timesteps", "48"]) == 2
+    assert (
+        train_agent.main(["--algo", "ppo", "--run-dir", str(tmp_path / "afile"), "--no-progress", "--total-timesteps", "48"])
+        == 2
+    )
     assert "is a file" in capsys.readouterr().err
     torch.save({"something": 1}, tmp_path / "other.pt")
     assert evaluate.main([str(tmp_path / "other.pt")]) == 2
@@ -471,12 +527,20 @@ def test_resume_with_the_same_backbone_is_accepted_and_seconds_add_up(train_args
     assert train_agent.main(train_args("r", "--epochs", "1")) == 0
     first = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["train_seconds"]
     assert first > 0
-    assert train_agent.main(["--run-dir", str(tmp_path / "r"), "--resume", "--backbone", "tiny", "--epochs", "2", "--no-progress"]) == 0
+    assert (
+        train_agent.main(
+            ["--run-dir", str(tmp_path / "r"), "--resume", "--backbone", "tiny", "--epochs", "2", "--no-progress"]
+        )
+        == 0
+    )
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
     assert ckpt["epoch"] == 2 and ckpt["train_seconds"] > first
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["train_seconds"] >= round(first, 1)
     capsys.readouterr()
-    assert train_agent.main(["--run-dir", str(tmp_path / "r"), "--resume", "--backbone", "efficientnet_lite0", "--epochs", "3"]) == 2
+    assert (
+        train_agent.main(["--run-dir", str(tmp_path / "r"), "--resume", "--backbone", "efficientnet_lite0", "--epochs", "3"])
+        == 2
+    )
     assert "another configuration" in capsys.readouterr().err
 
 
@@ -487,9 +551,39 @@ def test_a_second_training_into_a_locked_folder_is_refused(train_args, tmp_path,
         err = capsys.readouterr().err
         assert f"is in use by process {os.getpid()}" in err and "lock file" in err
         env_kwargs = train_args("busy")[1]
-        assert train_agent.main(["--algo", "cem", "--env-kwargs", env_kwargs, "--run-dir", str(run), "--no-progress", "--total-timesteps", "10"]) == 2
+        assert (
+            train_agent.main(
+                [
+                    "--algo",
+                    "cem",
+                    "--env-kwargs",
+                    env_kwargs,
+                    "--run-dir",
+                    str(run),
+                    "--no-progress",
+                    "--total-timesteps",
+                    "10",
+                ]
+            )
+            == 2
+        )
         assert "in use" in capsys.readouterr().err
-        assert train_agent.main(["--algo", "ppo", "--env-kwargs", env_kwargs, "--run-dir", str(run), "--no-progress", "--total-timesteps", "48"]) == 2
+        assert (
+            train_agent.main(
+                [
+                    "--algo",
+                    "ppo",
+                    "--env-kwargs",
+                    env_kwargs,
+                    "--run-dir",
+                    str(run),
+                    "--no-progress",
+                    "--total-timesteps",
+                    "48",
+                ]
+            )
+            == 2
+        )
         assert "in use" in capsys.readouterr().err
     assert not run.exists()  # the lock's folder, made for nothing, is gone again
 

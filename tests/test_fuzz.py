@@ -33,7 +33,11 @@ import train_agent  # noqa: E402
 
 #: 40 examples per property (``RARL_FUZZ_EXAMPLES=300`` for a longer search).
 FUZZ = settings(
-    max_examples=int(os.environ.get("RARL_FUZZ_EXAMPLES", "40")), deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("RARL_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 #: Any JSON-like value, odd floats included.
@@ -62,7 +66,7 @@ def assert_named(err: BaseException) -> None:
 def test_random_env_kwargs_are_accepted_or_named(kwargs):
     try:
         settings_ = EnvSettings.from_kwargs(**kwargs)
-    except Exception as err:  # noqa: BLE001 - the property under test
+    except Exception as err:  # the property under test
         assert_named(err)
         return
     assert all(math.isfinite(v) and v > 0 for v in settings_.scales + settings_.ratios)
@@ -96,7 +100,7 @@ def test_random_actions_are_taken_or_named(env, action):
     env.reset(options={"index": 0})
     try:
         obs, reward, *_ = env.step(action)
-    except Exception as err:  # noqa: BLE001 - the property under test
+    except Exception as err:  # the property under test
         assert_named(err)
         return
     assert env.observation_space.contains(obs) and np.isfinite(reward)
@@ -107,7 +111,7 @@ def test_random_actions_are_taken_or_named(env, action):
 def test_random_reset_options_are_taken_or_named(env, options):
     try:
         obs, info = env.reset(options=options)
-    except Exception as err:  # noqa: BLE001 - the property under test
+    except Exception as err:  # the property under test
         assert_named(err)
         return
     assert env.observation_space.contains(obs) and "image_id" in info
@@ -116,7 +120,9 @@ def test_random_reset_options_are_taken_or_named(env, options):
 #: Options whose values are drawn at random; --resume of a folder without a run ends every
 #: command line before any training (the property is about the validation on the way there).
 NUMERIC = ["--epochs", "--batch-size", "--lr", "--seed", "--total-timesteps", "--n-envs", "--eval-views"]
-tokens = st.one_of(st.integers(-5, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str), st.text(max_size=6))
+tokens = st.one_of(
+    st.integers(-5, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str), st.text(max_size=6)
+)
 json_tokens = st.one_of(values.map(json.dumps), st.text(max_size=10))
 
 

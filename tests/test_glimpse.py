@@ -101,7 +101,9 @@ def test_crop_weights_reproduce_roi_align(sampling_ratio, height, width, size):
     assert torch.allclose(dense, ref, atol=1e-5)
     for method in ("matmul", "native", "roi_align") if native.available() else ("matmul", "roi_align"):
         means = torch.full((3, 13, 11), float("nan"))
-        assert torch.allclose(crop(fmap, boxes, size, sampling_ratio=sampling_ratio, method=method, region_means=means), ref, atol=1e-5)
+        assert torch.allclose(
+            crop(fmap, boxes, size, sampling_ratio=sampling_ratio, method=method, region_means=means), ref, atol=1e-5
+        )
         assert torch.allclose(means, ref.mean(dim=(-2, -1)), atol=1e-5)  # filled in the same call
     # float16 maps (the cache's precision): the kernel converts on load, torch's paths upcast first
     half = fmap.half().contiguous(memory_format=torch.channels_last)

@@ -26,7 +26,19 @@ INDICES = [0, 3, 5, 6, 11]
 def rarl_run(small_kwargs, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("predict") / "rarl"
     kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
-    args = ["--env-kwargs", json.dumps(kwargs), "--run-dir", str(run), "--batch-size", "16", "--no-progress", "--epochs", "1", "--device", "cpu"]
+    args = [
+        "--env-kwargs",
+        json.dumps(kwargs),
+        "--run-dir",
+        str(run),
+        "--batch-size",
+        "16",
+        "--no-progress",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert train_agent.main(args) == 0
     return run
 
@@ -123,7 +135,7 @@ def test_an_env_trained_agent_predicts_as_it_is_evaluated(small_kwargs, tmp_path
     env_kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
     run = tmp_path / "cem"
     train_cem("RARL-Shapes-v0", env_kwargs, run, total_timesteps=600, seed=0, progress=False, population=4, episodes=4)
-    policy, config = load_cem(run)
+    policy, _config = load_cem(run)
     want = evaluate_policy_on_split(policy, "RARL-Shapes-v0", env_kwargs, "test").probs[INDICES]
     preds = Predictor.from_run(run, device="cpu").predict(test_images)
     np.testing.assert_allclose(np.stack([p.probs for p in preds]), want, rtol=1e-3, atol=1e-5)
@@ -138,8 +150,18 @@ def test_an_sb3_model_predicts_as_it_is_evaluated(small_kwargs, tmp_path, test_i
 
     env_kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
     run = tmp_path / "ppo"
-    train_sb3("ppo", "RARL-Shapes-v0", env_kwargs, run, total_timesteps=96, seed=0, device="cpu", n_envs=4, progress=False,
-              overrides={"n_steps": 24, "batch_size": 48, "n_epochs": 1})
+    train_sb3(
+        "ppo",
+        "RARL-Shapes-v0",
+        env_kwargs,
+        run,
+        total_timesteps=96,
+        seed=0,
+        device="cpu",
+        n_envs=4,
+        progress=False,
+        overrides={"n_steps": 24, "batch_size": 48, "n_epochs": 1},
+    )
     model, _ = load_model(run, "cpu")
     want = evaluate_policy_on_split(model, "RARL-Shapes-v0", env_kwargs, "test").probs[INDICES]
     preds = Predictor.from_run(run / "model.zip", device="cpu").predict(test_images)
@@ -158,7 +180,21 @@ def test_the_script_labels_a_folder_and_skips_bad_files(rarl_run, test_images, t
     (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
     (folder / "notes.txt").write_text("not an image")
     out, draw = tmp_path / "preds.jsonl", tmp_path / "fig"
-    args = [str(folder), "--run", str(rarl_run), "--out", str(out), "--draw", str(draw), "--device", "cpu", "--workers", str(workers), "--batch-size", "2"]
+    args = [
+        str(folder),
+        "--run",
+        str(rarl_run),
+        "--out",
+        str(out),
+        "--draw",
+        str(draw),
+        "--device",
+        "cpu",
+        "--workers",
+        str(workers),
+        "--batch-size",
+        "2",
+    ]
     assert predict_script.main(args) == 0
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in out.read_text().splitlines()]

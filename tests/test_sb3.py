@@ -34,7 +34,18 @@ def env_kwargs(small_kwargs):
 @pytest.fixture
 def cli_args(env_kwargs, tmp_path):
     def args(algo, run, *extra):
-        return ["--algo", algo, "--env-kwargs", json.dumps(env_kwargs), "--run-dir", str(tmp_path / run), "--no-progress", "--device", "cpu", *extra]
+        return [
+            "--algo",
+            algo,
+            "--env-kwargs",
+            json.dumps(env_kwargs),
+            "--run-dir",
+            str(tmp_path / run),
+            "--no-progress",
+            "--device",
+            "cpu",
+            *extra,
+        ]
 
     return args
 
@@ -210,7 +221,9 @@ def test_off_policy_resume_refills_the_replay_buffer(env_kwargs, tmp_path, monke
     monkeypatch.setattr(sb3_train, "REPLAY_SAVE_LIMIT", 0)  # a buffer too large to save (a small one is: test_faults.py)
     run = tmp_path / "td3"
     small = {"learning_starts": 48, "batch_size": 16, "gradient_steps": 1, "buffer_size": 1000}
-    first = train_sb3("td3", ENV, env_kwargs, run, total_timesteps=96, seed=0, device="cpu", n_envs=2, progress=False, overrides=small)
+    first = train_sb3(
+        "td3", ENV, env_kwargs, run, total_timesteps=96, seed=0, device="cpu", n_envs=2, progress=False, overrides=small
+    )
     assert first["num_timesteps"] == 96
     more = train_sb3("td3", run_dir=run, total_timesteps=192, device="cpu", progress=False, resume=True)
     assert more["num_timesteps"] == 192

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from rarl_gym import metrics
-from rarl_gym.glimpse import anchor_boxes, crop, fuse
 from rarl_gym import scorer as scorer_mod
+from rarl_gym.glimpse import anchor_boxes, crop, fuse
 from rarl_gym.scorer import (
     CrossFitScorer,
     RegionScorer,
@@ -78,7 +78,9 @@ def test_the_env_scores_regions_from_the_crop_means():
 
     torch.manual_seed(1)
     scorer = RegionScorer(40, 5)
-    ep = GlimpseEpisodes(num_steps=3, glimpse_size=3, scales=(0.2, 0.5), ratios=(1.0, 2.0), k=2, scorer=scorer, fuse_whole_image=True)
+    ep = GlimpseEpisodes(
+        num_steps=3, glimpse_size=3, scales=(0.2, 0.5), ratios=(1.0, 2.0), k=2, scorer=scorer, fuse_whole_image=True
+    )
     maps, labels = torch.randn(4, 40, 7, 7), torch.randint(0, 2, (4, 5))
     glimpses = ep.reset(maps, labels)
     for t in range(4):
@@ -116,7 +118,9 @@ def test_cross_fitted_scorer_scores_each_training_image_out_of_fold(tmp_path, mo
     save_scorer(cross, tmp_path / "s.pt", {"fit": {"folds": 2}})
     again, meta = load_scorer(tmp_path / "s.pt")
     assert isinstance(again, CrossFitScorer) and meta == {"fit": {"folds": 2}}
-    assert torch.equal(again.score_means(means, torch.tensor([1, 0, 0, 1])), cross.score_means(means, torch.tensor([1, 0, 0, 1])))
+    assert torch.equal(
+        again.score_means(means, torch.tensor([1, 0, 0, 1])), cross.score_means(means, torch.tensor([1, 0, 0, 1]))
+    )
     torch.save({"state_dict": cross.scorers[0].state_dict(), "meta": {}}, tmp_path / "old.pt")  # the first format
     old, _ = load_scorer(tmp_path / "old.pt")
     assert isinstance(old, RegionScorer) and close(old.score_means(means), a)
@@ -135,5 +139,7 @@ def test_the_env_scores_training_images_out_of_fold(small_kwargs):
             assert (folds is None and want(i) is None) or torch.equal(folds, want(i))
             for _ in range(2):  # the regions shown now (step 0, then step 1) are scored by that fold
                 means = torch.from_numpy(obs["glimpses"])[None].mean(dim=(-2, -1))
-                assert torch.allclose(env.episodes.region_scores(), fuse(env.episodes.scorer.score_means(means, folds)), atol=1e-5)
+                assert torch.allclose(
+                    env.episodes.region_scores(), fuse(env.episodes.scorer.score_means(means, folds)), atol=1e-5
+                )
                 obs = env.step(np.zeros(2, np.float32))[0]

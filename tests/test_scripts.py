@@ -23,7 +23,18 @@ def train_args(small_kwargs, tmp_path):
 
     def args(run, *extra):
         # a small oracle (the best of 4 centre sequences per image) keeps the tests fast
-        return ["--env-kwargs", json.dumps(kwargs), "--run-dir", str(tmp_path / run), "--batch-size", "16", "--no-progress", "--hyperparams", '{"oracle_samples": 4}', *extra]
+        return [
+            "--env-kwargs",
+            json.dumps(kwargs),
+            "--run-dir",
+            str(tmp_path / run),
+            "--batch-size",
+            "16",
+            "--no-progress",
+            "--hyperparams",
+            '{"oracle_samples": 4}',
+            *extra,
+        ]
 
     return args
 
@@ -38,7 +49,10 @@ def test_train_writes_a_run_and_prints_the_table(train_args, tmp_path, capsys):
     assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "rng", "step", "config", "settings"}
     assert list((run / "tb").glob("events.out.tfevents.*"))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["policies"]) == {"learned", "random", "center", "grid", "oracle", "global", "windows"} and len(metrics["reward_curve"]) == 2
+    assert (
+        set(metrics["policies"]) == {"learned", "random", "center", "grid", "oracle", "global", "windows"}
+        and len(metrics["reward_curve"]) == 2
+    )
     # the oracle keeps, per image, the best of its centre sequences (the learned mode and the grid among them)
     assert metrics["policies"]["oracle"]["mAP_area"] >= min(metrics["policies"][c]["mAP_area"] for c in ("learned", "grid"))
     assert 0.0 <= metrics["policies"]["learned"]["mAP_area"] <= 1.0
@@ -110,7 +124,19 @@ def test_ablate_prints_the_papers_tables(small_kwargs, tmp_path, capsys):
     import ablate
 
     kwargs = json.dumps({k: v for k, v in small_kwargs.items() if k != "progress"})
-    args = ["--env-kwargs", kwargs, "--epochs", "1", "--out", str(tmp_path / "abl"), "--only", "base", "no-lstm", "one-region", "T1"]
+    args = [
+        "--env-kwargs",
+        kwargs,
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "abl"),
+        "--only",
+        "base",
+        "no-lstm",
+        "one-region",
+        "T1",
+    ]
     assert ablate.main(args) == 0
     out = capsys.readouterr().out
     for title in ("Table 3", "Table 4", "Table 5", "Table 6", "random centres", "fixed grid", "Ours-A", "T = 1"):
@@ -118,7 +144,10 @@ def test_ablate_prints_the_papers_tables(small_kwargs, tmp_path, capsys):
     ckpt = torch.load(tmp_path / "abl" / "T1" / "checkpoint.pt", weights_only=False)
     assert ckpt["settings"]["num_steps"] == 1
     assert torch.load(tmp_path / "abl" / "no-lstm" / "checkpoint.pt", weights_only=False)["agent_config"]["memory"] is False
-    assert ckpt["settings"]["scales"] != torch.load(tmp_path / "abl" / "one-region" / "checkpoint.pt", weights_only=False)["settings"]["scales"]
+    assert (
+        ckpt["settings"]["scales"]
+        != torch.load(tmp_path / "abl" / "one-region" / "checkpoint.pt", weights_only=False)["settings"]["scales"]
+    )
     # a second call reuses the finished runs
     before = (tmp_path / "abl" / "base" / "metrics.json").stat().st_mtime_ns
     assert ablate.main(args) == 0

@@ -22,7 +22,24 @@ def tags(folder: Path) -> dict:
 def test_a_rarl_run_logs_figure2_pr_curves_and_hparams(small_kwargs, tmp_path):
     kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
     run = tmp_path / "rarl"
-    assert train_agent.main(["--env-kwargs", json.dumps(kwargs), "--run-dir", str(run), "--batch-size", "16", "--no-progress", "--epochs", "2", "--device", "cpu"]) == 0
+    assert (
+        train_agent.main(
+            [
+                "--env-kwargs",
+                json.dumps(kwargs),
+                "--run-dir",
+                str(run),
+                "--batch-size",
+                "16",
+                "--no-progress",
+                "--epochs",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     acc = tags(run / "tb")
     images = acc.Tags()["images"]
     assert sorted(images) == [f"figure2/{i}" for i in range(4)]
@@ -31,7 +48,23 @@ def test_a_rarl_run_logs_figure2_pr_curves_and_hparams(small_kwargs, tmp_path):
     picture = acc.Images("figure2/0")[0]
     assert picture.width == 64 and picture.height > 64  # the image and the labels below it
     pr = [t for t in acc.Tags()["tensors"] if t.startswith("pr/")]
-    assert sorted(pr) == sorted(f"pr/{c}" for c in ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "crescent", "arrow", "heart", "ell", "bowtie"))
+    assert sorted(pr) == sorted(
+        f"pr/{c}"
+        for c in (
+            "circle",
+            "square",
+            "triangle",
+            "star",
+            "cross",
+            "ring",
+            "diamond",
+            "crescent",
+            "arrow",
+            "heart",
+            "ell",
+            "bowtie",
+        )
+    )
     hp = tags(run / "tb" / "hparams")
     assert "hparam/mAP_area_learned" in hp.Tags()["scalars"]
 
@@ -41,8 +74,18 @@ def test_an_sb3_run_logs_figure2_pr_curves_and_hparams(small_kwargs, tmp_path):
 
     kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
     run = tmp_path / "ppo"
-    train_sb3("ppo", "RARL-Shapes-v0", kwargs, run, total_timesteps=192, seed=0, device="cpu", n_envs=4, progress=False,
-              overrides={"n_steps": 24, "batch_size": 48, "n_epochs": 1})
+    train_sb3(
+        "ppo",
+        "RARL-Shapes-v0",
+        kwargs,
+        run,
+        total_timesteps=192,
+        seed=0,
+        device="cpu",
+        n_envs=4,
+        progress=False,
+        overrides={"n_steps": 24, "batch_size": 48, "n_epochs": 1},
+    )
     (sb3_dir,) = [p for p in (run / "tb").iterdir() if p.is_dir() and p.name.startswith("ppo")]
     during = tags(sb3_dir)
     assert "figure2/0" in during.Tags()["images"] and len(during.Images("figure2/0")) >= 2

@@ -53,7 +53,9 @@ def test_make_vec_spaces_and_metadata(venv, small_kwargs):
     assert isinstance(sync, SyncVectorEnv)
 
 
-@pytest.mark.parametrize("num_envs,mode,copy", [(3, "locate", True), (4, "locate", False), (3, "joint", False), (4, "joint", True)])
+@pytest.mark.parametrize(
+    "num_envs,mode,copy", [(3, "locate", True), (4, "locate", False), (3, "joint", False), (4, "joint", True)]
+)
 def test_equals_single_envs_across_autoresets(small_kwargs, num_envs, mode, copy):
     """Same obs, rewards, terminations and infos as B GlimpseEnvs in a same-step SyncVectorEnv."""
     kwargs = {"dataset": "shapes", "mode": mode, **small_kwargs}
@@ -213,7 +215,9 @@ def test_async_vectorisation_equals_sync(small_kwargs):
         warm.reset(seed=0)
         warm.step(np.zeros(2, np.float32))  # the parent's pool exists now
         sync = gym.make_vec("RARL-Shapes-v0", num_envs=2, vectorization_mode="sync", **kwargs)
-        asyn = gym.make_vec("RARL-Shapes-v0", num_envs=2, vectorization_mode="async", vector_kwargs={"context": "fork"}, **kwargs)
+        asyn = gym.make_vec(
+            "RARL-Shapes-v0", num_envs=2, vectorization_mode="async", vector_kwargs={"context": "fork"}, **kwargs
+        )
         try:
             asyn.reset_async(seed=4)
             assert_same(sync.reset(seed=4), asyn.reset_wait(timeout=60), "reset")  # a hung worker fails, not blocks
@@ -238,7 +242,8 @@ def test_making_and_stepping_an_env_imports_no_agent_code():
 
     code = (
         "import sys, gymnasium as gym, rarl_gym\n"
-        "env = gym.make('RARL-Shapes-v0', backbone='tiny', input_size=64, dataset_kwargs={'num_images': 4, 'image_size': 64}, progress=False, mode='joint')\n"
+        "env = gym.make('RARL-Shapes-v0', backbone='tiny', input_size=64, progress=False, mode='joint',\n"
+        "               dataset_kwargs={'num_images': 4, 'image_size': 64})\n"
         "env.reset(seed=0); env.step(env.action_space.sample())\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('stable_baselines3', 'sb3_contrib', 'agents')]\n"
         "print(bad); sys.exit(1 if bad else 0)\n"

@@ -236,7 +236,7 @@ def test_coco_labels_and_order(coco_root, capsys):
     labels = ds.labels()
     assert labels.dtype == np.int8
     np.testing.assert_array_equal(labels, [[1, 0, 1], [0, 1, 0], [0, 0, 0]])  # crowd counts; empty kept
-    img, lab = ds[0]
+    img, _lab = ds[0]
     assert img.mode == "RGB" and img.size == (24, 32)
     assert ds.image_size(1) == (30, 20)
     boxes, cls, difficult = ds.boxes(0)

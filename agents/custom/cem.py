@@ -23,7 +23,15 @@ from rarl_gym.errors import CheckpointError, ConfigError
 from rarl_gym.io import atomic_write, run_lock
 
 FILE = "cem.npz"
-DEFAULTS = {"algo": "cem", "env_id": "RARL-Shapes-v0", "env_kwargs": {}, "seed": 0, "population": 32, "episodes": 16, "elite_frac": 0.25}
+DEFAULTS = {
+    "algo": "cem",
+    "env_id": "RARL-Shapes-v0",
+    "env_kwargs": {},
+    "seed": 0,
+    "population": 32,
+    "episodes": 16,
+    "elite_frac": 0.25,
+}
 
 
 def pooled(obs: dict) -> np.ndarray:
@@ -66,11 +74,23 @@ def save(run_dir: Path, state: dict, rng: np.random.Generator, config: dict) -> 
     save_run_config(run_dir, {**config, "num_timesteps": int(state["num_timesteps"])})
 
 
-def train_cem(env_id=None, env_kwargs=None, run_dir="runs/cem-shapes", total_timesteps=None, seed=None, progress=True, *, resume=False, **search) -> dict:
+def train_cem(
+    env_id=None,
+    env_kwargs=None,
+    run_dir="runs/cem-shapes",
+    total_timesteps=None,
+    seed=None,
+    progress=True,
+    *,
+    resume=False,
+    **search,
+) -> dict:
     """Train (or resume) to ``total_timesteps`` env steps, evaluate; ``search``: population, episodes, elite_frac."""
 
     if set(search) - {"population", "episodes", "elite_frac"}:
-        raise ConfigError(f"unknown CEM option(s) {sorted(set(search) - set(DEFAULTS))}", "use population, episodes, elite_frac")
+        raise ConfigError(
+            f"unknown CEM option(s) {sorted(set(search) - set(DEFAULTS))}", "use population, episodes, elite_frac"
+        )
     explicit = {"env_id": env_id, "env_kwargs": env_kwargs or None, "seed": seed, **search}
     config = open_run(run_dir, DEFAULTS, explicit, resume=resume, model_file=FILE)
     with run_lock(run_dir):  # a second process training into the folder fails (InUseError)
@@ -97,10 +117,16 @@ def _search(config: dict, run_dir: Path, total_timesteps: int | None, progress: 
             run_episode(env, None, i, record)
         f = np.concatenate([pooled(obs) for obs in record])
         dim = 2 * (f.shape[1] + num_steps + 1)
-        state = {"mean": np.zeros(dim), "std": np.full(dim, 0.5), "mu": f.mean(0), "sigma": f.std(0) + 1e-6,
-                 "num_timesteps": np.array(len(record)), "curve": np.zeros(0)}
+        state = {
+            "mean": np.zeros(dim),
+            "std": np.full(dim, 0.5),
+            "mu": f.mean(0),
+            "sigma": f.std(0) + 1e-6,
+            "num_timesteps": np.array(len(record)),
+            "curve": np.zeros(0),
+        }
     pop, eps = config["population"], config["episodes"]
-    n_elite = max(2, int(round(pop * config["elite_frac"])))
+    n_elite = max(2, round(pop * config["elite_frac"]))
     steps_per_gen = pop * eps * num_steps
     generations = max(0, (total_timesteps - int(state["num_timesteps"])) // steps_per_gen)
     for _ in tqdm(range(generations), desc="train cem", unit="gen", disable=not progress):
@@ -116,7 +142,9 @@ def _search(config: dict, run_dir: Path, total_timesteps: int | None, progress: 
     env.close()
     policy = LinearPolicy(state["mean"], state["mu"], state["sigma"], num_steps)
     results = evaluate_run(policy, config["env_id"], config["env_kwargs"], seed=config["seed"])
-    results.update(algo="cem", num_timesteps=int(state["num_timesteps"]), reward_curve=[round(float(r), 4) for r in state["curve"]])
+    results.update(
+        algo="cem", num_timesteps=int(state["num_timesteps"]), reward_curve=[round(float(r), 4) for r in state["curve"]]
+    )
     write_metrics(run_dir, results)
     return results
 
@@ -129,6 +157,8 @@ def load_cem(path: str | Path) -> tuple[LinearPolicy, dict]:
     try:
         state = np.load(run_dir / FILE)
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{run_dir / FILE} is not a readable CEM run ({err})", "pass a run written by train_agent.py --algo cem") from err
+        raise CheckpointError(
+            f"{run_dir / FILE} is not a readable CEM run ({err})", "pass a run written by train_agent.py --algo cem"
+        ) from err
     steps = config["settings"]["num_steps"] + 1
     return LinearPolicy(state["mean"], state["mu"], state["sigma"], steps), config

@@ -130,12 +130,22 @@ class RARLAgent(nn.Module):
         if location_prior not in ("grid", "none"):
             raise ValueError(f"location_prior must be 'grid' or 'none', got {location_prior!r}")
         self.location_prior = location_prior
-        for name, value, allowed in (("head", head, ("lstm", "linear")), ("locator", locator, ("linear", "map")), ("output", output, ("softmax", "sigmoid"))):
+        for name, value, allowed in (
+            ("head", head, ("lstm", "linear")),
+            ("locator", locator, ("linear", "map")),
+            ("output", output, ("softmax", "sigmoid")),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if folds and head != "linear":
             raise ValueError("folds (cross-fitted reward heads) need head='linear'")
-        self.head, self.folds, self.locator_kind, self.candidates, self.output = head, int(folds), locator, int(candidates), output
+        self.head, self.folds, self.locator_kind, self.candidates, self.output = (
+            head,
+            int(folds),
+            locator,
+            int(candidates),
+            output,
+        )
         self.fuse_whole_image = bool(fuse_whole_image)
         if context and head != "linear":
             raise ValueError("context (a whole-image head added to the regions' max) needs head='linear'")
@@ -144,7 +154,9 @@ class RARLAgent(nn.Module):
         self.tail = build_tail(tail).to(memory_format=torch.channels_last) if tail is not None else None
         cells = glimpse_size * glimpse_size
         self.proj = nn.Conv2d(channels, proj_dim, 1) if proj_dim is not None else nn.Identity()
-        self.embed = nn.Sequential(nn.Dropout(dropout), nn.Flatten(), nn.Linear((proj_dim or channels) * cells, embed_dim), nn.ReLU())
+        self.embed = nn.Sequential(
+            nn.Dropout(dropout), nn.Flatten(), nn.Linear((proj_dim or channels) * cells, embed_dim), nn.ReLU()
+        )
         self.lstm = nn.LSTMCell(embed_dim, hidden_dim)
         if head == "lstm":
             self.classifier = nn.Linear(hidden_dim if recurrent_classifier else embed_dim, num_classes)
@@ -228,7 +240,9 @@ class RARLAgent(nn.Module):
         """Label probabilities ``[B, L]`` of fused scores, as the agent was trained (softmax or sigmoid)."""
         return torch.sigmoid(fused) if self.output == "sigmoid" else torch.softmax(fused, dim=-1)
 
-    def candidate_logits(self, gains: torch.Tensor, fused: torch.Tensor, h_t: torch.Tensor, positions: torch.Tensor, t: int = 0) -> torch.Tensor:
+    def candidate_logits(
+        self, gains: torch.Tensor, fused: torch.Tensor, h_t: torch.Tensor, positions: torch.Tensor, t: int = 0
+    ) -> torch.Tensor:
         """The map locator's attention over candidate centres.
 
         Args:
@@ -264,7 +278,12 @@ class RARLAgent(nn.Module):
         return self.proj(feature_maps)
 
     def forward(
-        self, glimpses: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], *, projected: bool = False, logits: torch.Tensor | None = None
+        self,
+        glimpses: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor],
+        *,
+        projected: bool = False,
+        logits: torch.Tensor | None = None,
     ) -> AgentOutput:
         """One iteration.
 
@@ -286,7 +305,9 @@ class RARLAgent(nn.Module):
         heads = None
         if self.head == "linear":
             if logits is None:  # full-channel crops (the env's observation): the head on each region's mean
-                heads = self.region_head(glimpses.mean(dim=(-2, -1)).flatten(0, 1)[..., None, None]).reshape(b, k, 1 + self.folds, -1)
+                heads = self.region_head(glimpses.mean(dim=(-2, -1)).flatten(0, 1)[..., None, None]).reshape(
+                    b, k, 1 + self.folds, -1
+                )
             else:
                 heads = self.region_logits(logits)  # [B,K,1+F,L]
             scores = heads[:, :, 0]
@@ -302,7 +323,25 @@ class RARLAgent(nn.Module):
 
     def config(self) -> dict:
         """The constructor arguments (stored in checkpoints to rebuild the agent)."""
-        names = ("channels", "num_classes", "glimpse_size", "proj_dim", "embed_dim", "hidden_dim", "sigma", "dropout", "recurrent_classifier", "memory", "location_prior", "head", "folds", "candidates", "output", "fuse_whole_image", "context")
+        names = (
+            "channels",
+            "num_classes",
+            "glimpse_size",
+            "proj_dim",
+            "embed_dim",
+            "hidden_dim",
+            "sigma",
+            "dropout",
+            "recurrent_classifier",
+            "memory",
+            "location_prior",
+            "head",
+            "folds",
+            "candidates",
+            "output",
+            "fuse_whole_image",
+            "context",
+        )
         return {**{name: getattr(self, name) for name in names}, "locator": self.locator_kind, "tail": self.tail_name}
 
 

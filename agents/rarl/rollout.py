@@ -15,7 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from agents.rarl.model import RARLAgent
-from rarl_gym.glimpse import FIXED_GRID, DEFAULT_RATIOS, DEFAULT_SCALES, anchor_boxes, crop, fuse, view_to_image, whole_image_boxes
+from rarl_gym.glimpse import (
+    DEFAULT_RATIOS,
+    DEFAULT_SCALES,
+    FIXED_GRID,
+    anchor_boxes,
+    crop,
+    fuse,
+    view_to_image,
+    whole_image_boxes,
+)
 from rarl_gym.reward import ADAPTIVE, topk_overlap
 
 #: Where the centres come from: the agent's policy, uniform random, the image middle, or a fixed
@@ -109,7 +118,11 @@ def rollout(
         explorer = torch.rand(b, generator=generator, device=device) < explore  # [B]
     map_policy = centers == "learned" and agent.locator_kind == "map"
     if map_policy:
-        head = torch.zeros(b, dtype=torch.long, device=device) if folds is None or not agent.folds else 1 + folds.long() % agent.folds  # [B]
+        head = (
+            torch.zeros(b, dtype=torch.long, device=device)
+            if folds is None or not agent.folds
+            else 1 + folds.long() % agent.folds
+        )  # [B]
         positions, gains_of = _candidates(agent, maps[:, p:], windows, glimpse_size, scales, ratios, head)
         seen_scores = []  # [B, K, L] per step: the locator's head's region scores
     for t in range(num_steps + 1):
@@ -127,12 +140,18 @@ def rollout(
         if t == num_steps:
             break
         if centers == "learned" and map_policy:
-            heads = out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)  # [B,K,1+F,L]
+            heads = (
+                out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)
+            )  # [B,K,1+F,L]
             now = heads[torch.arange(b, device=device), :, head].detach()  # [B, K, L]
             if t >= 1 or fuse_whole_image:
                 seen_scores.append(now)
-            seen = fuse(torch.stack(seen_scores, 1), dims=(1, 2)) if seen_scores else now.amax(1)  # step 0 stands in until something is fused
-            belief = seen + context[torch.arange(b, device=device), head].detach() if agent.context else seen  # the fused logits so far
+            seen = (
+                fuse(torch.stack(seen_scores, 1), dims=(1, 2)) if seen_scores else now.amax(1)
+            )  # step 0 stands in until something is fused
+            belief = (
+                seen + context[torch.arange(b, device=device), head].detach() if agent.context else seen
+            )  # the fused logits so far
             logits = agent.candidate_logits(gains_of(seen), belief, out.state[0], positions, t)  # [B, J]
             loc, log_prob = _mixture_step(logits, positions, agent.sigma, sample, generator)
         elif centers == "learned":
@@ -191,12 +210,16 @@ def _candidates(agent: RARLAgent, logit_maps: torch.Tensor, windows, glimpse_siz
     n_heads = 1 + agent.folds
     heads = logit_maps[:, : n_heads * agent.num_classes].detach()
     region = crop(heads, boxes, glimpse_size).mean(dim=(-2, -1)) + agent.region_head.bias.detach()  # [B, J*K, (1+F)*L]
-    region = region.reshape(b, j, -1, n_heads, agent.num_classes)[torch.arange(b, device=head.device), :, :, head]  # [B, J, K, L]
+    region = region.reshape(b, j, -1, n_heads, agent.num_classes)[
+        torch.arange(b, device=head.device), :, :, head
+    ]  # [B, J, K, L]
     best = region.amax(2)  # [B, J, L]
     return positions, lambda fused: torch.relu(best - fused[:, None, :])
 
 
-def _mixture_step(logits: torch.Tensor, positions: torch.Tensor, sigma: float, sample: bool, generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _mixture_step(
+    logits: torch.Tensor, positions: torch.Tensor, sigma: float, sample: bool, generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A centre from the mixture of Gaussians (std ``sigma``) at ``positions [J, 2]`` weighted by
     ``softmax(logits [B, J])``, and its log-probability ``[B]`` (the mode and 0 if not ``sample``)."""
     b = logits.shape[0]
@@ -311,7 +334,13 @@ def rarl_loss(
     advantage = (ret[:, None] - base).detach()  # [B,T]
     reinforce = -(advantage * out.log_prob).sum(1).mean()
     baseline = ((ret[:, None] - out.baseline) ** 2).mean()
-    return {"loss": cls + rl_weight * (reinforce + baseline), "cls": cls, "reinforce": reinforce, "baseline": baseline, "return": ret.mean()}
+    return {
+        "loss": cls + rl_weight * (reinforce + baseline),
+        "cls": cls,
+        "reinforce": reinforce,
+        "baseline": baseline,
+        "return": ret.mean(),
+    }
 
 
 def scores_to_probs(fused: torch.Tensor, output: str = "softmax") -> torch.Tensor:
@@ -319,4 +348,15 @@ def scores_to_probs(fused: torch.Tensor, output: str = "softmax") -> torch.Tenso
     return torch.sigmoid(fused) if output == "sigmoid" else torch.softmax(fused, dim=1)
 
 
-__all__ = ["CENTER_POLICIES", "REWARDS", "Rollout", "RolloutModule", "candidate_centers", "classification_loss", "label_log_likelihood", "rarl_loss", "rollout", "scores_to_probs"]
+__all__ = [
+    "CENTER_POLICIES",
+    "REWARDS",
+    "Rollout",
+    "RolloutModule",
+    "candidate_centers",
+    "classification_loss",
+    "label_log_likelihood",
+    "rarl_loss",
+    "rollout",
+    "scores_to_probs",
+]

@@ -29,19 +29,28 @@ import torch
 import torch.distributed as dist
 
 from agents.rarl.model import RARLAgent
-from agents.tb_logging import rarl_figure2, rarl_final
 from agents.rarl.rollout import CENTER_POLICIES, RolloutModule, label_log_likelihood, rarl_loss, rollout
+from agents.tb_logging import rarl_figure2, rarl_final
 from rarl_gym import metrics
-from rarl_gym.env_settings import EnvSettings
-from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError
+from rarl_gym.cli import json_object
 from rarl_gym.device import pick_device
+from rarl_gym.env_settings import EnvSettings
+from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError, check_names
 from rarl_gym.features.backbones import TAILS, build_tail
 from rarl_gym.features.store import FeatureStore
+from rarl_gym.glimpse import FIXED_GRID, random_views, ten_views, whole_image_boxes
+from rarl_gym.glimpse import crop as crop_regions
 from rarl_gym.io import atomic_torch_save, run_lock
 from rarl_gym.reward import topk_overlap
-from rarl_gym.glimpse import crop as crop_regions
-from rarl_gym.glimpse import FIXED_GRID, random_views, ten_views, whole_image_boxes
-from rarl_gym.scorer import RegionScorer, fit_cross_fitted_scorer, fit_global_classifier, fit_region_scorer, masked_bce, pooled_features, seeded_scorer
+from rarl_gym.scorer import (
+    RegionScorer,
+    fit_cross_fitted_scorer,
+    fit_global_classifier,
+    fit_region_scorer,
+    masked_bce,
+    pooled_features,
+    seeded_scorer,
+)
 from rarl_gym.sources import SCORER_FIT
 from rarl_gym.windows import fit_windows_classifier, predict_windows
 
@@ -113,6 +122,17 @@ PAPER: dict = {
     "epochs": 15,
 }
 
+#: TrainConfig fields a command line sets with its own options, not through ``--hyperparams``.
+RUN_FIELDS = ("run_dir", "device", "progress", "env_id", "env_kwargs")
+
+
+def hyperparams_from_json(text: str, example: str = '{"samples": 2}') -> dict:
+    """TrainConfig overrides from the JSON of a ``--hyperparams`` option (unknown names are an error)."""
+    hyper = json_object(text, "--hyperparams", example)
+    fields = [f for f in TrainConfig.__dataclass_fields__ if f not in RUN_FIELDS]
+    check_names(hyper, fields, "unknown RARL training option(s)", f"valid options: {', '.join(fields)}")
+    return hyper
+
 
 def distributed() -> tuple[int, int]:
     """``(rank, world_size)``; initialises the process group when run under ``torchrun``."""
@@ -175,7 +195,9 @@ def init_linear_head(agent: RARLAgent, settings: EnvSettings, train_store: Featu
         if agent.folds == SCORER_FIT["folds"]:
             heads += list(settings.source.region_scorer(settings.split, device=device, progress=config.progress).scorers)
         else:
-            heads += list(fit_cross_fitted_scorer(train_store, folds=agent.folds, seed=config.seed, device=device, **fit).scorers)
+            heads += list(
+                fit_cross_fitted_scorer(train_store, folds=agent.folds, seed=config.seed, device=device, **fit).scorers
+            )
     with torch.no_grad():
         agent.region_head.weight.copy_(torch.cat([h.linear.weight for h in heads])[:, :, None, None])
         agent.region_head.bias.copy_(torch.cat([h.linear.bias for h in heads]))
@@ -192,9 +214,15 @@ def init_linear_head(agent: RARLAgent, settings: EnvSettings, train_store: Featu
 def parameter_groups(agent: RARLAgent, config: TrainConfig) -> list[dict]:
     """Adam's parameter groups: the localization parameters at ``locator_lr``, the linear and
     context heads at ``head_lr`` (when set), a fine-tuned tail at ``finetune_lr``, the rest at ``lr``."""
-    loc = [p for name, p in agent.named_parameters() if name.startswith(("loc_", "locator.")) and config.locator_lr is not None]
+    loc = [
+        p for name, p in agent.named_parameters() if name.startswith(("loc_", "locator.")) and config.locator_lr is not None
+    ]
     tail = [p for name, p in agent.named_parameters() if name.startswith("tail.")]
-    heads = [p for name, p in agent.named_parameters() if name.startswith(("region_head.", "context_head.")) and config.head_lr is not None]
+    heads = [
+        p
+        for name, p in agent.named_parameters()
+        if name.startswith(("region_head.", "context_head.")) and config.head_lr is not None
+    ]
     ids = {id(p) for p in loc + tail + heads}
     groups = [{"params": [p for p in agent.parameters() if id(p) not in ids]}]
     if heads:
@@ -239,7 +267,17 @@ def predict(
             labels = labels.repeat_interleave(10, 0)
         else:
             raise ConfigError(f"views must be 1 or 10, got {views}", "use --views 1 or --views 10")
-        out = rollout(agent, feats, labels, **settings.rollout_kwargs(), centers=centers, sample=False, generator=generator, view=view, repeat=views)
+        out = rollout(
+            agent,
+            feats,
+            labels,
+            **settings.rollout_kwargs(),
+            centers=centers,
+            sample=False,
+            generator=generator,
+            view=view,
+            repeat=views,
+        )
         p = agent.probabilities(out.fused)
         probs.append(p.reshape(b, -1, p.shape[-1]).mean(1).cpu())
         rewards.append(out.reward.reshape(b, -1).mean(1).cpu())
@@ -248,7 +286,13 @@ def predict(
 
 @torch.no_grad()
 def predict_global(
-    scorer: RegionScorer, store: FeatureStore, *, views: int = 1, crop: float = 0.875, batch_size: int = 256, tail: torch.nn.Module | None = None
+    scorer: RegionScorer,
+    store: FeatureStore,
+    *,
+    views: int = 1,
+    crop: float = 0.875,
+    batch_size: int = 256,
+    tail: torch.nn.Module | None = None,
 ) -> np.ndarray:
     """Probabilities ``[N, L]`` of the global-image linear classifier (sigmoid), over 1 or 10 views
     (``tail``: the fine-tuned layers applied to the cached maps first)."""
@@ -263,7 +307,9 @@ def predict_global(
     return torch.cat(probs).numpy()
 
 
-def finetune_global(train_store: FeatureStore, config: TrainConfig, tail_name: str, device) -> tuple[torch.nn.Module, RegionScorer]:
+def finetune_global(
+    train_store: FeatureStore, config: TrainConfig, tail_name: str, device
+) -> tuple[torch.nn.Module, RegionScorer]:
     """The global-image linear classifier with the same fine-tuning as the agent: the tail of
     ``tail_name`` and a linear layer on the mean of its map over a random crop (+ flip) of the
     image, trained together by BCE with the agent's epochs, batch size and learning rates."""
@@ -276,7 +322,9 @@ def finetune_global(train_store: FeatureStore, config: TrainConfig, tail_name: s
     for _ in range(config.epochs):
         for feats, labels, _ in feature_batches(train_store, config.batch_size, generator, device):
             maps = tail(feats.contiguous(memory_format=torch.channels_last)).contiguous()
-            windows, _ = random_views(maps.shape[0], config.augment_crop, generator=generator, device=device)  # a flip leaves the mean as it is
+            windows, _ = random_views(
+                maps.shape[0], config.augment_crop, generator=generator, device=device
+            )  # a flip leaves the mean as it is
             loss = masked_bce(scorer(crop_regions(maps, windows[:, None], 1))[:, 0], labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -286,7 +334,14 @@ def finetune_global(train_store: FeatureStore, config: TrainConfig, tail_name: s
 
 @torch.no_grad()
 def predict_oracle(
-    agent: RARLAgent, store: FeatureStore, settings: EnvSettings, *, samples: int = 64, batch_size: int = 32, device: torch.device | str = "cpu", seed: int = 0
+    agent: RARLAgent,
+    store: FeatureStore,
+    settings: EnvSettings,
+    *,
+    samples: int = 64,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
 ) -> np.ndarray:
     """The headroom of placement: label probabilities ``[N, L]`` where each image keeps the best
     of ``samples`` centre sequences under the model (whole image, one view).
@@ -309,7 +364,14 @@ def predict_oracle(
         given = torch.cat([mode[:, None], grid[:, None], rand], dim=1)  # [B, S, T, 2]
         s = given.shape[1]
         out = rollout(
-            agent, feats, labels.repeat_interleave(s, 0), **settings.rollout_kwargs(), centers="given", given_centers=given.flatten(0, 1), sample=False, repeat=s
+            agent,
+            feats,
+            labels.repeat_interleave(s, 0),
+            **settings.rollout_kwargs(),
+            centers="given",
+            given_centers=given.flatten(0, 1),
+            sample=False,
+            repeat=s,
         )
         ll = label_log_likelihood(out.fused, labels.repeat_interleave(s, 0), agent.output).view(b, s)
         best = ll.argmax(1) + torch.arange(b, device=device) * s
@@ -340,15 +402,21 @@ def load_checkpoint(path: str | Path) -> dict:
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}", "pass the checkpoint file or the run folder that holds checkpoint.pt")
+        raise CheckpointError(
+            f"no checkpoint at {path}", "pass the checkpoint file or the run folder that holds checkpoint.pt"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
-        raise CheckpointError(f"{path} is not a readable rarl-gym checkpoint ({type(err).__name__}: {err})", "pass a checkpoint.pt written by train_agent.py") from err
+    except Exception as err:  # any unpickling failure means the same thing here
+        raise CheckpointError(
+            f"{path} is not a readable rarl-gym checkpoint ({type(err).__name__}: {err})",
+            "pass a checkpoint.pt written by train_agent.py",
+        ) from err
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
     if missing or not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("settings"), dict):
         raise CheckpointError(
-            f"{path} is not a RARL checkpoint of train_agent.py (missing or malformed: {', '.join(missing) or 'config / settings'})",
+            f"{path} is not a RARL checkpoint of train_agent.py (missing "
+            f"or malformed: {', '.join(missing) or 'config / settings'})",
             "pass a checkpoint.pt written by train_agent.py (SB3 runs are folders with model.zip)",
         )
     return ckpt
@@ -370,7 +438,8 @@ def _check_resume(ckpt: dict, config: TrainConfig, settings: EnvSettings) -> Non
     missing = [k for k in RESUME_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(
-            f"the checkpoint in {config.run_dir} cannot be resumed (it has no {', '.join(missing)})", "start a new run with another --run-dir"
+            f"the checkpoint in {config.run_dir} cannot be resumed (it has no {', '.join(missing)})",
+            "start a new run with another --run-dir",
         )
     saved = dict(ckpt["config"])
     now = dataclasses.asdict(config)
@@ -387,7 +456,12 @@ def _check_resume(ckpt: dict, config: TrainConfig, settings: EnvSettings) -> Non
 
 
 def _rng_state(generator: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(), "generator": generator.get_state()}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "generator": generator.get_state(),
+    }
 
 
 def _set_rng_state(state: dict, generator: torch.Generator) -> None:
@@ -418,7 +492,10 @@ def _check_numbers(config: TrainConfig) -> None:
     }
     for name, (ok, want) in checks.items():
         if not ok:
-            raise ConfigError(f"training option {name}={getattr(config, name)!r} is invalid", f"use {want} (--{name.replace('_', '-')} or --hyperparams)")
+            raise ConfigError(
+                f"training option {name}={getattr(config, name)!r} is invalid",
+                f"use {want} (--{name.replace('_', '-')} or --hyperparams)",
+            )
 
 
 def train(config: TrainConfig, *, resume: bool = False) -> dict:
@@ -446,11 +523,15 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
             "pass --resume to continue it, or --run-dir NEW_FOLDER to start another",
         )
     if resume and not ckpt_path.exists():
-        raise CheckpointError(f"--resume: there is no checkpoint in {run_dir}", "check --run-dir, or drop --resume to start a new run")
+        raise CheckpointError(
+            f"--resume: there is no checkpoint in {run_dir}", "check --run-dir, or drop --resume to start a new run"
+        )
 
     settings = EnvSettings.from_env_id(config.env_id, config.env_kwargs)
     train_store = settings.source.open_split(settings.split, progress=config.progress and rank == 0)[1]
-    eval_store = settings.source.open_split(config.eval_split or settings.source.eval_split, progress=config.progress and rank == 0)[1]
+    eval_store = settings.source.open_split(
+        config.eval_split or settings.source.eval_split, progress=config.progress and rank == 0
+    )[1]
 
     torch.manual_seed(config.seed + rank)
     np.random.seed(config.seed + rank)
@@ -460,7 +541,9 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
     agent = build_agent(settings, len(train_store.classes), channels, config).to(device)
     if config.head_init == "mil" and not resume:
         if config.head != "linear":
-            raise ConfigError("head_init='mil' warm-starts the linear head", "use it with head='linear', or head_init='random'")
+            raise ConfigError(
+                "head_init='mil' warm-starts the linear head", "use it with head='linear', or head_init='random'"
+            )
         init_linear_head(agent, settings, train_store, config, device)
     optimizer = torch.optim.Adam(parameter_groups(agent, config), lr=config.lr, weight_decay=config.weight_decay)
     start_epoch, step = 0, 0
@@ -499,7 +582,16 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
             if config.augment_crop < 1.0:
                 view = random_views(labels.shape[0], config.augment_crop, generator=device_gen, device=device)
             folds = index % config.folds if config.folds else None
-            out = model(feats, labels, **settings.rollout_kwargs(), generator=device_gen, view=view, explore=config.explore, repeat=config.samples, folds=folds)
+            out = model(
+                feats,
+                labels,
+                **settings.rollout_kwargs(),
+                generator=device_gen,
+                view=view,
+                explore=config.explore,
+                repeat=config.samples,
+                folds=folds,
+            )
             losses = rarl_loss(
                 out,
                 labels,
@@ -559,7 +651,13 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
 
 
 def evaluate_run(
-    agent: RARLAgent, store: FeatureStore, settings: EnvSettings, config: TrainConfig, *, device, train_store: FeatureStore | None = None
+    agent: RARLAgent,
+    store: FeatureStore,
+    settings: EnvSettings,
+    config: TrainConfig,
+    *,
+    device,
+    train_store: FeatureStore | None = None,
 ) -> dict:
     """Metrics on ``store`` of the learned policy, of the same model with random, fixed (image
     middle) and fixed-grid centres, and (given ``train_store``) of the global-image linear
@@ -570,22 +668,29 @@ def evaluate_run(
     """
     policies, reports = {}, {}
     for centers in CENTER_POLICIES:
-        probs, rewards = predict(agent, store, settings, centers=centers, views=config.eval_views, crop=config.augment_crop, device=device)
+        probs, rewards = predict(
+            agent, store, settings, centers=centers, views=config.eval_views, crop=config.augment_crop, device=device
+        )
         reports[centers] = metrics.evaluate(probs, store.labels, classes=store.classes)
         policies[centers] = {**reports[centers].to_dict(), "reward": float(rewards.mean())}
+
     def add_row(name: str, probs: np.ndarray) -> None:
         reports[name] = metrics.evaluate(probs, store.labels, classes=store.classes)
         reward = topk_overlap(torch.from_numpy(probs), torch.from_numpy(store.labels).long()).mean()
         policies[name] = {**reports[name].to_dict(), "reward": float(reward)}
 
     if config.oracle_samples > 0:
-        add_row("oracle", predict_oracle(agent, store, settings, samples=config.oracle_samples, device=device, seed=config.seed))
+        add_row(
+            "oracle", predict_oracle(agent, store, settings, samples=config.oracle_samples, device=device, seed=config.seed)
+        )
     if train_store is not None:
         if agent.tail is not None:  # the same fine-tuning for the global classifier, so the rows stay comparable
             tail, scorer = finetune_global(train_store, config, agent.tail_name, device)
             add_row("global", predict_global(scorer, store, views=config.eval_views, crop=config.augment_crop, tail=tail))
         else:
-            scorer = fit_global_classifier(pooled_features(train_store), torch.from_numpy(train_store.labels), seed=config.seed)
+            scorer = fit_global_classifier(
+                pooled_features(train_store), torch.from_numpy(train_store.labels), seed=config.seed
+            )
             add_row("global", predict_global(scorer, store, views=config.eval_views, crop=config.augment_crop))
         windows = fit_windows_classifier(train_store, seed=config.seed, device=device)
         add_row("windows", predict_windows(windows, store, views=config.eval_views, crop=config.augment_crop))

@@ -62,7 +62,10 @@ def default_hyperparams(algo: str, env: VecEnv) -> dict[str, Any]:
     check_choice("algo", algo, tuple(ALGOS))
     ep_len = int(env.observation_space["step"].n)  # E = T + 1 steps per episode
     obs_bytes = observation_bytes(env.observation_space)
-    policy_kwargs: dict[str, Any] = {"features_extractor_class": GlimpseExtractor, "features_extractor_kwargs": {"features_dim": 256}}
+    policy_kwargs: dict[str, Any] = {
+        "features_extractor_class": GlimpseExtractor,
+        "features_extractor_kwargs": {"features_dim": 256},
+    }
     if algo in ON_POLICY:
         fits = max(1, MEMORY_BUDGET // (obs_bytes * env.num_envs * ep_len))  # episodes per env in the budget
         episodes = min(2 if algo == "a2c" else 16, fits)
@@ -91,14 +94,26 @@ def default_hyperparams(algo: str, env: VecEnv) -> dict[str, Any]:
     }
 
 
-def make_agent(algo: str, env: VecEnv, *, seed: int | None = 0, tensorboard_log: str | None = None, device: str = "auto", verbose: int = 0, **overrides) -> BaseAlgorithm:
+def make_agent(
+    algo: str,
+    env: VecEnv,
+    *,
+    seed: int | None = 0,
+    tensorboard_log: str | None = None,
+    device: str = "auto",
+    verbose: int = 0,
+    **overrides,
+) -> BaseAlgorithm:
     """A new SB3 model of ``algo`` (a key of :data:`ALGOS`) on ``env``.
 
     ``overrides`` replace the defaults of :func:`default_hyperparams`; ``policy_kwargs`` is merged
     key by key (e.g. ``policy_kwargs={"net_arch": [64]}`` keeps the :class:`GlimpseExtractor`).
     """
     kwargs = default_hyperparams(algo, env)
-    accepted = sorted(set(inspect.signature(ALGOS[algo].__init__).parameters) - {"self", "policy", "env", "seed", "tensorboard_log", "device", "verbose"})
+    accepted = sorted(
+        set(inspect.signature(ALGOS[algo].__init__).parameters)
+        - {"self", "policy", "env", "seed", "tensorboard_log", "device", "verbose"}
+    )
     check_names(overrides, accepted, f"{ALGOS[algo].__name__} has no hyperparameter", f"use some of: {', '.join(accepted)}")
     policy_kwargs = {**kwargs.pop("policy_kwargs"), **(overrides.pop("policy_kwargs", None) or {})}
     kwargs.update(overrides)
@@ -106,7 +121,16 @@ def make_agent(algo: str, env: VecEnv, *, seed: int | None = 0, tensorboard_log:
         dim = env.action_space.shape[0]
         kwargs["action_noise"] = NormalActionNoise(np.zeros(dim), 0.1 * np.ones(dim))
     policy = "MultiInputLstmPolicy" if algo == "recurrentppo" else "MultiInputPolicy"
-    return ALGOS[algo](policy, env, seed=seed, tensorboard_log=tensorboard_log, device=device, verbose=verbose, policy_kwargs=policy_kwargs, **kwargs)
+    return ALGOS[algo](
+        policy,
+        env,
+        seed=seed,
+        tensorboard_log=tensorboard_log,
+        device=device,
+        verbose=verbose,
+        policy_kwargs=policy_kwargs,
+        **kwargs,
+    )
 
 
 __all__ = ["ALGOS", "MEMORY_BUDGET", "OFF_POLICY", "ON_POLICY", "default_hyperparams", "make_agent", "observation_bytes"]

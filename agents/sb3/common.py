@@ -60,7 +60,9 @@ def open_run(run_dir: str | Path, defaults: dict, explicit: dict, *, resume: boo
     run_dir = Path(run_dir)
     explicit = _jsonable({k: v for k, v in explicit.items() if v is not None})
     if run_dir.exists() and not run_dir.is_dir():
-        raise NotWritableError(f"the run folder {run_dir} is a file, not a folder", "pass --run-dir a new folder or one that holds a run")
+        raise NotWritableError(
+            f"the run folder {run_dir} is a file, not a folder", "pass --run-dir a new folder or one that holds a run"
+        )
     if not resume:
         found = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
         if found:
@@ -73,7 +75,10 @@ def open_run(run_dir: str | Path, defaults: dict, explicit: dict, *, resume: boo
         config["settings"] = EnvSettings.from_env_id(config["env_id"], config["env_kwargs"]).to_dict()
         return config
     if not (run_dir / model_file).exists() or not (run_dir / RUN_CONFIG).exists():
-        raise CheckpointError(f"--resume: there is no {model_file} and {RUN_CONFIG} in {run_dir}", "check --run-dir, or drop --resume to start a new run")
+        raise CheckpointError(
+            f"--resume: there is no {model_file} and {RUN_CONFIG} in {run_dir}",
+            "check --run-dir, or drop --resume to start a new run",
+        )
     config = load_run_config(run_dir)
     if "env_kwargs" in explicit:  # --backbone X on top of the run's env kwargs, not instead of them
         explicit["env_kwargs"] = {**config.get("env_kwargs", {}), **explicit["env_kwargs"]}
@@ -92,9 +97,14 @@ def load_run_config(run_dir: str | Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read the run configuration {path} ({err})", "pass a run folder written by train_agent.py") from err
+        raise CheckpointError(
+            f"cannot read the run configuration {path} ({err})", "pass a run folder written by train_agent.py"
+        ) from err
     if not isinstance(config, dict) or not isinstance(config.get("settings"), dict) or "env_id" not in config:
-        raise CheckpointError(f"{path} is not a run configuration of train_agent.py (no env_id / settings)", "pass a run folder written by train_agent.py")
+        raise CheckpointError(
+            f"{path} is not a run configuration of train_agent.py (no env_id / settings)",
+            "pass a run folder written by train_agent.py",
+        )
     return config
 
 
@@ -163,7 +173,14 @@ def lockstep_envs(env_id: str, env_kwargs: dict, split: str | None, num_envs: in
 
 
 def evaluate_policy_on_split(
-    policy, env_id: str, env_kwargs: dict, split: str | None = None, *, centers: str = "learned", batch: int = 64, seed: int = 0
+    policy,
+    env_id: str,
+    env_kwargs: dict,
+    split: str | None = None,
+    *,
+    centers: str = "learned",
+    batch: int = 64,
+    seed: int = 0,
 ) -> SplitPredictions:
     """One deterministic episode per image of ``split`` (``reset(options={"index": i})``), ``batch`` at a time.
 
@@ -198,7 +215,9 @@ def evaluate_policy_on_split(
         labels.append(np.asarray(infos["final_info"]["labels"])[:keep])
         rewards.append(ret[:keep])
     venv.close()
-    return SplitPredictions(scores_to_probs(np.concatenate(scores), mode), np.concatenate(labels), np.concatenate(rewards), classes)
+    return SplitPredictions(
+        scores_to_probs(np.concatenate(scores), mode), np.concatenate(labels), np.concatenate(rewards), classes
+    )
 
 
 def global_baseline(env_id: str, env_kwargs: dict, split: str, *, seed: int = 0) -> tuple[metrics.MetricReport, float]:
@@ -219,7 +238,9 @@ def global_baseline(env_id: str, env_kwargs: dict, split: str, *, seed: int = 0)
     return metrics.evaluate(probs, store.labels, classes=store.classes), float(reward)
 
 
-def evaluate_run(policy, env_id: str, env_kwargs: dict, split: str | None = None, *, seed: int = 0, baseline: bool = True) -> dict:
+def evaluate_run(
+    policy, env_id: str, env_kwargs: dict, split: str | None = None, *, seed: int = 0, baseline: bool = True
+) -> dict:
     """Metrics of the policy's centres, of random, fixed (image middle) and grid centres, and
     (``baseline``) of the global-image linear classifier (:func:`global_baseline`).
 
@@ -258,7 +279,9 @@ def log_eval(writer, results: dict, step: int) -> None:
 
 def check_views(views: int) -> None:
     if views != 1:
-        raise ConfigError(f"views={views}: agents trained through the env are evaluated on the whole image only", "use --views 1")
+        raise ConfigError(
+            f"views={views}: agents trained through the env are evaluated on the whole image only", "use --views 1"
+        )
 
 
 __all__ = [

@@ -32,7 +32,9 @@ class GlimpseExtractor(BaseFeaturesExtractor):
         proj_dim: channels after the projection (default 64; ``0``: no projection).
     """
 
-    def __init__(self, observation_space: spaces.Dict, features_dim: int = 256, embed_dim: int | None = None, proj_dim: int = 64):
+    def __init__(
+        self, observation_space: spaces.Dict, features_dim: int = 256, embed_dim: int | None = None, proj_dim: int = 64
+    ):
         super().__init__(observation_space, features_dim)
         glimpses, step = observation_space["glimpses"], observation_space["step"]
         _, channels, s, _ = glimpses.shape  # K, C, s, s

@@ -51,7 +51,9 @@ class TqdmCallback(BaseCallback):
     def _on_step(self) -> bool:
         self.bar.update(self.training_env.num_envs)
         if self.model.ep_info_buffer and self.n_calls % 50 == 0:
-            self.bar.set_postfix(reward=f"{sum(e['r'] for e in self.model.ep_info_buffer) / len(self.model.ep_info_buffer):.3f}")
+            self.bar.set_postfix(
+                reward=f"{sum(e['r'] for e in self.model.ep_info_buffer) / len(self.model.ep_info_buffer):.3f}"
+            )
         return True
 
     def _on_training_end(self) -> None:
@@ -134,8 +136,11 @@ def load_model(path: str | Path, device: str = "auto", env: VecEnv | None = None
     check_choice("algo", config.get("algo"), tuple(ALGOS))
     try:
         model = ALGOS[config["algo"]].load(run_dir / MODEL, env=env, device=device)
-    except Exception as err:  # noqa: BLE001 - any failure to unzip / unpickle means the same here
-        raise CheckpointError(f"{run_dir / MODEL} is not a readable SB3 model ({type(err).__name__}: {err})", "pass a run written by train_agent.py") from err
+    except Exception as err:  # any failure to unzip / unpickle means the same here
+        raise CheckpointError(
+            f"{run_dir / MODEL} is not a readable SB3 model ({type(err).__name__}: {err})",
+            "pass a run written by train_agent.py",
+        ) from err
     return model, config
 
 
@@ -168,19 +173,39 @@ def train_sb3(
     check_choice("algo", algo, tuple(ALGOS))
     for name, value in (("total_timesteps", total_timesteps), ("n_envs", n_envs), ("checkpoint_every", checkpoint_every)):
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise ConfigError(f"{name} must be a positive int, got {value!r}", f"pass e.g. {name}={DEFAULTS.get(name, 10_000)}")
+            raise ConfigError(
+                f"{name} must be a positive int, got {value!r}", f"pass e.g. {name}={DEFAULTS.get(name, 10_000)}"
+            )
     run_dir = Path(run_dir)
-    explicit = {"algo": algo, "env_id": env_id, "env_kwargs": env_kwargs or None, "seed": seed, "n_envs": n_envs, "overrides": overrides or None}
+    explicit = {
+        "algo": algo,
+        "env_id": env_id,
+        "env_kwargs": env_kwargs or None,
+        "seed": seed,
+        "n_envs": n_envs,
+        "overrides": overrides or None,
+    }
     config = open_run(run_dir, DEFAULTS, explicit, resume=resume, model_file=MODEL)
     with run_lock(run_dir):
         return _train_sb3(algo, run_dir, config, total_timesteps, device, progress, resume, checkpoint_every)
 
 
-def _train_sb3(algo: str, run_dir: Path, config: dict, total_timesteps: int | None, device: str, progress: bool, resume: bool, checkpoint_every: int) -> dict:
+def _train_sb3(
+    algo: str,
+    run_dir: Path,
+    config: dict,
+    total_timesteps: int | None,
+    device: str,
+    progress: bool,
+    resume: bool,
+    checkpoint_every: int,
+) -> dict:
     total_timesteps = config["total_timesteps"] = total_timesteps or config.get("total_timesteps", 300_000)
     device = str(pick_device(device))
     # a resumed run draws other images than its start did: the seed moves on with the steps done
-    env = make_vec(config["env_id"], config["env_kwargs"], config["n_envs"], config["seed"] + config.get("num_timesteps", 0), progress)
+    env = make_vec(
+        config["env_id"], config["env_kwargs"], config["n_envs"], config["seed"] + config.get("num_timesteps", 0), progress
+    )
     tb = str(run_dir / "tb")
     refill = False
     if resume:
@@ -203,7 +228,9 @@ def _train_sb3(algo: str, run_dir: Path, config: dict, total_timesteps: int | No
 
     if remaining > 0:
         callbacks = [PeriodicSave(checkpoint_every, save)] + ([TqdmCallback(f"train {algo}")] if progress else [])
-        callbacks.append(Figure2Callback(config["env_id"], config["env_kwargs"], every=max(1, total_timesteps // 10)))  # TensorBoard: Figure 2
+        callbacks.append(
+            Figure2Callback(config["env_id"], config["env_kwargs"], every=max(1, total_timesteps // 10))
+        )  # TensorBoard: Figure 2
         if refill:
             starts, model.learning_starts = model.learning_starts, model.num_timesteps + model.learning_starts
         interrupted = False
@@ -229,4 +256,15 @@ def _train_sb3(algo: str, run_dir: Path, config: dict, total_timesteps: int | No
     return results
 
 
-__all__ = ["CHECKPOINT_EVERY", "DEFAULTS", "MODEL", "REPLAY", "PeriodicSave", "TqdmCallback", "load_model", "make_vec", "save_model", "train_sb3"]
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "DEFAULTS",
+    "MODEL",
+    "REPLAY",
+    "PeriodicSave",
+    "TqdmCallback",
+    "load_model",
+    "make_vec",
+    "save_model",
+    "train_sb3",
+]

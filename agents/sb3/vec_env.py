@@ -15,6 +15,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 from envs.vector_env import GlimpseVectorEnv
 from rarl_gym.errors import ConfigError
 
+
 class SB3VecEnvAdapter(VecEnv):
     """A :class:`GlimpseVectorEnv` as a Stable-Baselines3 ``VecEnv`` (SB3 also autoresets in the same step).
 
@@ -39,7 +40,9 @@ class SB3VecEnvAdapter(VecEnv):
         options = None
         if any(self._options):
             if not all("index" in o for o in self._options) or any(set(o) - {"index"} for o in self._options):
-                raise ConfigError(f"unsupported reset options {self._options}", "set {'index': i} for every sub-env, or no options")
+                raise ConfigError(
+                    f"unsupported reset options {self._options}", "set {'index': i} for every sub-env, or no options"
+                )
             options = {"index": [o["index"] for o in self._options]}
         obs, infos = self.venv.reset(seed=seeds, options=options)
         self.reset_infos = self._unbatch(infos)
@@ -76,7 +79,10 @@ class SB3VecEnvAdapter(VecEnv):
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
-            raise ConfigError(f"cannot set {attr_name!r} on some sub-envs only", "the sub-envs share one batched env: set it on all (indices=None)")
+            raise ConfigError(
+                f"cannot set {attr_name!r} on some sub-envs only",
+                "the sub-envs share one batched env: set it on all (indices=None)",
+            )
         setattr(self.venv, attr_name, value)
 
     def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:

@@ -63,11 +63,11 @@ def make_dataset(name: str, split: str, root: str | os.PathLike | None = None, *
 
 __all__ = [
     "ABSENT",
-    "COCODataset",
     "DATASET_NAMES",
     "DIFFICULT",
-    "MultiLabelDataset",
     "PRESENT",
+    "COCODataset",
+    "MultiLabelDataset",
     "VOC07Dataset",
     "make_dataset",
 ]

@@ -113,8 +113,10 @@ class COCODataset(FileStampsMixin, MultiLabelDataset):
                 data = json.load(f)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise CorruptFileError(f"malformed JSON annotation file {self.annotation_file}: {exc}", fix) from exc
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
-            data.get("categories"), list
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("images"), list)
+            or not isinstance(data.get("categories"), list)
         ):
             raise CorruptFileError(
                 f"annotation file {self.annotation_file} is not a COCO instances file "
@@ -252,4 +254,4 @@ class COCODataset(FileStampsMixin, MultiLabelDataset):
         return f"coco-{self.split}-{len(self)}-{digest}"
 
 
-__all__ = ["COCODataset", "COCO_SPLITS"]
+__all__ = ["COCO_SPLITS", "COCODataset"]

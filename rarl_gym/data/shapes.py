@@ -239,8 +239,8 @@ class ShapesDataset(MultiLabelDataset):
             if o.hole is None:
                 draw.polygon([tuple(p) for p in o.polygon], fill=o.colour)
             else:  # the ring: its hole shows the background
-                x0, y0 = int(math.floor(o.box[0])), int(math.floor(o.box[1]))
-                w, h = int(math.ceil(o.box[2])) - x0 + 1, int(math.ceil(o.box[3])) - y0 + 1
+                x0, y0 = math.floor(o.box[0]), math.floor(o.box[1])
+                w, h = math.ceil(o.box[2]) - x0 + 1, math.ceil(o.box[3]) - y0 + 1
                 mask = Image.new("L", (w, h), 0)
                 md = ImageDraw.Draw(mask)
                 md.polygon([(x - x0, y - y0) for x, y in o.polygon], fill=255)
@@ -372,5 +372,6 @@ class ShapesDataset(MultiLabelDataset):
                 draw.ellipse(dots[i], fill=colours[i])
             else:  # a squiggle: a short random walk
                 draw.line(squiggles[i], fill=colours[i], width=max(1, widths[i] - 1), joint="curve")
+
 
 __all__ = ["CLASSES", "DEFAULT_SIZES", "SPLITS", "ShapesDataset"]

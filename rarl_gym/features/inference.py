@@ -43,7 +43,9 @@ def open_image(path: str | Path) -> Image.Image:
     except FileNotFoundError as err:
         raise CorruptFileError(f"no image at {path}", "check the path") from err
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise CorruptFileError(f"{path} is not a readable image ({type(err).__name__}: {err})", "skip or replace the file") from err
+        raise CorruptFileError(
+            f"{path} is not a readable image ({type(err).__name__}: {err})", "skip or replace the file"
+        ) from err
 
 
 def as_images(images) -> list:
@@ -62,14 +64,19 @@ def as_images(images) -> list:
         if x.dim() == 3:
             x = x[None]
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ConfigError(f"an image tensor must be [B, 3, H, W] or [3, H, W], got {tuple(images.shape)}", "pass RGB images, channels first")
+            raise ConfigError(
+                f"an image tensor must be [B, 3, H, W] or [3, H, W], got {tuple(images.shape)}",
+                "pass RGB images, channels first",
+            )
         if x.dtype != torch.uint8:
             x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
         return [Image.fromarray(a) for a in x.permute(0, 2, 3, 1).numpy()]
     items = list(images)
     for im in items:
         if not isinstance(im, (str, Path, Image.Image)):
-            raise ConfigError(f"cannot predict on a {type(im).__name__}", "pass image paths, PIL images or an image tensor [B, 3, H, W]")
+            raise ConfigError(
+                f"cannot predict on a {type(im).__name__}", "pass image paths, PIL images or an image tensor [B, 3, H, W]"
+            )
     return items
 
 
@@ -88,7 +95,7 @@ class PixelRows(torch.utils.data.Dataset):
         try:
             image = self.load(i)
             return i, Backbone.pixels([image], self.size)[0], image.size
-        except BaseException as err:  # noqa: BLE001 - handed to the caller, who raises or reports it
+        except BaseException as err:  # handed to the caller, who raises or reports it
             return i, err, None
 
 
@@ -149,9 +156,20 @@ def forward(backbone: Backbone, pixels: torch.Tensor, device: torch.device | str
     return out.to("cpu", torch.float16).contiguous()
 
 
-def features_of_images(backbone: Backbone, images: Sequence[Image.Image], size: int, device: torch.device | str | None = None) -> torch.Tensor:
+def features_of_images(
+    backbone: Backbone, images: Sequence[Image.Image], size: int, device: torch.device | str | None = None
+) -> torch.Tensor:
     """``forward`` of PIL images, in the main process: ``[B, C, H, W]`` float16."""
     return forward(backbone, Backbone.pixels(list(images), size), device)
 
 
-__all__ = ["PixelRows", "as_images", "default_workers", "features_of_images", "forward", "open_image", "pixel_loader", "stack_pixels"]
+__all__ = [
+    "PixelRows",
+    "as_images",
+    "default_workers",
+    "features_of_images",
+    "forward",
+    "open_image",
+    "pixel_loader",
+    "stack_pixels",
+]

@@ -118,12 +118,18 @@ class FeatureStore:
 
         index = np.atleast_1d(np.asarray(index))
         labels = torch.from_numpy(self.labels[index]).to(out.device)
-        fast = out.dtype in (torch.float32, torch.float16) and out.device.type == "cpu" and out.is_contiguous(memory_format=torch.channels_last)
+        fast = (
+            out.dtype in (torch.float32, torch.float16)
+            and out.device.type == "cpu"
+            and out.is_contiguous(memory_format=torch.channels_last)
+        )
         if fast and native.available():
             try:
                 native.read_maps_nhwc(self._file().fileno(), index, out)
             except OSError as err:
-                raise CorruptFileError(f"feature cache {self.path} could not be read ({err})", f"delete {self.path} and extract again") from err
+                raise CorruptFileError(
+                    f"feature cache {self.path} could not be read ({err})", f"delete {self.path} and extract again"
+                ) from err
             return out, labels
         shape = (len(index), *self.features.shape[1:])
         staging = self.__dict__.get("_staging")
@@ -155,7 +161,7 @@ class FeatureStore:
         """The features file, opened once for reading (closed with the store)."""
         f = self.__dict__.get("_fh")
         if f is None:
-            f = self.__dict__["_fh"] = open(self.path / FEATURES_FILE, "rb")  # noqa: SIM115 - lives as long as the store
+            f = self.__dict__["_fh"] = open(self.path / FEATURES_FILE, "rb")  # lives as long as the store
         return f
 
     @classmethod
@@ -173,11 +179,15 @@ class FeatureStore:
             shape = _check_meta(meta, path)
             size = (path / FEATURES_FILE).stat().st_size
             if size != int(np.prod(shape)) * 2:
-                raise ValueError(f"{FEATURES_FILE} holds {size} bytes but meta.json's shape {list(shape)} needs {int(np.prod(shape)) * 2}")
+                raise ValueError(
+                    f"{FEATURES_FILE} holds {size} bytes but meta.json's shape {list(shape)} needs {int(np.prod(shape)) * 2}"
+                )
             features = np.memmap(path / FEATURES_FILE, dtype=np.float16, mode="r", shape=shape)
             labels = np.load(path / "labels.npy")
             if labels.shape != (shape[0], len(meta["classes"])):
-                raise ValueError(f"labels.npy has shape {labels.shape}, meta.json says {shape[0]} images x {len(meta['classes'])} classes")
+                raise ValueError(
+                    f"labels.npy has shape {labels.shape}, meta.json says {shape[0]} images x {len(meta['classes'])} classes"
+                )
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CorruptFileError(f"feature cache {path} is damaged ({err})", f"delete {path} and extract again") from err
         return cls(path=path, features=features, labels=labels, meta=meta)
@@ -204,7 +214,9 @@ def _check_meta(meta, path: Path) -> tuple[int, int, int, int]:
     if len(meta["image_ids"]) != n:
         raise ValueError(f"meta.json lists {len(meta['image_ids'])} image ids for {n} images")
     sizes = meta["image_sizes"]
-    if len(sizes) != n or not all(isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and v > 0 for v in s) for s in sizes):
+    if len(sizes) != n or not all(
+        isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and v > 0 for v in s) for s in sizes
+    ):
         raise ValueError(f"meta.json's image_sizes is not {n} pairs of positive ints (width, height)")
     return tuple(shape)
 
@@ -285,7 +297,9 @@ def extract_features(
     :func:`rarl_gym.features.inference.default_workers`; none for a handful of batches).
     """
     if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < MIN_INPUT_SIZE:
-        raise ConfigError(f"input_size must be an int of at least {MIN_INPUT_SIZE} pixels, got {input_size!r}", "use e.g. 224, 256 or 320")
+        raise ConfigError(
+            f"input_size must be an int of at least {MIN_INPUT_SIZE} pixels, got {input_size!r}", "use e.g. 224, 256 or 320"
+        )
     key = cache_key(dataset, backbone, pretrained, input_size)
     path = entry_path(key, cache_dir)
     if (path / "meta.json").exists():
@@ -294,7 +308,9 @@ def extract_features(
     if legacy is not None:
         return FeatureStore.open(legacy)
     if len(dataset) == 0:
-        raise DatasetNotFoundError(f"split {dataset.split!r} of {dataset.name} has no images", "check the dataset's split files or annotation file")
+        raise DatasetNotFoundError(
+            f"split {dataset.split!r} of {dataset.name} has no images", "check the dataset's split files or annotation file"
+        )
     net = build_backbone(backbone, pretrained=pretrained, device=device)
     _make_entry_dir(path)
 
@@ -302,15 +318,30 @@ def extract_features(
         print(f"feature cache {path} is being extracted by {holder}; waiting for it to finish", file=sys.stderr)
 
     # torchrun ranks share one extraction (they meet at barriers inside): no lock between them
-    lock = FileLock(path / LOCK_FILE, f"the feature cache {path}", blocking=True, on_wait=waiting) if _shard_group()[1] == 1 else contextlib.nullcontext()
+    lock = (
+        FileLock(path / LOCK_FILE, f"the feature cache {path}", blocking=True, on_wait=waiting)
+        if _shard_group()[1] == 1
+        else contextlib.nullcontext()
+    )
     with lock:
         if (path / "meta.json").exists():  # finished by the process we waited for
             return FeatureStore.open(path)
-        return _extract(dataset, net, key, path, input_size, batch_size=batch_size, device=device, progress=progress, workers=workers)
+        return _extract(
+            dataset, net, key, path, input_size, batch_size=batch_size, device=device, progress=progress, workers=workers
+        )
 
 
 def _extract(
-    dataset: MultiLabelDataset, net, key: dict, path: Path, input_size: int, *, batch_size: int, device, progress: bool, workers: int | None
+    dataset: MultiLabelDataset,
+    net,
+    key: dict,
+    path: Path,
+    input_size: int,
+    *,
+    batch_size: int,
+    device,
+    progress: bool,
+    workers: int | None,
 ) -> FeatureStore:
     """Extract (or resume extracting) the entry ``path`` with the built backbone ``net``; the caller holds its lock."""
     n = len(dataset)
@@ -347,15 +378,41 @@ def _extract(
     if world > 1:  # torchrun: rank 0 has made the file; every rank takes its rows of what is left
         done = _sharded_progress(path, progress_file, done, rank, world)
         todo = np.array_split(np.flatnonzero(~done), world)[rank]
-        _extract_rows(dataset, net, input_size, feat_file, shape, todo, done, path / f"progress.rank{rank}.npy",
-                      batch_size=batch_size, device=device, workers=workers, progress=progress and rank == 0, total=len(todo))
+        _extract_rows(
+            dataset,
+            net,
+            input_size,
+            feat_file,
+            shape,
+            todo,
+            done,
+            path / f"progress.rank{rank}.npy",
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            progress=progress and rank == 0,
+            total=len(todo),
+        )
         done = _sharded_progress(path, progress_file, done, rank, world, finish=True)
         if rank != 0:
             _barrier()
             return FeatureStore.open(path)
     else:
-        _extract_rows(dataset, net, input_size, feat_file, shape, np.flatnonzero(~done), done, progress_file,
-                      batch_size=batch_size, device=device, workers=workers, progress=progress, total=n)
+        _extract_rows(
+            dataset,
+            net,
+            input_size,
+            feat_file,
+            shape,
+            np.flatnonzero(~done),
+            done,
+            progress_file,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            progress=progress,
+            total=n,
+        )
     sizes = np.zeros((n, 2), dtype=np.int64)
     for i in range(n):  # header reads only: cheap, and needed for pixel boxes
         sizes[i] = dataset.image_size(i)
@@ -405,8 +462,22 @@ def _write_rows(fd: int, rows: np.ndarray, block: np.ndarray) -> None:
             written += os.pwrite(fd, data[written:], offset + written)
 
 
-def _extract_rows(dataset, net, input_size: int, feat_file: Path, shape: tuple, rows: np.ndarray, done: np.ndarray,
-                  progress_file: Path, *, batch_size: int, device, workers: int | None, progress: bool, total: int) -> None:
+def _extract_rows(
+    dataset,
+    net,
+    input_size: int,
+    feat_file: Path,
+    shape: tuple,
+    rows: np.ndarray,
+    done: np.ndarray,
+    progress_file: Path,
+    *,
+    batch_size: int,
+    device,
+    workers: int | None,
+    progress: bool,
+    total: int,
+) -> None:
     """Extract ``rows`` into ``feat_file`` (float16 ``shape``), recording them in ``done`` / ``progress_file``.
 
     A ``DataLoader`` decodes and resizes in worker processes while the backbone runs here
@@ -421,8 +492,19 @@ def _extract_rows(dataset, net, input_size: int, feat_file: Path, shape: tuple, 
         workers = 0
     row_bytes = int(np.prod(shape[1:])) * 2
     chunk_rows = max(batch_size, CHUNK_BYTES // row_bytes)
-    loader = pixel_loader(PixelRows(lambda i: dataset.load_image(int(rows[i])), len(rows), input_size), batch_size, workers=workers, device=device)
-    bar = tqdm(total=total, initial=total - len(rows), desc=f"features {dataset.name}/{dataset.split}", unit="img", disable=not progress)
+    loader = pixel_loader(
+        PixelRows(lambda i: dataset.load_image(int(rows[i])), len(rows), input_size),
+        batch_size,
+        workers=workers,
+        device=device,
+    )
+    bar = tqdm(
+        total=total,
+        initial=total - len(rows),
+        desc=f"features {dataset.name}/{dataset.split}",
+        unit="img",
+        disable=not progress,
+    )
     fd = os.open(feat_file, os.O_WRONLY)
     pending_rows: list[np.ndarray] = []
     pending: list[np.ndarray] = []
@@ -477,7 +559,9 @@ def _barrier() -> None:
     dist.barrier()
 
 
-def _sharded_progress(path: Path, progress_file: Path, done: np.ndarray, rank: int, world: int, *, finish: bool = False) -> np.ndarray:
+def _sharded_progress(
+    path: Path, progress_file: Path, done: np.ndarray, rank: int, world: int, *, finish: bool = False
+) -> np.ndarray:
     """Progress of a sharded extraction: each rank records its rows in ``progress.rank<r>.npy``
     and rank 0 merges those files (of this run or of an interrupted one) into ``progress.npy``.
 
@@ -492,8 +576,10 @@ def _sharded_progress(path: Path, progress_file: Path, done: np.ndarray, rank: i
             part.unlink()
         _atomic_save_npy(progress_file, merged)
         if finish and not merged.all():
-            raise CorruptFileError(f"sharded extraction into {path}: {int((~merged).sum())} rows were not written",
-                                   "run the extraction again (it resumes)")
+            raise CorruptFileError(
+                f"sharded extraction into {path}: {int((~merged).sum())} rows were not written",
+                "run the extraction again (it resumes)",
+            )
         if finish:
             return merged
     if finish:
