@@ -34,6 +34,9 @@ from pathlib import Path
 
 import torch
 
+from rarl_gym.io import atomic_path
+from rarl_gym.paths import default_cache_dir
+
 SOURCE = Path(__file__).with_name("csrc") / "glimpse_crop.c"
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99")
 
@@ -56,8 +59,6 @@ def _cpu_signature() -> str:
 
 def library_path(cache_dir: str | Path | None = None) -> Path:
     """Where the compiled kernel for this source, these flags and this CPU lives."""
-    from rarl_gym.features.store import default_cache_dir
-
     digest = hashlib.sha1(
         "\n".join([SOURCE.read_text(), " ".join(FLAGS), platform.machine(), _cpu_signature()]).encode()
     ).hexdigest()[:16]
@@ -65,21 +66,19 @@ def library_path(cache_dir: str | Path | None = None) -> Path:
 
 
 def build(path: Path) -> Path:
-    """Compile the kernel to ``path`` (atomically); raise ``RuntimeError`` with the compiler's message on failure."""
+    """Compile the kernel to ``path`` (atomically, :func:`rarl_gym.io.atomic_path`); raise ``RuntimeError``
+    with the compiler's message on failure, a ``PermissionError`` where ``path``'s folder is read-only."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         raise RuntimeError("no C compiler found (cc, gcc or clang; or set $CC)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
+    with atomic_path(path, what="compiled kernel") as tmp:
+        tmp.touch()  # a read-only folder fails here, as a PermissionError (NotWritableError), before compiling
+        proc = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True, timeout=120
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

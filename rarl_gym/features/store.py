@@ -31,22 +31,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rarl_gym import native
 from rarl_gym.data.base import MultiLabelDataset
 from rarl_gym.errors import ConfigError, CorruptFileError, DatasetNotFoundError, NotWritableError
 from rarl_gym.features.backbones import build_backbone
 from rarl_gym.features.inference import PixelRows, forward, pixel_loader, stack_pixels
 from rarl_gym.io import FileLock, atomic_save_npy, atomic_write_bytes, disk_full_error, is_disk_full, reserve_space
+from rarl_gym.paths import default_cache_dir
 
 STORE_VERSION = 1
 FEATURES_FILE = "features.f16"
 LOCK_FILE = ".lock"
 #: The smallest backbone input size (one cell of a stride-32 feature map).
 MIN_INPUT_SIZE = 32
-
-
-def default_cache_dir() -> Path:
-    """``$RARL_CACHE``, else ``~/.cache/rarl_gym``."""
-    return Path(os.environ.get("RARL_CACHE") or Path.home() / ".cache" / "rarl_gym").expanduser()
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -114,8 +111,6 @@ class FeatureStore:
         episode allocates nothing: a fresh buffer of this size costs as much in page faults as
         the copy itself.
         """
-        from rarl_gym import native
-
         index = np.atleast_1d(np.asarray(index))
         labels = torch.from_numpy(self.labels[index]).to(out.device)
         fast = (
@@ -588,4 +583,4 @@ def _sharded_progress(
     return np.load(progress_file)
 
 
-__all__ = ["FeatureStore", "cache_key", "default_cache_dir", "entry_path", "extract_features"]
+__all__ = ["FeatureStore", "cache_key", "entry_path", "extract_features"]
