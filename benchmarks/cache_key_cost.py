@@ -4,7 +4,7 @@
 The key hashes each image's size and modification time (one ``stat`` per file, as the size alone
 already did). The alternative, hashing the content, reads every byte of the split. This script
 creates ``--files`` small files (COCO train2014 has 82,783) in a temporary folder, times
-:func:`rarl_gym.data.voc._file_stats` over them, and times SHA-1 over ``--hash-mb`` MB in memory
+:func:`rarl_gym.data.files.file_stats` over them, and times SHA-1 over ``--hash-mb`` MB in memory
 to extrapolate content hashing to ``--split-gb`` GB (COCO train2014's JPEGs: 13.5 GB).
 
     python benchmarks/cache_key_cost.py               # 82,783 files, about a minute on 2 cores
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rarl_gym.data.voc import _file_stats
+from rarl_gym.data.files import file_stats
 
 
 def main(argv=None) -> int:
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            stats = _file_stats(paths)
+            stats = file_stats(paths)
             times.append(time.perf_counter() - start)
         assert stats.shape == (args.files, 2)
         data = os.urandom(args.hash_mb << 20)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rarl_gym.data import make_dataset
 from rarl_gym.data.base import MultiLabelDataset
-from rarl_gym.data.voc import dataset_root
+from rarl_gym.data.files import dataset_root
 from rarl_gym.errors import ConfigError, CorruptFileError, NotWritableError, check_choice
 from rarl_gym.features.store import FeatureStore, extract_features
 from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES

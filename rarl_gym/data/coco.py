@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from rarl_gym.data.base import ABSENT, PRESENT, MultiLabelDataset
-from rarl_gym.data.voc import FileStampsMixin, _fingerprint, dataset_root, image_header_size, open_rgb
+from rarl_gym.data.files import FileStampsMixin, dataset_root, fingerprint, image_header_size, open_rgb
 from rarl_gym.errors import ConfigError, CorruptFileError, DatasetNotFoundError
 
 #: The splits of the official archives that carry instance annotations.
@@ -141,39 +141,14 @@ class COCODataset(FileStampsMixin, MultiLabelDataset):
     def _validate(self, data: dict, fix: str) -> None:
         """Check the fields every image and category needs before anything uses them, so that a
         damaged file fails here, named, and not as a bare ``KeyError`` or after the extraction."""
-
-        def bad(problem: str) -> CorruptFileError:
-            return CorruptFileError(f"annotation file {self.annotation_file}: {problem}", fix)
-
-        def is_int(v) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not data["images"]:
-            raise bad("'images' is empty: the split has no images")
-        if not data["categories"]:
-            raise bad("'categories' is empty")
-        if not isinstance(data["annotations"], list):
-            raise bad("'annotations' is not a list")
-        for i, img in enumerate(data["images"]):
-            if not isinstance(img, dict):
-                raise bad(f"images[{i}] is not an object")
-            if not is_int(img.get("id")):
-                raise bad(f"images[{i}] has no integer 'id' (got {img.get('id')!r})")
-            if not isinstance(img.get("file_name"), str) or not img["file_name"]:
-                raise bad(f"images[{i}] (id {img['id']}) has no 'file_name'")
-            for side in ("width", "height"):
-                if side in img and not (is_int(img[side]) and img[side] > 0):
-                    raise bad(f"images[{i}] (id {img['id']}) has a {side} that is not a positive integer: {img[side]!r}")
-        for i, cat in enumerate(data["categories"]):
-            if not isinstance(cat, dict):
-                raise bad(f"categories[{i}] is not an object")
-            if not is_int(cat.get("id")):
-                raise bad(f"categories[{i}] has no integer 'id' (got {cat.get('id')!r})")
-            if not isinstance(cat.get("name"), str) or not cat["name"]:
-                raise bad(f"categories[{i}] (id {cat['id']}) has no 'name'")
-        for i, ann in enumerate(data["annotations"]):
-            if not isinstance(ann, dict) or not is_int(ann.get("image_id")) or not is_int(ann.get("category_id")):
-                raise bad(f"annotations[{i}] lacks an integer 'image_id' or 'category_id'")
+        problem = (
+            _lists_problem(data)
+            or _first_problem(data["images"], _image_problem)
+            or _first_problem(data["categories"], _category_problem)
+            or _first_problem(data["annotations"], _annotation_problem)
+        )
+        if problem is not None:
+            raise CorruptFileError(f"annotation file {self.annotation_file}: {problem}", fix)
 
     def _build(self) -> None:
         coco = self.coco
@@ -244,7 +219,7 @@ class COCODataset(FileStampsMixin, MultiLabelDataset):
         return xyxy, classes, np.zeros(len(anns), dtype=bool)
 
     def _key(self, files: bytes) -> str:
-        digest = _fingerprint(
+        digest = fingerprint(
             np.asarray(self._image_ids, dtype=np.int64).tobytes(),
             "\n".join(self._files).encode(),
             "\n".join(self.classes).encode(),
@@ -252,6 +227,55 @@ class COCODataset(FileStampsMixin, MultiLabelDataset):
             files,
         )
         return f"coco-{self.split}-{len(self)}-{digest}"
+
+
+# -- the checks of COCODataset._validate: each returns the problem it finds, or None ---------------
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _lists_problem(data: dict) -> str | None:
+    if not data["images"]:
+        return "'images' is empty: the split has no images"
+    if not data["categories"]:
+        return "'categories' is empty"
+    if not isinstance(data["annotations"], list):
+        return "'annotations' is not a list"
+    return None
+
+
+def _image_problem(i: int, img) -> str | None:
+    if not isinstance(img, dict):
+        return f"images[{i}] is not an object"
+    if not _is_int(img.get("id")):
+        return f"images[{i}] has no integer 'id' (got {img.get('id')!r})"
+    if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+        return f"images[{i}] (id {img['id']}) has no 'file_name'"
+    for side in ("width", "height"):
+        if side in img and not (_is_int(img[side]) and img[side] > 0):
+            return f"images[{i}] (id {img['id']}) has a {side} that is not a positive integer: {img[side]!r}"
+    return None
+
+
+def _category_problem(i: int, cat) -> str | None:
+    if not isinstance(cat, dict):
+        return f"categories[{i}] is not an object"
+    if not _is_int(cat.get("id")):
+        return f"categories[{i}] has no integer 'id' (got {cat.get('id')!r})"
+    if not isinstance(cat.get("name"), str) or not cat["name"]:
+        return f"categories[{i}] (id {cat['id']}) has no 'name'"
+    return None
+
+
+def _annotation_problem(i: int, ann) -> str | None:
+    if not isinstance(ann, dict) or not _is_int(ann.get("image_id")) or not _is_int(ann.get("category_id")):
+        return f"annotations[{i}] lacks an integer 'image_id' or 'category_id'"
+    return None
+
+
+def _first_problem(entries: list, check) -> str | None:
+    """The problem of the first entry ``check(i, entry)`` finds fault with, or None."""
+    return next((p for p in (check(i, e) for i, e in enumerate(entries)) if p is not None), None)
 
 
 __all__ = ["COCO_SPLITS", "COCODataset"]
