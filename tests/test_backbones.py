@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import urllib.error
 
 import numpy as np
@@ -80,17 +79,15 @@ def test_lite0_features_match_classifier_trunk(lite0):
         assert torch.allclose(lite0(x), full.forward_features(x), atol=1e-5)
 
 
-def test_tiny_shape_determinism_and_speed():
+def test_tiny_shape_and_determinism():
     a, b = build_backbone("tiny"), build_backbone("tiny")
     assert (a.channels, a.stride) == (32, 16)
     assert a.weights == "random:seed0"
     for pa, pb in zip(a.module.state_dict().values(), b.module.state_dict().values()):
         assert torch.equal(pa, pb)
     x = torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(1))
-    t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode():  # its speed: benchmarks/unit_timings.py
         fa = a(x)
-    assert time.perf_counter() - t0 < 1.0
     assert fa.shape == (4, 32, 8, 8)
     with torch.inference_mode():
         assert torch.equal(fa, b(x))
@@ -125,16 +122,15 @@ def _vgg16_path() -> str:
 
 
 def test_vgg16_pretrained_works_or_raises_config_error_fast():
-    """Here (no network) this raises ConfigError in well under a second; with the file cached it builds."""
+    """Here (no network) this raises a ConfigError that names the fix; with the file cached it builds.
+    (That the failure is fast is measured by benchmarks/unit_timings.py.)"""
     if not os.path.exists(_vgg16_path()) and bb_mod._reachable("https://download.pytorch.org/")[0]:
         pytest.skip("network reachable and VGG16 not cached: not downloading 528 MB in a unit test")
-    t0 = time.perf_counter()
     try:
         b = build_backbone("vgg16")
     except ConfigError as e:
         msg = str(e)
         assert "vgg16" in msg and "checkpoints" in msg and "efficientnet_lite0" in msg
-        assert time.perf_counter() - t0 < 30
     else:
         assert (b.channels, b.stride) == (512, 16)
         assert b.weights == "imagenet:vgg16-397923af"

@@ -1,5 +1,4 @@
 import json
-import time
 
 import numpy as np
 import pytest
@@ -26,11 +25,9 @@ def test_extract_then_open_without_the_backbone(tmp_path, monkeypatch):
     net = build_backbone("tiny")
     ref = net(net.preprocess([ds.load_image(3)], 64)).detach().numpy()[0]
     assert np.allclose(store.features[3], ref, atol=1e-2, rtol=1e-2)
-    # reopening never builds the backbone and is fast
+    # reopening never builds the backbone (how fast it is: benchmarks/unit_timings.py)
     monkeypatch.setattr(store_mod, "build_backbone", lambda *a, **k: pytest.fail("backbone built again"))
-    start = time.perf_counter()
     again = extract(ds, tmp_path)
-    assert time.perf_counter() - start < 0.5
     assert np.array_equal(again.features, store.features)
 
 

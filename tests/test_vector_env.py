@@ -1,5 +1,3 @@
-import time
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -195,12 +193,10 @@ def test_sb3_ppo_smoke(small_kwargs):
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecMonitor
 
-    start = time.perf_counter()
-    env = VecMonitor(to_sb3(GlimpseVectorEnv(4, dataset="shapes", **small_kwargs)))
+    env = VecMonitor(to_sb3(GlimpseVectorEnv(4, dataset="shapes", **small_kwargs)))  # its speed: benchmarks/unit_timings.py
     model = PPO("MultiInputPolicy", env, n_steps=12, batch_size=12, n_epochs=1, seed=0, device="cpu")
     model.learn(24)
     assert model.num_timesteps >= 24 and len(model.ep_info_buffer) > 0
-    assert time.perf_counter() - start < 20
 
 
 def test_async_vectorisation_equals_sync(small_kwargs):
