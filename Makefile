@@ -1,10 +1,11 @@
-# Two entry points: `make demo` trains the RARL agent on RARL-Shapes-v0, `make test` runs the tests.
+# Entry points: `make demo` trains the RARL agent on RARL-Shapes-v0; `make lint` runs ruff (lint + format check)
+# and mypy on the core package; `make test` runs `make lint`, then the tests (what CI runs).
 # Each creates .venv with pip when it is missing.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test clean
+.PHONY: venv demo lint format test clean
 
 venv: $(VENV)/.installed
 
@@ -16,6 +17,15 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	$(PY) scripts/train_agent.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test: venv
 	$(PY) -m pytest -n 2 tests
