@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 
 from rarl_gym.errors import ConfigError
-from rarl_gym.features import Backbone, available_backbones, build_backbone, load_efficientnet_lite0_classifier
-from rarl_gym.features import backbones as bb_mod
+from rarl_gym.features import Backbone, available_backbones, build_backbone, load_efficientnet_lite0_classifier, weights_probe
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -124,7 +123,7 @@ def _vgg16_path() -> str:
 def test_vgg16_pretrained_works_or_raises_config_error_fast():
     """Here (no network) this raises a ConfigError that names the fix; with the file cached it builds.
     (That the failure is fast is measured by benchmarks/unit_timings.py.)"""
-    if not os.path.exists(_vgg16_path()) and bb_mod._reachable("https://download.pytorch.org/")[0]:
+    if not os.path.exists(_vgg16_path()) and weights_probe.reachable("https://download.pytorch.org/")[0]:
         pytest.skip("network reachable and VGG16 not cached: not downloading 528 MB in a unit test")
     try:
         b = build_backbone("vgg16")
@@ -139,7 +138,7 @@ def test_vgg16_pretrained_works_or_raises_config_error_fast():
 def test_torchvision_download_failure_becomes_config_error(monkeypatch, tmp_path):
     """Host reachable but the download fails (e.g. a proxy blocks it): still a ConfigError with the fix."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(bb_mod, "_reachable", lambda url: (True, ""))
+    monkeypatch.setattr(weights_probe, "reachable", lambda url: (True, ""))
 
     def fail(*args, **kwargs):
         raise urllib.error.URLError("simulated: no network")

