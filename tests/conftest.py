@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -13,6 +14,38 @@ torch.set_num_threads(1)  # pytest -n 2 runs two workers on two cores
 
 #: Env kwargs of a small, fast RARL-Shapes-v0: 40 train / 40 test images of 64 px, tiny backbone.
 SMALL = {"backbone": "tiny", "input_size": 64, "dataset_kwargs": {"num_images": 40, "image_size": 64}}
+
+
+def c_compiler() -> str | None:
+    """The C compiler :mod:`rarl_gym.native` would build its kernel with (the same lookup: ``$CC``,
+    then ``cc``, ``gcc``, ``clang`` on the PATH), or ``None``."""
+    if os.environ.get("CC"):
+        return shutil.which(os.environ["CC"])
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _no_native_kernel() -> str | None:
+    """Why the compiled crop cannot run here, or ``None`` when it can."""
+    if os.environ.get("RARL_NATIVE", "1") in ("0", "false", "no"):
+        return "the compiled crop is switched off (RARL_NATIVE=0)"
+    if c_compiler() is None:
+        return "no C compiler (cc, gcc, clang or $CC): the compiled crop of rarl_gym.native cannot be built"
+    return None
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "needs_c_compiler: tests of the compiled crop (rarl_gym/native.py), skipped where it cannot be built"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``needs_c_compiler`` are skipped, with the reason, where there is no C compiler."""
+    reason = _no_native_kernel()
+    skip = pytest.mark.skipif(reason is not None, reason=reason or "")
+    for item in items:
+        if item.get_closest_marker("needs_c_compiler"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

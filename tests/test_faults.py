@@ -493,11 +493,10 @@ def test_closed_envs_release_their_files(small_kwargs):
     assert _open_fds() <= before + 2
 
 
+@pytest.mark.needs_c_compiler
 def test_a_damaged_compiled_kernel_is_rebuilt(monkeypatch, tmp_path):
     from rarl_gym import native
 
-    if not native.available():
-        pytest.skip("no C compiler")
     monkeypatch.setattr(native, "_tried", False)
     monkeypatch.setattr(native, "_lib", None)
     path = tmp_path / "native" / "k.so"

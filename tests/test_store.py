@@ -98,19 +98,33 @@ def test_read_into_equals_batch_in_any_layout(tmp_path, monkeypatch):
         got, labels = store.read_into(index, out)
         assert got is out and torch.equal(labels, want_labels)
         assert torch.equal(got.float(), want)
-    assert native.available()  # CI has a C compiler: the fast path above was the compiled one
-    monkeypatch.setattr(native, "available", lambda: False)
+    monkeypatch.setattr(native, "available", lambda: False)  # the torch route, also where the kernel was used above
     assert torch.equal(store.read_into(index, torch.empty_like(last))[0], want)
 
 
-def test_read_into_a_truncated_file_is_an_error(tmp_path):
+@pytest.mark.needs_c_compiler
+def test_read_into_a_channels_last_tensor_takes_the_compiled_reader(tmp_path, monkeypatch):
     import torch
 
     from rarl_gym import native
 
     store = extract(ShapesDataset("train", num_images=6, image_size=64), tmp_path)
-    if not native.available():
-        pytest.skip("no C compiler")
+    calls = []
+    real = native.read_maps_nhwc
+    monkeypatch.setattr(native, "read_maps_nhwc", lambda *a: calls.append(a) or real(*a))
+    want, _ = store.batch([4, 1])
+    out = torch.empty(want.shape).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(store.read_into([4, 1], out)[0], want)
+    assert len(calls) == 1  # read, converted and transposed in one pass by the kernel
+    store.read_into([4, 1], torch.empty(want.shape))  # NCHW: the torch route
+    assert len(calls) == 1
+
+
+@pytest.mark.needs_c_compiler
+def test_read_into_a_truncated_file_is_an_error(tmp_path):
+    import torch
+
+    store = extract(ShapesDataset("train", num_images=6, image_size=64), tmp_path)
     row = int(np.prod(store.features.shape[1:])) * 2
     with open(store.path / "features.f16", "r+b") as f:  # cut short after it was opened
         f.truncate(5 * row + 10)
