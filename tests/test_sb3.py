@@ -102,11 +102,19 @@ SMALL_OVERRIDES = {
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
-def test_each_algo_learns_in_locate_mode(algo, env_kwargs):
+def test_each_algo_trains_and_evaluates_in_locate_mode(algo, env_kwargs):
+    """Every algorithm plays whole episodes, updates its policy and evaluates on the test split.
+
+    Not a learning test: on the tiny random backbone the features carry almost no label signal
+    (every centre policy, and the global classifier, scores about 25 mAP on these 40 images), and
+    240 steps are far too few to move a policy measurably; learning is measured in BENCHMARKS.md.
+    """
     env = make_vec(ENV, env_kwargs, 2, 0)
     model = make_agent(algo, env, seed=0, device="cpu", **SMALL_OVERRIDES[algo])
+    before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(240)
     assert model.num_timesteps >= 240 and model._n_updates > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))  # the updates changed it
     assert len(model.ep_info_buffer) >= 240 // 6 - 2  # whole 6-step episodes were played
     pred = common.evaluate_policy_on_split(model, ENV, env_kwargs, "test", batch=16)
     assert pred.probs.shape == (40, 12) and ((pred.probs >= 0) & (pred.probs <= 1)).all()
@@ -143,6 +151,7 @@ def test_native_and_single_envs_evaluate_the_same(env_kwargs, monkeypatch):
     model = make_agent("ppo", make_vec(ENV, env_kwargs, 2, 0), seed=0, device="cpu", **SMALL_OVERRIDES["ppo"])
     assert type(model.get_env()).__name__ == "DummyVecEnv"
     model.learn(96)
+    assert model.num_timesteps >= 96 and model._n_updates > 0 and len(model.ep_info_buffer) > 0
 
 
 def test_train_agent_ppo_writes_a_run_refuses_overwrite_and_resumes(cli_args, tmp_path, capsys):

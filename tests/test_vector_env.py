@@ -184,9 +184,11 @@ def test_sb3_adapter_equals_dummy_vec_env(small_kwargs):
     assert [i["image_id"] for i in adapter.reset_infos] == [adapter.venv.store.image_ids[2]] * 3
     assert adapter.get_attr("mode") == ["locate"] * 3 and adapter.env_is_wrapped(gym.Wrapper) == [False] * 3
     assert adapter.render().ndim == 3  # tiled frames
-    checked = VecCheckNan(adapter, raise_exception=True)
+    checked = VecCheckNan(adapter, raise_exception=True)  # raises on a NaN or inf in what passes through
     checked.reset()
-    checked.step(np.zeros((3, 2), np.float32))
+    obs, rewards, dones, infos = checked.step(np.zeros((3, 2), np.float32))
+    assert obs["glimpses"].shape[0] == 3 and np.isfinite(obs["glimpses"]).all()
+    assert rewards.shape == dones.shape == (3,) and not dones.any() and len(infos) == 3
 
 
 def test_sb3_ppo_smoke(small_kwargs):
