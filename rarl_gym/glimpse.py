@@ -170,55 +170,14 @@ def crop(
     Returns:
         glimpses: ``[B, K, C, s, s]`` (``out`` when given).
     """
-    b, c, h, w = feature_maps.shape
-    k = boxes.shape[1]
-    means_filled = False  # region_means written by the kernel
     if method == "auto":
-        native_ok = (
-            feature_maps.device.type == "cpu"
-            and feature_maps.dtype in (torch.float32, torch.float16)
-            and not (torch.is_grad_enabled() and feature_maps.requires_grad)
-        )
-        if native_ok:
-            from rarl_gym import native
-
-            native_ok = native.available()
-        method = "native" if native_ok else "matmul" if c > h * w else "roi_align"
-    if method != "native" and feature_maps.device.type == "cpu" and feature_maps.dtype == torch.float16:
-        feature_maps = feature_maps.float()  # torch's CPU kernels want float32
-    boxes = boxes.to(torch.float32 if method == "native" else feature_maps.dtype)
-    if method == "roi_align":
-        scale = boxes.new_tensor([w, h, w, h]) / 2.0
-        px = ((boxes + 1.0) * scale).reshape(b * k, 4)  # feature-map pixels (pixel edges at integers)
-        index = torch.arange(b, device=boxes.device, dtype=boxes.dtype).repeat_interleave(k)
-        rois = torch.cat([index[:, None], px], dim=1)  # [B*K, 5]
-        result = roi_align(feature_maps, rois, (size, size), 1.0, sampling_ratio, aligned=True).reshape(b, k, c, size, size)
-    elif method == "matmul":
-        wy, wx = crop_weights(boxes, h, w, size, sampling_ratio)
-        weights = (wy[:, :, :, None, :, None] * wx[:, :, None, :, None, :]).reshape(b, k * size * size, h * w)
-        cells = feature_maps.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view for channels-last maps
-        result = torch.bmm(weights, cells).reshape(b, k, size, size, c).permute(0, 1, 4, 2, 3)  # [B,K,C,s,s]
-    elif method == "native":
-        from rarl_gym import native
-
-        target = (
-            out if out is not None and out.is_contiguous() and out.dtype == torch.float32 else torch.empty(b, k, c, size, size)
-        )
-        means = (
-            region_means
-            if region_means is not None and region_means.is_contiguous() and region_means.dtype == torch.float32
-            else None
-        )
-        native.crop_nhwc(
-            feature_maps.detach().permute(0, 2, 3, 1).contiguous(),  # free for channels-last maps
-            torch.arange(b).repeat_interleave(k),
-            boxes.detach().reshape(b * k, 4).contiguous(),
-            target.view(b * k, c, size, size),
-            None if means is None else means.view(b * k, c),
-            sampling_ratio,
-        )
-        means_filled = means is not None
-        result = target
+        method = _auto_method(feature_maps)
+    if method == "native":
+        result, means_filled = _crop_native(feature_maps, boxes, size, sampling_ratio, out, region_means)
+    elif method in _TORCH_CROPS:
+        if feature_maps.device.type == "cpu" and feature_maps.dtype == torch.float16:
+            feature_maps = feature_maps.float()  # torch's CPU kernels want float32
+        result, means_filled = _TORCH_CROPS[method](feature_maps, boxes.to(feature_maps.dtype), size, sampling_ratio), False
     else:
         raise ValueError(f"method must be 'auto', 'native', 'roi_align' or 'matmul', got {method!r}")
     if region_means is not None and not means_filled:
@@ -228,6 +187,84 @@ def crop(
     if result is not out:
         out.copy_(result)
     return out
+
+
+def _auto_method(feature_maps: torch.Tensor) -> str:
+    """``crop(method="auto")``: ``"native"`` where it applies and is available, else ``"matmul"``
+    when C > H*W, else ``"roi_align"``."""
+    _, c, h, w = feature_maps.shape
+    native_ok = (
+        feature_maps.device.type == "cpu"
+        and feature_maps.dtype in (torch.float32, torch.float16)
+        and not (torch.is_grad_enabled() and feature_maps.requires_grad)
+    )
+    if native_ok:
+        from rarl_gym import native
+
+        native_ok = native.available()
+    return "native" if native_ok else "matmul" if c > h * w else "roi_align"
+
+
+def _crop_roi_align(feature_maps: torch.Tensor, boxes: torch.Tensor, size: int, sampling_ratio: int) -> torch.Tensor:
+    """torchvision's ``roi_align`` kernel on the C channels: ``[B, C, H, W]``, ``[B, K, 4]`` -> ``[B, K, C, s, s]``."""
+    b, c, h, w = feature_maps.shape
+    k = boxes.shape[1]
+    scale = boxes.new_tensor([w, h, w, h]) / 2.0
+    px = ((boxes + 1.0) * scale).reshape(b * k, 4)  # feature-map pixels (pixel edges at integers)
+    index = torch.arange(b, device=boxes.device, dtype=boxes.dtype).repeat_interleave(k)
+    rois = torch.cat([index[:, None], px], dim=1)  # [B*K, 5]
+    return roi_align(feature_maps, rois, (size, size), 1.0, sampling_ratio, aligned=True).reshape(b, k, c, size, size)
+
+
+def _crop_matmul(feature_maps: torch.Tensor, boxes: torch.Tensor, size: int, sampling_ratio: int) -> torch.Tensor:
+    """The separable RoI-align weights (:func:`crop_weights`) applied to the C channels as one
+    batched matrix product: ``[B, C, H, W]``, ``[B, K, 4]`` -> ``[B, K, C, s, s]``."""
+    b, c, h, w = feature_maps.shape
+    k = boxes.shape[1]
+    wy, wx = crop_weights(boxes, h, w, size, sampling_ratio)
+    weights = (wy[:, :, :, None, :, None] * wx[:, :, None, :, None, :]).reshape(b, k * size * size, h * w)
+    cells = feature_maps.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view for channels-last maps
+    return torch.bmm(weights, cells).reshape(b, k, size, size, c).permute(0, 1, 4, 2, 3)  # [B,K,C,s,s]
+
+
+#: The differentiable backends of :func:`crop`: method -> (maps, boxes in the maps' dtype, size, sampling_ratio) -> glimpses.
+_TORCH_CROPS = {"roi_align": _crop_roi_align, "matmul": _crop_matmul}
+
+
+def _crop_native(
+    feature_maps: torch.Tensor,
+    boxes: torch.Tensor,
+    size: int,
+    sampling_ratio: int,
+    out: torch.Tensor | None,
+    region_means: torch.Tensor | None,
+) -> tuple[torch.Tensor, bool]:
+    """The compiled CPU kernel (:mod:`rarl_gym.native`, float32 or float16 maps, no gradient).
+
+    Writes straight into ``out`` and ``region_means`` when they are contiguous float32 tensors.
+    Returns the glimpses ``[B, K, C, s, s]`` and whether ``region_means`` was filled.
+    """
+    from rarl_gym import native
+
+    b, c = feature_maps.shape[:2]
+    k = boxes.shape[1]
+    target = (
+        out if out is not None and out.is_contiguous() and out.dtype == torch.float32 else torch.empty(b, k, c, size, size)
+    )
+    means = (
+        region_means
+        if region_means is not None and region_means.is_contiguous() and region_means.dtype == torch.float32
+        else None
+    )
+    native.crop_nhwc(
+        feature_maps.detach().permute(0, 2, 3, 1).contiguous(),  # free for channels-last maps
+        torch.arange(b).repeat_interleave(k),
+        boxes.to(torch.float32).detach().reshape(b * k, 4).contiguous(),
+        target.view(b * k, c, size, size),
+        None if means is None else means.view(b * k, c),
+        sampling_ratio,
+    )
+    return target, means is not None
 
 
 def fuse(scores: torch.Tensor, dims: int | Sequence[int] = 1) -> torch.Tensor:
