@@ -21,7 +21,7 @@ that ``scripts/evaluate.py`` gives the same picture from the cache (tested).
 What runs after the backbone is the evaluation's functional core: for RARL, one test-time
 :func:`agents.rarl.rollout.rollout` over the views of :func:`rarl_gym.glimpse.ten_views`, as
 :func:`agents.rarl.trainer.predict` runs it (tests check that the probabilities are equal), which
-also gives the centres for the boxes; for agents trained through the env, :class:`envs.core.GlimpseEpisodes` (the env's own
+also gives the centres for the boxes; for agents trained through the env, :class:`envs.episodes.GlimpseEpisodes` (the env's own
 episode logic and region scorer) stepped by the policy's ``predict``, as
 :func:`agents.sb3.common.evaluate_policy_on_split` does.
 """
@@ -332,7 +332,7 @@ class Predictor:
 
     def _env_agent(self, maps: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         from agents.sb3.common import scores_to_probs
-        from envs.core import GlimpseEpisodes
+        from envs.episodes import GlimpseEpisodes
 
         if self._episodes is None:  # the env's episode logic and region scorer, as on the evaluation split
             self._episodes = GlimpseEpisodes.from_settings(

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.core import GlimpseEpisodes
+from envs.episodes import GlimpseEpisodes
 from rarl_gym.env_settings import EnvSettings, check_index
 from rarl_gym.errors import ActionError, ConfigError, check_choice
 from rarl_gym.glimpse import boxes_to_pixels
@@ -77,7 +77,7 @@ class GlimpseEnv(gym.Env):
     * ``dataset_kwargs``: passed to the dataset (Shapes: ``num_images``, ``image_size``, ``seed``).
 
     ## Vectorized environment
-    Episodes have a fixed length, so B of them run in lockstep: ``envs.core.GlimpseEpisodes``
+    Episodes have a fixed length, so B of them run in lockstep: ``envs.episodes.GlimpseEpisodes``
     steps B images with one batched crop. ``gym.make_vec(id, num_envs=B)`` returns the native
     :class:`envs.vector_env.GlimpseVectorEnv` (``vectorization_mode="vector_entry_point"``, the
     default for these ids; ``copy=False`` for its fastest mode); the sync and async vectorisers

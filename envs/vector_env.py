@@ -1,7 +1,7 @@
 """``GlimpseVectorEnv``: B glimpse episodes in lockstep, one batched crop per step.
 
 Every episode has exactly ``T + 1`` steps and all B sub-envs start together, so they end together
-and stay in lockstep forever: each step is one call of :class:`envs.core.GlimpseEpisodes` on B
+and stay in lockstep forever: each step is one call of :class:`envs.episodes.GlimpseEpisodes` on B
 images (one batched ``roi_align``), and the autoreset at the end of the episodes is one batched
 read of the B next feature maps. The results equal those of B :class:`envs.glimpse_env.GlimpseEnv`
 in a ``SyncVectorEnv(..., autoreset_mode="SameStep")`` driven with the same actions and seeds.
@@ -22,7 +22,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.core import GlimpseEpisodes
+from envs.episodes import GlimpseEpisodes
 from rarl_gym.env_settings import EnvSettings, check_index
 from rarl_gym.errors import ActionError, ConfigError, check_choice
 

@@ -74,7 +74,7 @@ def test_scorers_learn_the_blobs():
 def test_the_env_scores_regions_from_the_crop_means():
     """GlimpseEpisodes scores the regions from the means the crop computes in the same pass:
     the same as the scorer applied to the observed glimpses, step 0 (whole image) included."""
-    from envs.core import GlimpseEpisodes
+    from envs.episodes import GlimpseEpisodes
 
     torch.manual_seed(1)
     scorer = RegionScorer(40, 5)
