@@ -7,15 +7,14 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
 
-from envs.episodes import GlimpseEpisodes
-from rarl_gym.env_settings import EnvSettings, check_index
-from rarl_gym.errors import ActionError, ConfigError, check_choice
+from envs.common import GlimpseEnvSetup, check_actions
+from rarl_gym.env_settings import check_index
+from rarl_gym.errors import ConfigError, check_choice
 from rarl_gym.glimpse import boxes_to_pixels
 
 
-class GlimpseEnv(gym.Env):
+class GlimpseEnv(GlimpseEnvSetup, gym.Env):
     """
     ## Description
     Multi-label image recognition as a sequential decision problem, after "Recurrent Attentional
@@ -92,25 +91,8 @@ class GlimpseEnv(gym.Env):
     def __init__(self, render_mode: str | None = None, progress: bool = True, **kwargs: Any):
         if render_mode is not None:
             check_choice("render_mode", render_mode, tuple(self.metadata["render_modes"]))
-        self.settings = settings = EnvSettings.from_kwargs(**kwargs)
-        self.source = settings.source
-        self.split = settings.split
-        self.data, self.store = self.source.open_split(settings.split, progress=progress)
-        self.mode = settings.mode
+        self.observation_space, self.action_space = self._open(kwargs, progress=progress)
         self.render_mode = render_mode
-        self.classes = self.store.classes
-        self.episodes = GlimpseEpisodes.from_settings(settings, progress=progress)
-        num_regions = self.episodes.num_regions
-        num_classes = len(self.classes)
-        obs_shape = (num_regions, self.store.channels, settings.glimpse_size, settings.glimpse_size)
-        self.observation_space = spaces.Dict(
-            {
-                "glimpses": spaces.Box(-np.inf, np.inf, obs_shape, np.float32),
-                "step": spaces.Discrete(settings.num_steps + 1),
-            }
-        )
-        act_dim = 2 if settings.mode == "locate" else 2 + num_classes
-        self.action_space = spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
         self._order: np.ndarray | None = None  # the seeded image order, drawn at the first reset
         self._cursor = 0
         self._index = -1
@@ -138,7 +120,7 @@ class GlimpseEnv(gym.Env):
     def step(self, action):
         if self._index < 0 or self.episodes.done:
             raise RuntimeError("call reset() before step(): the episode is over or has not started")
-        action = self._check_action(action)
+        action = check_actions(action, self.action_space, self.mode)
         centers = torch.from_numpy(action[None, :2])
         scores = None if self.mode == "locate" else torch.from_numpy(action[None, 2:])
         glimpses, reward = self.episodes.step(centers, scores)
@@ -170,27 +152,6 @@ class GlimpseEnv(gym.Env):
     def _obs(self, glimpses: torch.Tensor) -> dict:
         step = min(self.episodes.t, self.episodes.num_steps)
         return {"glimpses": glimpses[0].numpy().astype(np.float32, copy=False), "step": step}
-
-    def _check_action(self, action) -> np.ndarray:
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):  # a huge value becomes inf: refused below
-                a = np.asarray(action, dtype=np.float32)
-        except (TypeError, ValueError) as err:
-            raise ActionError(f"the action {action!r} is not numeric", "pass a float array") from err
-        shape = self.action_space.shape
-        if a.shape != shape:
-            raise ActionError(
-                f"the action has shape {a.shape}, the action space {self.action_space} wants {shape}",
-                "pass the centre (x, y)" + ("" if self.mode == "locate" else " followed by the L label scores"),
-            )
-        if not np.isfinite(a).all():
-            raise ActionError(f"the action contains NaN or inf: {a}", "check the policy's output for NaN")
-        if (a < -1.0 - 1e-6).any() or (a > 1.0 + 1e-6).any():
-            raise ActionError(
-                f"the action {a} is outside the action space [-1, 1]",
-                "clip it (np.clip(a, -1, 1) or gymnasium.wrappers.ClipAction)",
-            )
-        return np.clip(a, -1.0, 1.0)
 
     def _final_info(self) -> dict:
         w, h = self.store.image_sizes[self._index]

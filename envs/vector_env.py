@@ -2,8 +2,11 @@
 
 Every episode has exactly ``T + 1`` steps and all B sub-envs start together, so they end together
 and stay in lockstep forever: each step is one call of :class:`envs.episodes.GlimpseEpisodes` on B
-images (one batched ``roi_align``), and the autoreset at the end of the episodes is one batched
-read of the B next feature maps. The results equal those of B :class:`envs.glimpse_env.GlimpseEnv`
+images: one batched crop of the K regions of all B maps (:func:`rarl_gym.glimpse.crop`: on the CPU
+the compiled kernel of :mod:`rarl_gym.native` on the channels-last float16 maps, which also gives
+the region means the env scorer reads; else a batched matrix product or ``roi_align``), and the
+autoreset at the end of the episodes is one batched read of the B next feature maps into a reused
+channels-last buffer. The results equal those of B :class:`envs.glimpse_env.GlimpseEnv`
 in a ``SyncVectorEnv(..., autoreset_mode="SameStep")`` driven with the same actions and seeds.
 
 :class:`agents.sb3.vec_env.SB3VecEnvAdapter` (or :func:`~agents.sb3.vec_env.to_sb3`) exposes it as a
@@ -17,49 +20,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.episodes import GlimpseEpisodes
-from rarl_gym.env_settings import EnvSettings, check_index
-from rarl_gym.errors import ActionError, ConfigError, check_choice
+from envs.common import GlimpseEnvSetup, check_actions
+from rarl_gym.env_settings import check_index
+from rarl_gym.errors import ConfigError, check_choice
 
 ObsDict = dict[str, np.ndarray]
 
 
-def check_actions(actions: Any, space: spaces.Box, mode: str) -> np.ndarray:
-    """Validate a batch of actions ``[B, A]`` against the batched ``space``; return them clipped to [-1, 1].
-
-    Raises :class:`ActionError` (same wording as ``GlimpseEnv``) for a wrong shape, NaN / inf, or
-    a value outside ``[-1, 1]`` (beyond a 1e-6 tolerance), naming the offending sub-envs.
-    """
-    try:
-        a = np.asarray(actions, dtype=np.float32)
-    except (TypeError, ValueError) as err:
-        raise ActionError(f"the actions {actions!r} are not numeric", "pass a float array") from err
-    if a.shape != space.shape:
-        raise ActionError(
-            f"the actions have shape {a.shape}, the action space {space} wants {space.shape}",
-            "pass one row per sub-env: the centre (x, y)" + ("" if mode == "locate" else " followed by the L label scores"),
-        )
-    bad = ~np.isfinite(a).all(axis=1)
-    if bad.any():
-        raise ActionError(
-            f"the actions of sub-env(s) {np.flatnonzero(bad).tolist()} contain NaN or inf: {a[bad]}",
-            "check the policy's output for NaN",
-        )
-    out = ((a < -1.0 - 1e-6) | (a > 1.0 + 1e-6)).any(axis=1)
-    if out.any():
-        raise ActionError(
-            f"the actions of sub-env(s) {np.flatnonzero(out).tolist()} are outside the action space [-1, 1]: {a[out]}",
-            "clip them (np.clip(a, -1, 1) or gymnasium.wrappers.vector.ClipAction)",
-        )
-    return np.clip(a, -1.0, 1.0)
-
-
-class GlimpseVectorEnv(VectorEnv):
+class GlimpseVectorEnv(GlimpseEnvSetup, VectorEnv):
     """B :class:`envs.glimpse_env.GlimpseEnv` episodes stepped as one batch (same-step autoreset).
 
     ``GlimpseVectorEnv(num_envs, render_mode=None, progress=True, **env_kwargs)`` takes the kwargs
@@ -115,24 +87,10 @@ class GlimpseVectorEnv(VectorEnv):
             )
         self.num_envs = int(num_envs)
         self.render_mode = render_mode
-        self.settings = settings = EnvSettings.from_kwargs(**env_kwargs)
-        self.source = settings.source
-        self.split = settings.split
-        self.data, self.store = self.source.open_split(settings.split, progress=progress)
-        self.mode = settings.mode
-        self.classes = self.store.classes
-        self.episodes = GlimpseEpisodes.from_settings(settings, progress=progress, reuse_buffers=not copy)
-        self.copy = copy
-        s = settings.glimpse_size
-        self._glimpse_shape = (self.episodes.num_regions, self.store.channels, s, s)
-        self.single_observation_space = spaces.Dict(
-            {
-                "glimpses": spaces.Box(-np.inf, np.inf, self._glimpse_shape, np.float32),
-                "step": spaces.Discrete(settings.num_steps + 1),
-            }
+        self.single_observation_space, self.single_action_space = self._open(
+            env_kwargs, progress=progress, reuse_buffers=not copy
         )
-        act_dim = 2 if settings.mode == "locate" else 2 + len(self.classes)
-        self.single_action_space = spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
+        self._glimpse_shape = self.single_observation_space["glimpses"].shape
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         # per sub-env: its seeded image order [B, N] (drawn at its first / seeded reset) and cursor [B]
@@ -273,4 +231,4 @@ class GlimpseVectorEnv(VectorEnv):
         return final_obs, info
 
 
-__all__ = ["GlimpseVectorEnv", "check_actions"]
+__all__ = ["GlimpseVectorEnv"]
