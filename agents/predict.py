@@ -23,7 +23,7 @@ What runs after the backbone is the evaluation's functional core: for RARL, one 
 :func:`agents.rarl.trainer.predict` runs it (tests check that the probabilities are equal), which
 also gives the centres for the boxes; for agents trained through the env, :class:`envs.episodes.GlimpseEpisodes` (the env's own
 episode logic and region scorer) stepped by the policy's ``predict``, as
-:func:`agents.sb3.common.evaluate_policy_on_split` does.
+:func:`agents.common.evaluation.evaluate_policy_on_split` does.
 """
 
 from __future__ import annotations
@@ -218,9 +218,7 @@ class Predictor:
                 from agents.custom.cem import load_cem
 
                 policy, config = load_cem(path)
-            settings = EnvSettings.from_env_id(
-                config["env_id"], {k: v for k, v in config["env_kwargs"].items() if k != "progress"}
-            )
+            settings = EnvSettings.from_env_id(config["env_id"], config["env_kwargs"])
             crop = 0.875
         if data_root is not None:
             settings = settings.replace(root=data_root)
@@ -297,7 +295,7 @@ class Predictor:
     def _rarl(self, maps: torch.Tensor, views: int) -> tuple[np.ndarray, torch.Tensor]:
         """One test-time rollout of the B (x 10 views) episodes, as :func:`agents.rarl.trainer.predict`
         runs it (the same views, probabilities averaged over the views), keeping the centres."""
-        from agents.rarl.rollout import rollout, scores_to_probs
+        from agents.rarl.rollout import rollout
 
         agent = self.policy.to(self.device).eval()
         b = maps.shape[0]
@@ -319,19 +317,18 @@ class Predictor:
             generator=generator,
             view=view,
         )
-        p = agent.probabilities(out.fused) if hasattr(agent, "probabilities") else scores_to_probs(out.fused)
-        probs = p.reshape(b, views, -1).mean(1).cpu().numpy()
+        probs = agent.probabilities(out.fused).reshape(b, views, -1).mean(1).cpu().numpy()
         t = out.centers.shape[1]
         boxes = anchor_boxes(out.centers.reshape(-1, 2), self.settings.scales, self.settings.ratios).reshape(
             b * views, t, -1, 4
         )
         if view is not None:  # view coordinates -> image coordinates
-            k = boxes.shape[2]
-            boxes = view_to_image(boxes.reshape(b * views, t * k, 4), view[0], view[1]).reshape(b * views, t, k, 4)
+            regions = boxes.shape[2]  # K anchors per centre
+            boxes = view_to_image(boxes.reshape(b * views, t * regions, 4), view[0], view[1]).reshape(b * views, t, regions, 4)
         return probs, boxes.reshape(b, views, t, -1, 4).cpu()
 
     def _env_agent(self, maps: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        from agents.sb3.common import scores_to_probs
+        from agents.common.evaluation import env_scores_to_probs
         from envs.episodes import GlimpseEpisodes
 
         if self._episodes is None:  # the env's episode logic and region scorer, as on the evaluation split
@@ -349,7 +346,7 @@ class Predictor:
             first[:] = False
             scores = None if self.settings.mode == "locate" else torch.from_numpy(actions[:, 2:])
             glimpses, _ = episodes.step(torch.from_numpy(actions[:, :2]), scores)
-        probs = scores_to_probs(episodes.fused.numpy(), self.settings.mode).astype(np.float32)
+        probs = env_scores_to_probs(episodes.fused.numpy(), self.settings.mode).astype(np.float32)
         boxes = torch.stack(episodes.history, dim=1)[:, None]  # [B, 1, T, K, 4]
         return probs, boxes
 

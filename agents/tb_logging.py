@@ -137,7 +137,7 @@ def rarl_final(writer, agent, store, settings: EnvSettings, config, results: dic
 def env_agent_episodes(policy, env_id: str, env_kwargs: dict, split: str, indices: Sequence[int]) -> dict:
     """One deterministic episode per image ``indices`` of ``split``: the final info (``boxes`` in
     pixels, ``scores``, ``labels``) and ``probs``."""
-    from agents.sb3.common import lockstep_envs, scores_to_probs
+    from agents.common.evaluation import env_scores_to_probs, lockstep_envs
 
     venv = lockstep_envs(env_id, env_kwargs, split, len(indices))
     try:
@@ -152,7 +152,7 @@ def env_agent_episodes(policy, env_id: str, env_kwargs: dict, split: str, indice
             if terminated.all() or truncated.all():
                 break
         info = {k: np.asarray(infos["final_info"][k]) for k in ("boxes", "scores", "labels")}
-        info["probs"] = scores_to_probs(info["scores"], venv.unwrapped.mode)
+        info["probs"] = env_scores_to_probs(info["scores"], venv.unwrapped.mode)
         info["classes"] = tuple(venv.unwrapped.classes)
         info["dataset"] = venv.unwrapped.data
         return info
@@ -161,7 +161,7 @@ def env_agent_episodes(policy, env_id: str, env_kwargs: dict, split: str, indice
 
 
 def env_agent_figure2(writer, policy, env_id: str, env_kwargs: dict, step: int, count: int = FIGURE_IMAGES) -> None:
-    settings = EnvSettings.from_env_id(env_id, {k: v for k, v in env_kwargs.items() if k != "progress"})
+    settings = EnvSettings.from_env_id(env_id, env_kwargs)
     split = settings.source.eval_split
     n = len(settings.source.open_split(split, progress=False)[1])
     indices = fixed_indices(n, count)
@@ -174,7 +174,7 @@ def env_agent_figure2(writer, policy, env_id: str, env_kwargs: dict, step: int, 
 
 def env_agent_final(writer, policy, config: dict, results: dict, step: int) -> None:
     """PR curves of the final evaluation (the policy's centres) and the run's hyperparameters."""
-    from agents.sb3.common import evaluate_policy_on_split
+    from agents.common.evaluation import evaluate_policy_on_split
 
     pred = evaluate_policy_on_split(
         policy, config["env_id"], config["env_kwargs"], results["split"], seed=config.get("seed", 0)

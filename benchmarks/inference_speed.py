@@ -88,12 +88,12 @@ def benchmark(args: argparse.Namespace) -> dict:
     import torch
 
     from agents.predict import Predictor
-    from agents.rarl.trainer import predict, predict_global
+    from agents.rarl.trainer import predict
     from rarl_gym import metrics
     from rarl_gym.features.backbones import Backbone
     from rarl_gym.features.inference import forward
     from rarl_gym.features.store import FeatureStore
-    from rarl_gym.scorer import fit_global_classifier, pooled_features
+    from rarl_gym.scorer import fit_global_classifier, pooled_features, predict_global
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -22,6 +24,8 @@ from rarl_gym.reward import ADAPTIVE
 from rarl_gym.sources import FeatureSource
 
 MODES = ("locate", "joint")
+#: Env kwargs that are not settings: how an env reports, not what it computes (``gym.make(..., progress=True)``).
+NOT_SETTINGS = ("progress",)
 _EXAMPLES = {"backbone": "efficientnet_lite0", "split": "train", "root": "data/voc07", "cache_dir": "~/.cache/rarl_gym"}
 
 
@@ -33,6 +37,12 @@ def _is_int(value) -> bool:
 def _is_number(value) -> bool:
     """A real number (numpy's too), not a ``bool``."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def settings_kwargs(env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``env_kwargs`` without the kwargs that are not settings (:data:`NOT_SETTINGS`: ``progress``):
+    what a run records and :meth:`EnvSettings.from_kwargs` accepts."""
+    return {k: v for k, v in env_kwargs.items() if k not in NOT_SETTINGS}
 
 
 def check_index(value, n: int, name: str = "options['index']") -> int:
@@ -156,15 +166,16 @@ class EnvSettings:
         return cls(**kwargs)
 
     @classmethod
-    def from_env_id(cls, env_id: str, overrides: dict | None = None) -> EnvSettings:
-        """The registered kwargs of ``env_id`` with ``overrides`` on top."""
+    def from_env_id(cls, env_id: str, overrides: Mapping[str, Any] | None = None) -> EnvSettings:
+        """The registered kwargs of ``env_id`` with ``overrides`` (env kwargs) on top; kwargs that are
+        not settings (``progress``, :func:`settings_kwargs`) are ignored."""
         import rarl_gym  # registers the ids
 
         try:
             spec = gym.spec(env_id)
         except gym.error.Error as err:
             raise ConfigError(f"unknown env id {env_id!r}", f"use one of {', '.join(rarl_gym.ENV_IDS)}") from err
-        return cls.from_kwargs(**{**spec.kwargs, **(overrides or {})})
+        return cls.from_kwargs(**settings_kwargs({**spec.kwargs, **(overrides or {})}))
 
 
-__all__ = ["MODES", "EnvSettings", "check_index"]
+__all__ = ["MODES", "NOT_SETTINGS", "EnvSettings", "check_index", "settings_kwargs"]

@@ -25,6 +25,9 @@ WHOLE_IMAGE = (-1.0, -1.0, 1.0, 1.0)
 
 #: A fixed set of windows: the image middle, then the centres of the four quadrants (cycling).
 FIXED_GRID: tuple[tuple[float, float], ...] = ((0.0, 0.0), (-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5))
+#: Where the glimpse centres come from in an evaluation: the agent's policy, uniform random, the
+#: image middle, or :data:`FIXED_GRID` (step t: ``FIXED_GRID[t % 5]``).
+CENTER_POLICIES: tuple[str, ...] = ("learned", "random", "center", "grid")
 
 
 def anchor_offsets(
@@ -348,6 +351,7 @@ def ten_views(crop: float, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 __all__ = [
+    "CENTER_POLICIES",
     "DEFAULT_RATIOS",
     "DEFAULT_SCALES",
     "FIXED_GRID",

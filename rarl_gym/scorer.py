@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,8 +25,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rarl_gym.errors import CorruptFileError
-from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES, anchor_boxes, crop_weights, fuse, whole_image_boxes
+from rarl_gym.glimpse import (
+    DEFAULT_RATIOS,
+    DEFAULT_SCALES,
+    anchor_boxes,
+    crop_weights,
+    fuse,
+    ten_views,
+    whole_image_boxes,
+)
+from rarl_gym.glimpse import crop as crop_regions
 from rarl_gym.io import atomic_torch_save
+
+if TYPE_CHECKING:
+    from rarl_gym.features.store import FeatureStore
 
 
 class RegionScorer(nn.Module):
@@ -221,6 +234,30 @@ def fit_global_classifier(
     return scorer.eval().requires_grad_(False)
 
 
+@torch.no_grad()
+def predict_global(
+    scorer: RegionScorer,
+    store: FeatureStore,
+    *,
+    views: int = 1,
+    crop: float = 0.875,
+    batch_size: int = 256,
+    tail: torch.nn.Module | None = None,
+) -> np.ndarray:
+    """Probabilities ``[N, L]`` of the global-image linear classifier (:func:`fit_global_classifier`,
+    sigmoid) on every image of ``store``, over 1 or 10 views (:func:`rarl_gym.glimpse.ten_views`)
+    (``tail``: the fine-tuned layers applied to the cached maps ``[B, C, H, W]`` first)."""
+    windows = whole_image_boxes(1, 1)[0] if views == 1 else ten_views(crop)[0]  # [V,4]
+    probs = []
+    for lo in range(0, len(store), batch_size):
+        feats, _ = store.batch(np.arange(lo, min(lo + batch_size, len(store))))
+        if tail is not None:
+            feats = tail(feats.contiguous(memory_format=torch.channels_last)).contiguous()
+        boxes = windows.expand(feats.shape[0], *windows.shape)
+        probs.append(torch.sigmoid(scorer(crop_regions(feats, boxes, 1))).mean(1))
+    return torch.cat(probs).numpy()
+
+
 def save_scorer(scorer: RegionScorer | CrossFitScorer, path: str | Path, meta: dict) -> None:
     """Write a scorer (one, or the F of a :class:`CrossFitScorer`) atomically (:func:`rarl_gym.io.atomic_torch_save`)."""
     parts = list(scorer.scorers) if isinstance(scorer, CrossFitScorer) else [scorer]
@@ -263,6 +300,7 @@ __all__ = [
     "load_scorer",
     "masked_bce",
     "pooled_features",
+    "predict_global",
     "save_scorer",
     "training_regions",
 ]

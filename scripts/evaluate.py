@@ -23,14 +23,14 @@ from rarl_gym.cli import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from rarl_gym.glimpse import CENTER_POLICIES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint.pt / model.zip / cem.npz, or the run folder holding it")
     p.add_argument("--split", default=None, help="split to evaluate (default: the dataset's evaluation split)")
     p.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="1 view or the ten-view test")
-    p.add_argument(
-        "--centers", default="learned", choices=["learned", "random", "center", "grid"], help="where the glimpses go"
-    )
+    p.add_argument("--centers", dest="center_policy", default="learned", choices=CENTER_POLICIES, help="where the glimpses go")
     p.add_argument("--out", default=None, help="JSON file (default: <run folder>/eval-<split>-<centers>-<views>v.json)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument(
@@ -52,7 +52,7 @@ def _env_agent_file(path: Path) -> str | None:
 
 def evaluate_env_agent(args: argparse.Namespace, kind: str) -> None:
     """An agent trained through the env (agents/sb3, agents/custom): one episode per image."""
-    from agents.sb3.common import check_views, evaluate_policy_on_split
+    from agents.common.evaluation import check_views, evaluate_policy_on_split
     from rarl_gym import metrics
     from rarl_gym.env_settings import EnvSettings
 
@@ -69,17 +69,19 @@ def evaluate_env_agent(args: argparse.Namespace, kind: str) -> None:
     settings = EnvSettings.from_env_id(config["env_id"], env_kwargs)
     split = args.split or settings.source.eval_split
     pred = evaluate_policy_on_split(
-        policy, config["env_id"], env_kwargs, split, centers=args.centers, seed=config.get("seed", 0)
+        policy, config["env_id"], env_kwargs, split, center_policy=args.center_policy, seed=config.get("seed", 0)
     )
     report = metrics.evaluate(pred.probs, pred.labels, classes=pred.classes)
     reward = float(pred.rewards.mean())
-    print(f"{settings.dataset} split {split!r}, {config['algo']}, {args.centers} centres, mean reward {reward:.3f}")
+    print(f"{settings.dataset} split {split!r}, {config['algo']}, {args.center_policy} centres, mean reward {reward:.3f}")
     print(report.markdown() if args.markdown else report.table())
     path = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / f"eval-{split}-{args.centers}-1v.json"
+    out = (
+        Path(args.out) if args.out else (path if path.is_dir() else path.parent) / f"eval-{split}-{args.center_policy}-1v.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
-        json.dumps({"split": split, "views": 1, "centers": args.centers, "reward": reward, **report.to_dict()}, indent=1)
+        json.dumps({"split": split, "views": 1, "centers": args.center_policy, "reward": reward, **report.to_dict()}, indent=1)
     )
     print(f"\nJSON: {out}")
 
@@ -106,18 +108,19 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
     if args.compare:
         return _compare(args, ckpt, agent, store, settings, device, run_dir, split)
-    probs, rewards = predict(agent, store, settings, centers=args.centers, views=args.views, crop=crop, device=device)
+    probs, rewards = predict(agent, store, settings, centers=args.center_policy, views=args.views, crop=crop, device=device)
     report = metrics.evaluate(probs, store.labels, classes=store.classes)
     print(
-        f"{settings.dataset} split {split!r}, {args.views} view(s), {args.centers} centres, mean reward {rewards.mean():.3f}"
+        f"{settings.dataset} split {split!r}, {args.views} view(s), {args.center_policy} centres, "
+        f"mean reward {rewards.mean():.3f}"
     )
     print(report.markdown() if args.markdown else report.table())
-    out = Path(args.out) if args.out else run_dir / f"eval-{split}-{args.centers}-{args.views}v.json"
+    out = Path(args.out) if args.out else run_dir / f"eval-{split}-{args.center_policy}-{args.views}v.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "split": split,
         "views": args.views,
-        "centers": args.centers,
+        "centers": args.center_policy,
         "reward": float(rewards.mean()),
         **report.to_dict(),
     }
@@ -127,12 +130,12 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
 
 def _compare(args, ckpt, agent, store, settings, device, run_dir: Path, split: str) -> None:
     """Every row of the trainer's final table (all centre policies and the global classifier)."""
-    from agents.rarl.trainer import TrainConfig, evaluate_run
+    from agents.rarl.trainer import TrainConfig, evaluate_agent
     from rarl_gym.cli import print_results
 
     config = TrainConfig(**{**ckpt["config"], "eval_views": args.views})
     _, train_store = settings.source.open_split(settings.split)
-    results = evaluate_run(agent, store, settings, config, device=device, train_store=train_store)
+    results = evaluate_agent(agent, store, settings, config, device=device, train_store=train_store)
     out = Path(args.out) if args.out else run_dir / f"compare-{split}-{args.views}v.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({k: v for k, v in results.items() if k != "reports"}, indent=1))

@@ -5,8 +5,9 @@ Envs and the trainer extract on first use; this script does it ahead of time, e.
 machine, and reports the time per split. An interrupted run resumes where it stopped.
 
 Examples:
-    python scripts/extract_features.py --dataset voc07 --root ../shared/data/voc07 --splits train val
-    python scripts/extract_features.py --dataset coco --root ../shared/data/coco --splits train2017 val2017 --input-size 448
+    python scripts/extract_features.py --dataset voc07 --data-root ../shared/data/voc07 --splits train val
+    python scripts/extract_features.py --dataset coco --data-root ../shared/data/coco \\
+        --splits train2017 val2017 --input-size 448
     # 4 processes (or GPUs) share one cache:
     torchrun --nproc_per_node=4 scripts/extract_features.py --dataset coco --splits train2014
 
@@ -29,7 +30,8 @@ from rarl_gym.cli import run_cli
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="shapes", choices=["shapes", "voc07", "coco"])
-    p.add_argument("--root", default=None, help="dataset root (default $RARL_DATA/<dataset>)")
+    p.add_argument("--data-root", default=None, help="dataset root (default $RARL_DATA/<dataset>)")
+    p.add_argument("--root", dest="data_root", default=None, help=argparse.SUPPRESS)  # the spelling of earlier versions
     p.add_argument("--splits", nargs="+", default=None, help="splits (default: the training and evaluation splits)")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--input-size", type=int, default=None, help="backbone input side (default 256 for Shapes, 320 otherwise)")
@@ -56,7 +58,7 @@ def extract(args: argparse.Namespace) -> None:
     dataset_kwargs = json_object(args.dataset_kwargs, "--dataset-kwargs", '{"num_images": 500}')
     source = FeatureSource(
         dataset=args.dataset,
-        root=args.root,
+        root=args.data_root,
         backbone=args.backbone,
         input_size=args.input_size,
         cache_dir=args.cache_dir,

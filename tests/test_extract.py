@@ -139,3 +139,19 @@ def test_sharded_progress_merges_the_ranks_files(tmp_path, monkeypatch):
     assert merged.tolist() == [True, False, False, True, True] and not (tmp_path / "progress.rank1.npy").exists()
     with pytest.raises(CorruptFileError, match="2 rows were not written"):
         store_mod._sharded_progress(tmp_path, progress, merged, 0, 2, finish=True)
+
+
+@pytest.mark.parametrize("flag", ["--data-root", "--root"])
+def test_extract_features_takes_data_root_and_its_old_spelling(flag, tmp_path, capsys):
+    """``--data-root`` as in every other script; ``--root`` (earlier versions) still works, unlisted."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import extract_features as script
+
+    missing = tmp_path / "no-voc-here"
+    assert script.parse_args([flag, str(missing)]).data_root == str(missing)
+    assert script.main(["--dataset", "voc07", flag, str(missing), "--splits", "train", "--device", "cpu"]) == 2
+    assert str(missing) in capsys.readouterr().err  # the root reached the dataset
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "--data-root" in out and "--root" not in out.replace("--data-root", "")

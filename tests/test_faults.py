@@ -24,7 +24,7 @@ from PIL import Image
 from rarl_gym import io as rio
 from rarl_gym.data import COCODataset
 from rarl_gym.data.shapes import ShapesDataset
-from rarl_gym.env_settings import EnvSettings
+from rarl_gym.env_settings import EnvSettings, settings_kwargs
 from rarl_gym.errors import ConfigError, CorruptFileError, DiskFullError, InUseError, NotWritableError, RarlGymError
 from rarl_gym.features import store as store_mod
 from rarl_gym.features.store import FeatureStore, entry_path, extract_features
@@ -209,7 +209,7 @@ def test_sb3_saves_periodically_and_resumes_after_a_crash(small_kwargs, tmp_path
     from agents.sb3 import train as sb3_train
     from agents.sb3.train import load_model, train_sb3
 
-    env_kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
+    env_kwargs = settings_kwargs(small_kwargs)
     hyper = {"n_steps": 24, "batch_size": 48, "n_epochs": 1}
 
     class Crash(sb3_train.BaseCallback):  # stands in for kill -9: nothing runs after it
@@ -251,7 +251,7 @@ def test_off_policy_runs_save_their_replay_buffer(small_kwargs, tmp_path, monkey
     from agents.sb3 import train as sb3_train
     from agents.sb3.train import train_sb3
 
-    env_kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
+    env_kwargs = settings_kwargs(small_kwargs)
     small = {"learning_starts": 48, "batch_size": 16, "gradient_steps": 1, "buffer_size": 500}
     run = tmp_path / "td3"
     train_sb3(
@@ -407,7 +407,7 @@ def test_wrong_reset_options_and_cache_dirs(small_kwargs, tmp_path):
 
 @pytest.fixture
 def train_args(small_kwargs, tmp_path):
-    kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
+    kwargs = settings_kwargs(small_kwargs)
 
     def args(run, *extra):
         return [
@@ -521,7 +521,9 @@ def test_resume_with_the_same_backbone_is_accepted_and_seconds_add_up(train_args
     from agents.rarl import trainer
 
     # the checkpoint bookkeeping is under test, not the evaluation (test_scripts.py runs that)
-    monkeypatch.setattr(trainer, "evaluate_run", lambda *a, **k: {"split": "test", "views": 1, "policies": {}, "reports": {}})
+    monkeypatch.setattr(
+        trainer, "evaluate_agent", lambda *a, **k: {"split": "test", "views": 1, "policies": {}, "reports": {}}
+    )
     monkeypatch.setattr(train_agent, "print_results", lambda *a, **k: None)
     assert train_agent.main(train_args("r", "--epochs", "1")) == 0
     first = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["train_seconds"]

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from agents.predict import Predictor
-from rarl_gym.env_settings import EnvSettings
+from rarl_gym.env_settings import EnvSettings, settings_kwargs
 from rarl_gym.errors import CheckpointError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ INDICES = [0, 3, 5, 6, 11]
 @pytest.fixture(scope="module")
 def rarl_run(small_kwargs, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("predict") / "rarl"
-    kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
+    kwargs = settings_kwargs(small_kwargs)
     args = [
         "--env-kwargs",
         json.dumps(kwargs),
@@ -46,7 +46,7 @@ def rarl_run(small_kwargs, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def test_images(small_kwargs, tmp_path_factory) -> list[Path]:
     """Some test-split images of the small Shapes env, as PNG files (lossless: the cache's pixels)."""
-    settings = EnvSettings.from_env_id("RARL-Shapes-v0", {k: v for k, v in small_kwargs.items() if k != "progress"})
+    settings = EnvSettings.from_env_id("RARL-Shapes-v0", settings_kwargs(small_kwargs))
     dataset = settings.source.make_dataset("test")
     folder = tmp_path_factory.mktemp("images")
     paths = []
@@ -129,10 +129,10 @@ def test_a_mismatched_backbone_is_an_error(rarl_run, monkeypatch):
 
 def test_an_env_trained_agent_predicts_as_it_is_evaluated(small_kwargs, tmp_path, test_images):
     """CEM (through the env): predict on the files == the env's evaluation episodes on the cache."""
+    from agents.common.evaluation import evaluate_policy_on_split
     from agents.custom.cem import load_cem, train_cem
-    from agents.sb3.common import evaluate_policy_on_split
 
-    env_kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
+    env_kwargs = settings_kwargs(small_kwargs)
     run = tmp_path / "cem"
     train_cem("RARL-Shapes-v0", env_kwargs, run, total_timesteps=600, seed=0, progress=False, population=4, episodes=4)
     policy, _config = load_cem(run)
@@ -145,10 +145,10 @@ def test_an_env_trained_agent_predicts_as_it_is_evaluated(small_kwargs, tmp_path
 
 
 def test_an_sb3_model_predicts_as_it_is_evaluated(small_kwargs, tmp_path, test_images):
-    from agents.sb3.common import evaluate_policy_on_split
+    from agents.common.evaluation import evaluate_policy_on_split
     from agents.sb3.train import load_model, train_sb3
 
-    env_kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
+    env_kwargs = settings_kwargs(small_kwargs)
     run = tmp_path / "ppo"
     train_sb3(
         "ppo",

@@ -11,11 +11,12 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import preprocess_obs
 
+from agents.common import evaluation
 from agents.custom.cem import train_cem
-from agents.sb3 import common
 from agents.sb3.algos import ALGOS, MEMORY_BUDGET, OFF_POLICY, default_hyperparams, make_agent, observation_bytes
 from agents.sb3.extractor import GlimpseExtractor
 from agents.sb3.train import make_vec
+from rarl_gym.env_settings import settings_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -28,7 +29,7 @@ ENV = "RARL-Shapes-v0"
 
 @pytest.fixture
 def env_kwargs(small_kwargs):
-    return {k: v for k, v in small_kwargs.items() if k != "progress"}
+    return settings_kwargs(small_kwargs)
 
 
 @pytest.fixture
@@ -116,7 +117,7 @@ def test_each_algo_trains_and_evaluates_in_locate_mode(algo, env_kwargs):
     assert model.num_timesteps >= 240 and model._n_updates > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))  # the updates changed it
     assert len(model.ep_info_buffer) >= 240 // 6 - 2  # whole 6-step episodes were played
-    pred = common.evaluate_policy_on_split(model, ENV, env_kwargs, "test", batch=16)
+    pred = evaluation.evaluate_policy_on_split(model, ENV, env_kwargs, "test", batch=16)
     assert pred.probs.shape == (40, 12) and ((pred.probs >= 0) & (pred.probs <= 1)).all()
     assert ((pred.rewards >= 0) & (pred.rewards <= 1)).all()
     env.close()
@@ -129,9 +130,9 @@ def test_ppo_in_joint_mode(env_kwargs):
     model = make_agent("ppo", env, seed=0, device="cpu", **SMALL_OVERRIDES["ppo"])
     model.learn(192)
     assert model.num_timesteps >= 192
-    results = common.evaluate_run(model, ENV, kwargs, baseline=False)
+    results = evaluation.evaluate_run(model, ENV, kwargs, baseline=False)
     assert set(results["policies"]) == {"learned", "random", "center", "grid"}
-    pred = common.evaluate_policy_on_split(model, ENV, kwargs)
+    pred = evaluation.evaluate_policy_on_split(model, ENV, kwargs)
     assert ((pred.probs >= 0) & (pred.probs <= 1)).all()  # (s + 1) / 2 of the agent's scores
     env.close()
 
@@ -141,9 +142,9 @@ def test_native_and_single_envs_evaluate_the_same(env_kwargs, monkeypatch):
         def predict(self, obs, state=None, episode_start=None, deterministic=True):
             return np.tile(np.float32([0.3, -0.4]), (len(obs["step"]), 1)), state
 
-    native = common.evaluate_policy_on_split(Fixed(), ENV, env_kwargs, "test", batch=16)
+    native = evaluation.evaluate_policy_on_split(Fixed(), ENV, env_kwargs, "test", batch=16)
     monkeypatch.setattr(gym, "make_vec", lambda *a, **k: (_ for _ in ()).throw(gym.error.Error("no vector env")))
-    single = common.evaluate_policy_on_split(Fixed(), ENV, env_kwargs, "test", batch=16)
+    single = evaluation.evaluate_policy_on_split(Fixed(), ENV, env_kwargs, "test", batch=16)
     np.testing.assert_allclose(native.probs, single.probs, atol=1e-5)
     np.testing.assert_array_equal(native.labels, single.labels)
     np.testing.assert_allclose(native.rewards, single.rewards, atol=1e-6)

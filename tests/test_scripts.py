@@ -1,13 +1,18 @@
 """The command-line scripts end to end, on the small tiny-backbone Shapes split."""
 
+import contextlib
+import io
 import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+
+from rarl_gym.env_settings import settings_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -17,90 +22,122 @@ import train_agent  # noqa: E402
 import visualize  # noqa: E402
 
 
+def _train_argv(small_kwargs: dict, folder: Path, run: str, *extra: str) -> list[str]:
+    """train_agent.py's arguments for a small RARL run in ``folder / run``."""
+    # a small oracle (the best of 4 centre sequences per image) keeps the tests fast
+    return [
+        "--env-kwargs",
+        json.dumps(settings_kwargs(small_kwargs)),
+        "--run-dir",
+        str(folder / run),
+        "--batch-size",
+        "16",
+        "--no-progress",
+        "--hyperparams",
+        '{"oracle_samples": 4}',
+        *extra,
+    ]
+
+
 @pytest.fixture
 def train_args(small_kwargs, tmp_path):
-    kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
-
-    def args(run, *extra):
-        # a small oracle (the best of 4 centre sequences per image) keeps the tests fast
-        return [
-            "--env-kwargs",
-            json.dumps(kwargs),
-            "--run-dir",
-            str(tmp_path / run),
-            "--batch-size",
-            "16",
-            "--no-progress",
-            "--hyperparams",
-            '{"oracle_samples": 4}',
-            *extra,
-        ]
-
-    return args
+    return lambda run, *extra: _train_argv(small_kwargs, tmp_path, run, *extra)
 
 
-def test_train_writes_a_run_and_prints_the_table(train_args, tmp_path, capsys):
-    assert train_agent.main(train_args("a", "--epochs", "2")) == 0
-    out = capsys.readouterr().out
-    assert "mAP (area)" in out and "mAP (VOC07 11-point)" in out and "CF1 (top-3" in out
-    assert "learned" in out and "random" in out and "center" in out
-    run = tmp_path / "a"
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+@pytest.fixture(scope="module")
+def trained(small_kwargs, tmp_path_factory) -> SimpleNamespace:
+    """One RARL run of 2 epochs, trained once for the tests of this module that only read it (or
+    are refused before writing): its ``folder``, ``run`` folder, printed ``out`` and ``metrics``.
+    Under ``pytest -n`` mark its users ``xdist_group("trained")`` so that one worker trains it."""
+    folder = tmp_path_factory.mktemp("trained")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert train_agent.main(_train_argv(small_kwargs, folder, "a", "--epochs", "2")) == 0
+    run = folder / "a"
+    return SimpleNamespace(folder=folder, run=run, out=out.getvalue(), metrics=json.loads((run / "metrics.json").read_text()))
+
+
+uses_trained = pytest.mark.xdist_group("trained")
+
+
+@uses_trained
+def test_train_prints_the_table(trained):
+    assert "mAP (area)" in trained.out and "mAP (VOC07 11-point)" in trained.out and "CF1 (top-3" in trained.out
+    assert "learned" in trained.out and "random" in trained.out and "center" in trained.out
+
+
+@uses_trained
+def test_train_writes_the_checkpoint_logs_and_metrics(trained):
+    ckpt = torch.load(trained.run / "checkpoint.pt", weights_only=False)
     assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "rng", "step", "config", "settings"}
-    assert list((run / "tb").glob("events.out.tfevents.*"))
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert (
-        set(metrics["policies"]) == {"learned", "random", "center", "grid", "oracle", "global", "windows"}
-        and len(metrics["reward_curve"]) == 2
-    )
+    assert list((trained.run / "tb").glob("events.out.tfevents.*"))
+    policies = trained.metrics["policies"]
+    assert set(policies) == {"learned", "random", "center", "grid", "oracle", "global", "windows"}
+    assert len(trained.metrics["reward_curve"]) == 2
     # the oracle keeps, per image, the best of its centre sequences (the learned mode and the grid among them)
-    assert metrics["policies"]["oracle"]["mAP_area"] >= min(metrics["policies"][c]["mAP_area"] for c in ("learned", "grid"))
-    assert 0.0 <= metrics["policies"]["learned"]["mAP_area"] <= 1.0
+    assert policies["oracle"]["mAP_area"] >= min(policies[c]["mAP_area"] for c in ("learned", "grid"))
+    assert 0.0 <= policies["learned"]["mAP_area"] <= 1.0
 
-    # a second run into the same folder is refused, and the first run is untouched
-    before = (run / "checkpoint.pt").read_bytes()
-    assert train_agent.main(train_args("a", "--epochs", "2")) == 2
+
+@uses_trained
+def test_a_second_run_into_the_folder_is_refused_and_leaves_it_untouched(trained, small_kwargs, capsys):
+    before = (trained.run / "checkpoint.pt").read_bytes()
+    assert train_agent.main(_train_argv(small_kwargs, trained.folder, "a", "--epochs", "2")) == 2
     err = capsys.readouterr().err
     assert "already holds a run" in err and "--resume" in err
-    assert (run / "checkpoint.pt").read_bytes() == before
+    assert (trained.run / "checkpoint.pt").read_bytes() == before
 
-    # resuming with another configuration is refused
-    assert train_agent.main(train_args("a", "--resume", "--lr", "0.1", "--epochs", "3")) == 2
+
+@uses_trained
+def test_resuming_with_another_configuration_is_refused(trained, small_kwargs, capsys):
+    before = (trained.run / "checkpoint.pt").read_bytes()
+    argv = _train_argv(small_kwargs, trained.folder, "a", "--resume", "--lr", "0.1", "--epochs", "3")
+    assert train_agent.main(argv) == 2
     assert "another configuration" in capsys.readouterr().err
+    assert (trained.run / "checkpoint.pt").read_bytes() == before
 
-    # evaluate.py prints the same table and writes JSON
-    assert evaluate.main([str(run / "checkpoint.pt"), "--out", str(tmp_path / "e.json")]) == 0
-    out = capsys.readouterr().out
-    assert "mAP (area)" in out
+
+@uses_trained
+def test_evaluate_prints_the_table_and_writes_json(trained, tmp_path, capsys):
+    assert evaluate.main([str(trained.run / "checkpoint.pt"), "--out", str(tmp_path / "e.json")]) == 0
+    assert "mAP (area)" in capsys.readouterr().out
     result = json.loads((tmp_path / "e.json").read_text())
-    assert result["mAP_area"] == pytest.approx(metrics["policies"]["learned"]["mAP_area"])
-    assert evaluate.main([str(run), "--views", "10", "--out", str(tmp_path / "e10.json")]) == 0
+    assert result["mAP_area"] == pytest.approx(trained.metrics["policies"]["learned"]["mAP_area"])
+    assert evaluate.main([str(trained.run), "--views", "10", "--out", str(tmp_path / "e10.json")]) == 0
     assert json.loads((tmp_path / "e10.json").read_text())["views"] == 10
-    assert evaluate.main([str(run), "--compare", "--out", str(tmp_path / "cmp.json")]) == 0
+
+
+@uses_trained
+def test_evaluate_compare_gives_the_rows_of_the_training(trained, tmp_path, capsys):
+    assert evaluate.main([str(trained.run), "--compare", "--out", str(tmp_path / "cmp.json")]) == 0
     assert "global" in capsys.readouterr().out
     compared = json.loads((tmp_path / "cmp.json").read_text())["policies"]
-    assert compared["learned"]["mAP_area"] == pytest.approx(metrics["policies"]["learned"]["mAP_area"])
-    assert compared["global"]["mAP_area"] == pytest.approx(metrics["policies"]["global"]["mAP_area"])
+    for row in ("learned", "global"):
+        assert compared[row]["mAP_area"] == pytest.approx(trained.metrics["policies"][row]["mAP_area"])
 
-    # visualize.py draws Figure 2: one PNG per image, the regions on the picture
-    assert visualize.main([str(run), "--images", "0", "3", "--out", str(tmp_path / "fig")]) == 0
-    pngs = sorted((tmp_path / "fig").glob("*.png"))
-    assert [p.name for p in pngs] == ["shapes-test-000000.png", "shapes-test-000003.png"]
+
+@uses_trained
+def test_visualize_draws_figure_2(trained, tmp_path):
+    """One PNG per image, the regions drawn on the picture; an image outside the split is an error."""
     from PIL import Image
 
     from rarl_gym.data.shapes import ShapesDataset
 
+    assert visualize.main([str(trained.run), "--images", "0", "3", "--out", str(tmp_path / "fig")]) == 0
+    pngs = sorted((tmp_path / "fig").glob("*.png"))
+    assert [p.name for p in pngs] == ["shapes-test-000000.png", "shapes-test-000003.png"]
     fig = np.asarray(Image.open(pngs[0]))
     original = np.asarray(ShapesDataset("test", num_images=40, image_size=64).load_image(0))
     assert fig.shape == (64 + 30, 64, 3) and (fig[:64] != original).any()
-    assert visualize.main([str(run), "--images", "99"]) == 2
+    assert visualize.main([str(trained.run), "--images", "99"]) == 2
 
 
-def test_resume_continues_exactly(train_args, tmp_path):
-    assert train_agent.main(train_args("full", "--epochs", "2")) == 0
+@uses_trained
+def test_resume_continues_exactly(trained, train_args, tmp_path):
+    """1 epoch, then --resume to 2, ends where the uninterrupted 2-epoch run ended."""
     assert train_agent.main(train_args("cut", "--epochs", "1")) == 0
     assert train_agent.main(train_args("cut", "--resume", "--epochs", "2")) == 0
-    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    full = torch.load(trained.run / "checkpoint.pt", weights_only=False)
     cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
     assert cut["epoch"] == 2 and cut["step"] == full["step"]
     for name, value in full["model"].items():
@@ -123,7 +160,7 @@ def test_clean_errors(train_args, tmp_path, capsys):
 def test_ablate_prints_the_papers_tables(small_kwargs, tmp_path, capsys):
     import ablate
 
-    kwargs = json.dumps({k: v for k, v in small_kwargs.items() if k != "progress"})
+    kwargs = json.dumps(settings_kwargs(small_kwargs))
     args = [
         "--env-kwargs",
         kwargs,
@@ -158,7 +195,7 @@ def test_torchrun_data_parallel(small_kwargs, tmp_path):
     """Two CPU ranks (gloo) under torchrun: each takes half of every epoch's batches."""
     import subprocess
 
-    kwargs = json.dumps({k: v for k, v in small_kwargs.items() if k != "progress"})
+    kwargs = json.dumps(settings_kwargs(small_kwargs))
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "scripts" / "train_agent.py")]
     cmd += ["--env-kwargs", kwargs, "--epochs", "2", "--batch-size", "8", "--run-dir", str(run), "--no-progress"]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rarl_gym.env_settings import settings_kwargs
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -20,7 +22,7 @@ def tags(folder: Path) -> dict:
 
 
 def test_a_rarl_run_logs_figure2_pr_curves_and_hparams(small_kwargs, tmp_path):
-    kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
+    kwargs = settings_kwargs(small_kwargs)
     run = tmp_path / "rarl"
     assert (
         train_agent.main(
@@ -72,7 +74,7 @@ def test_a_rarl_run_logs_figure2_pr_curves_and_hparams(small_kwargs, tmp_path):
 def test_an_sb3_run_logs_figure2_pr_curves_and_hparams(small_kwargs, tmp_path):
     from agents.sb3.train import train_sb3
 
-    kwargs = {k: v for k, v in small_kwargs.items() if k != "progress"}
+    kwargs = settings_kwargs(small_kwargs)
     run = tmp_path / "ppo"
     train_sb3(
         "ppo",

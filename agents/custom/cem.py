@@ -2,7 +2,7 @@
 
 The README's example of plugging in another algorithm: it needs ``gym.make``, ``reset`` and
 ``step``, and gets the run folder, ``metrics.json`` and comparison table of every other agent
-from the framework-free helpers of :mod:`agents.sb3.common`.
+from the framework-free helpers of :mod:`agents.common`.
 
 Policy (``mode="locate"``: the env scores the regions): ``centre = tanh(W f + b)``, ``f`` = the
 mean and max over the K regions of each region's channel means (standardised with statistics of
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.sb3.common import evaluate_run, load_run_config, make_env, open_run, save_run_config, write_metrics
+from agents.common.evaluation import evaluate_run, make_env
+from agents.common.run import load_run_config, open_run, save_run_config, write_metrics
 from rarl_gym.errors import CheckpointError, ConfigError
 from rarl_gym.io import atomic_write, run_lock
 

@@ -9,13 +9,15 @@ and through ``GlimpseEnv`` in ``mode="joint"`` gets the same scores and reward.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from agents.rarl.model import RARLAgent
+from agents.rarl.model import AgentOutput, RARLAgent
 from rarl_gym.glimpse import (
+    CENTER_POLICIES,
     DEFAULT_RATIOS,
     DEFAULT_SCALES,
     FIXED_GRID,
@@ -26,10 +28,6 @@ from rarl_gym.glimpse import (
     whole_image_boxes,
 )
 from rarl_gym.reward import ADAPTIVE, topk_overlap
-
-#: Where the centres come from: the agent's policy, uniform random, the image middle, or a fixed
-#: grid (:data:`rarl_gym.glimpse.FIXED_GRID`).
-CENTER_POLICIES = ("learned", "random", "center", "grid")
 
 
 @dataclass
@@ -99,13 +97,7 @@ def rollout(
     device = feature_maps.device
     k_regions = len(scales) * len(ratios)
     fuse_whole_image = fuse_whole_image or agent.fuse_whole_image
-    feature_maps = agent.maps(feature_maps)  # a fine-tuned tail, if the agent has one
-    maps = agent.project(feature_maps)  # crop P channels instead of C (see RARLAgent.project)
-    p = maps.shape[1]
-    if agent.head == "linear":  # crop the P projected channels and the (1+F)*L logit channels in one pass
-        maps = torch.cat([maps, agent.logit_maps(feature_maps)], dim=1)
-    if repeat > 1:
-        maps = maps.repeat_interleave(repeat, 0)
+    maps, p = _glimpse_maps(agent, feature_maps, repeat)  # [B, P (+ (1+F)L (+ context)), H, W]
     b = maps.shape[0]
     windows = None
     if view is not None:
@@ -116,15 +108,13 @@ def rollout(
     explorer = None
     if explore > 0 and centers == "learned" and sample:
         explorer = torch.rand(b, generator=generator, device=device) < explore  # [B]
-    map_policy = centers == "learned" and agent.locator_kind == "map"
-    if map_policy:
-        head = (
-            torch.zeros(b, dtype=torch.long, device=device)
-            if folds is None or not agent.folds
-            else 1 + folds.long() % agent.folds
-        )  # [B]
-        positions, gains_of = _candidates(agent, maps[:, p:], windows, glimpse_size, scales, ratios, head)
-        seen_scores = []  # [B, K, L] per step: the locator's head's region scores
+    if centers == "learned" and agent.locator_kind == "map":
+        policy = _map_policy(
+            agent, maps[:, p:], windows, folds, glimpse_size, scales, ratios, fuse_whole_image, sample, generator
+        )
+    else:
+        policy = _center_policy(agent, centers, b, sample, generator, given_centers, device)
+    context = None  # [B, 1+F, L] the whole-image context logits (agent.context)
     for t in range(num_steps + 1):
         image_boxes = boxes if windows is None else view_to_image(boxes, windows)
         glimpses = crop(maps, image_boxes, glimpse_size)  # [B, K, P (+ (1+F)L), s, s]
@@ -139,39 +129,8 @@ def rollout(
                 fold_scores.append(out.fold_scores)
         if t == num_steps:
             break
-        if centers == "learned" and map_policy:
-            heads = (
-                out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)
-            )  # [B,K,1+F,L]
-            now = heads[torch.arange(b, device=device), :, head].detach()  # [B, K, L]
-            if t >= 1 or fuse_whole_image:
-                seen_scores.append(now)
-            seen = (
-                fuse(torch.stack(seen_scores, 1), dims=(1, 2)) if seen_scores else now.amax(1)
-            )  # step 0 stands in until something is fused
-            belief = (
-                seen + context[torch.arange(b, device=device), head].detach() if agent.context else seen
-            )  # the fused logits so far
-            logits = agent.candidate_logits(gains_of(seen), belief, out.state[0], positions, t)  # [B, J]
-            loc, log_prob = _mixture_step(logits, positions, agent.sigma, sample, generator)
-        elif centers == "learned":
-            mean = agent.center_mean(out.loc_mean, t)
-            if sample:
-                noise = torch.randn(mean.shape, generator=generator, device=device)
-                loc = (mean + agent.sigma * noise).detach()  # REINFORCE: no gradient through the sample
-                log_prob = torch.distributions.Normal(mean, agent.sigma).log_prob(loc).sum(-1)
-            else:
-                loc, log_prob = mean.detach(), torch.zeros(b, device=device)
-        elif centers == "random":
-            loc, log_prob = torch.rand(b, 2, generator=generator, device=device) * 2 - 1, torch.zeros(b, device=device)
-        elif centers in ("center", "grid"):
-            xy = (0.0, 0.0) if centers == "center" else FIXED_GRID[t % len(FIXED_GRID)]
-            loc, log_prob = torch.tensor(xy, device=device).expand(b, 2), torch.zeros(b, device=device)
-        elif centers == "given" and given_centers is not None:
-            loc, log_prob = given_centers[:, t], torch.zeros(b, device=device)
-        else:
-            raise ValueError(f"centers must be one of {CENTER_POLICIES} (or 'given' with given_centers), got {centers!r}")
-        if explorer is not None:
+        loc, log_prob = policy(t, out, context)
+        if explorer is not None:  # these episodes look at uniform centres, and REINFORCE ignores them
             uniform = torch.rand(b, 2, generator=generator, device=device) * 2 - 1
             loc = torch.where(explorer[:, None], uniform, loc)
             log_prob = log_prob.masked_fill(explorer, 0.0)
@@ -182,7 +141,7 @@ def rollout(
         boxes = anchor_boxes(loc, scales, ratios)
     fused = fuse(torch.stack(region_scores, dim=1), dims=(1, 2))  # [B,T(+1),K,L] -> [B,L]
     fold_fused = fuse(torch.stack(fold_scores, dim=1), dims=(1, 2)) if fold_scores else None  # [B,T,K,F,L] -> [B,F,L]
-    if agent.context:  # the whole image's logits plus the regions' max
+    if context is not None:  # the whole image's logits plus the regions' max
         fused = fused + context[:, 0]
         if fold_fused is not None:
             fold_fused = fold_fused + context[:, 1:]
@@ -194,6 +153,109 @@ def rollout(
         centers=torch.stack(chosen, dim=1),
         fold_fused=fold_fused,
     )
+
+
+def _glimpse_maps(agent: RARLAgent, feature_maps: torch.Tensor, repeat: int) -> tuple[torch.Tensor, int]:
+    """The maps an episode crops, ``[B * repeat, P (+ (1+F)L (+ (1+F)L)), H, W]``, and ``P``: the
+    agent's projection of the (tail-continued) maps, then, for the linear head, the region and
+    context heads' logit maps, so that one crop serves all of them (see ``RARLAgent.project``)."""
+    feature_maps = agent.maps(feature_maps)  # a fine-tuned tail, if the agent has one
+    maps = agent.project(feature_maps)  # crop P channels instead of C
+    p = maps.shape[1]
+    if agent.head == "linear":  # crop the P projected channels and the (1+F)*L logit channels in one pass
+        maps = torch.cat([maps, agent.logit_maps(feature_maps)], dim=1)
+    if repeat > 1:
+        maps = maps.repeat_interleave(repeat, 0)
+    return maps, p
+
+
+#: A centre policy: ``(t, the agent's output at step t, the context logits or None) -> (centres
+#: [B, 2] of step t + 1, their log-probabilities [B])`` (zero where nothing was sampled).
+CenterPolicy = Callable[[int, AgentOutput, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _center_policy(
+    agent: RARLAgent,
+    centers: str,
+    b: int,
+    sample: bool,
+    generator: torch.Generator | None,
+    given_centers: torch.Tensor | None,
+    device: torch.device,
+) -> CenterPolicy:
+    """The policy named ``centers`` (but the map locator's: :func:`_map_policy`)."""
+    zeros = torch.zeros(b, device=device)
+
+    def learned(t: int, out: AgentOutput, context) -> tuple[torch.Tensor, torch.Tensor]:
+        """The linear locator: a Gaussian around its mean, or the mean (``sample=False``)."""
+        mean = agent.center_mean(out.loc_mean, t)
+        if not sample:
+            return mean.detach(), zeros
+        noise = torch.randn(mean.shape, generator=generator, device=device)
+        loc = (mean + agent.sigma * noise).detach()  # REINFORCE: no gradient through the sample
+        return loc, torch.distributions.Normal(mean, agent.sigma).log_prob(loc).sum(-1)
+
+    def random(t: int, out: AgentOutput, context) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.rand(b, 2, generator=generator, device=device) * 2 - 1, zeros
+
+    def center(t: int, out: AgentOutput, context) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor((0.0, 0.0), device=device).expand(b, 2), zeros
+
+    def grid(t: int, out: AgentOutput, context) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor(FIXED_GRID[t % len(FIXED_GRID)], device=device).expand(b, 2), zeros
+
+    def given(t: int, out: AgentOutput, context) -> tuple[torch.Tensor, torch.Tensor]:
+        return given_centers[:, t], zeros
+
+    policies = {"learned": learned, "random": random, "center": center, "grid": grid}
+    if given_centers is not None:
+        policies["given"] = given
+    if centers not in policies:
+        raise ValueError(f"centers must be one of {CENTER_POLICIES} (or 'given' with given_centers), got {centers!r}")
+    return policies[centers]
+
+
+def _map_policy(
+    agent: RARLAgent,
+    logit_maps: torch.Tensor,
+    windows: torch.Tensor | None,
+    folds: torch.Tensor | None,
+    glimpse_size: int,
+    scales,
+    ratios,
+    fuse_whole_image: bool,
+    sample: bool,
+    generator: torch.Generator | None,
+) -> CenterPolicy:
+    """The map locator's policy: a mixture of Gaussians over the candidate centres, weighted by the
+    gains of looking there given what the locator's head has seen so far (fused) and the context.
+
+    The locator reads head ``1 + folds % F`` (the cross-fitted head that never saw the image), or
+    head 0 when ``folds`` is ``None`` (evaluation) or the agent has no folds.
+    """
+    b, device = logit_maps.shape[0], logit_maps.device
+    head = (
+        torch.zeros(b, dtype=torch.long, device=device) if folds is None or not agent.folds else 1 + folds.long() % agent.folds
+    )  # [B]
+    positions, gains_of = _candidates(agent, logit_maps, windows, glimpse_size, scales, ratios, head)
+    seen_scores: list[torch.Tensor] = []  # [B, K, L] per step: the locator's head's region scores
+    rows = torch.arange(b, device=device)
+
+    def choose(t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        heads = (
+            out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)
+        )  # [B,K,1+F,L]
+        now = heads[rows, :, head].detach()  # [B, K, L]
+        if t >= 1 or fuse_whole_image:
+            seen_scores.append(now)
+        seen = (
+            fuse(torch.stack(seen_scores, 1), dims=(1, 2)) if seen_scores else now.amax(1)
+        )  # step 0 stands in until something is fused
+        belief = seen + context[rows, head].detach() if context is not None else seen  # the fused logits so far
+        logits = agent.candidate_logits(gains_of(seen), belief, out.state[0], positions, t)  # [B, J]
+        return _mixture_step(logits, positions, agent.sigma, sample, generator)
+
+    return choose
 
 
 def _candidates(agent: RARLAgent, logit_maps: torch.Tensor, windows, glimpse_size: int, scales, ratios, head: torch.Tensor):
@@ -343,13 +405,7 @@ def rarl_loss(
     }
 
 
-def scores_to_probs(fused: torch.Tensor, output: str = "softmax") -> torch.Tensor:
-    """Label probabilities of fused scores (softmax or sigmoid, as trained): what the metrics rank."""
-    return torch.sigmoid(fused) if output == "sigmoid" else torch.softmax(fused, dim=1)
-
-
 __all__ = [
-    "CENTER_POLICIES",
     "REWARDS",
     "Rollout",
     "RolloutModule",
@@ -358,5 +414,4 @@ __all__ = [
     "label_log_likelihood",
     "rarl_loss",
     "rollout",
-    "scores_to_probs",
 ]

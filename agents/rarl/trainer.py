@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from agents.rarl.model import RARLAgent
-from agents.rarl.rollout import CENTER_POLICIES, RolloutModule, label_log_likelihood, rarl_loss, rollout
+from agents.rarl.rollout import RolloutModule, label_log_likelihood, rarl_loss, rollout
 from agents.tb_logging import rarl_figure2, rarl_final
 from rarl_gym import metrics
 from rarl_gym.cli import json_object
@@ -38,7 +38,7 @@ from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError, check_names
 from rarl_gym.features.backbones import TAILS, build_tail
 from rarl_gym.features.store import FeatureStore
-from rarl_gym.glimpse import FIXED_GRID, random_views, ten_views, whole_image_boxes
+from rarl_gym.glimpse import CENTER_POLICIES, FIXED_GRID, random_views, ten_views
 from rarl_gym.glimpse import crop as crop_regions
 from rarl_gym.io import atomic_torch_save, run_lock
 from rarl_gym.reward import topk_overlap
@@ -49,6 +49,7 @@ from rarl_gym.scorer import (
     fit_region_scorer,
     masked_bce,
     pooled_features,
+    predict_global,
     seeded_scorer,
 )
 from rarl_gym.sources import SCORER_FIT
@@ -284,29 +285,6 @@ def predict(
     return torch.cat(probs).numpy(), torch.cat(rewards).numpy()
 
 
-@torch.no_grad()
-def predict_global(
-    scorer: RegionScorer,
-    store: FeatureStore,
-    *,
-    views: int = 1,
-    crop: float = 0.875,
-    batch_size: int = 256,
-    tail: torch.nn.Module | None = None,
-) -> np.ndarray:
-    """Probabilities ``[N, L]`` of the global-image linear classifier (sigmoid), over 1 or 10 views
-    (``tail``: the fine-tuned layers applied to the cached maps first)."""
-    windows = whole_image_boxes(1, 1)[0] if views == 1 else ten_views(crop)[0]  # [V,4]
-    probs = []
-    for lo in range(0, len(store), batch_size):
-        feats, _ = store.batch(np.arange(lo, min(lo + batch_size, len(store))))
-        if tail is not None:
-            feats = tail(feats.contiguous(memory_format=torch.channels_last)).contiguous()
-        boxes = windows.expand(feats.shape[0], *windows.shape)
-        probs.append(torch.sigmoid(scorer(crop_regions(feats, boxes, 1))).mean(1))
-    return torch.cat(probs).numpy()
-
-
 def finetune_global(
     train_store: FeatureStore, config: TrainConfig, tail_name: str, device
 ) -> tuple[torch.nn.Module, RegionScorer]:
@@ -499,7 +477,7 @@ def _check_numbers(config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, *, resume: bool = False) -> dict:
-    """Train (or resume) a run; returns the final evaluation (see :func:`evaluate_run`).
+    """Train (or resume) a run; returns the final evaluation (see :func:`evaluate_agent`).
 
     The run folder is locked meanwhile (:func:`rarl_gym.io.run_lock`): a second process training
     into it fails at once with :class:`rarl_gym.errors.InUseError` naming the holder.
@@ -639,7 +617,7 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
         return {}
     bar.close()
     train_seconds = earlier_seconds + time.perf_counter() - start  # every session of the run
-    results = evaluate_run(agent, eval_store, settings, config, device=device, train_store=train_store)
+    results = evaluate_agent(agent, eval_store, settings, config, device=device, train_store=train_store)
     results["train_seconds"] = round(train_seconds, 1)
     results["reward_curve"] = [round(r, 4) for r in reward_curve]
     for name, row in results["policies"].items():
@@ -650,7 +628,7 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
     return results
 
 
-def evaluate_run(
+def evaluate_agent(
     agent: RARLAgent,
     store: FeatureStore,
     settings: EnvSettings,
@@ -697,4 +675,4 @@ def evaluate_run(
     return {"split": store.meta["key"]["split"], "views": config.eval_views, "policies": policies, "reports": reports}
 
 
-__all__ = ["PAPER", "TrainConfig", "agent_from_checkpoint", "evaluate_run", "load_checkpoint", "predict", "train"]
+__all__ = ["PAPER", "TrainConfig", "agent_from_checkpoint", "evaluate_agent", "load_checkpoint", "predict", "train"]

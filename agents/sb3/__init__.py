@@ -3,8 +3,10 @@
 * :mod:`agents.sb3.extractor`: :class:`GlimpseExtractor`, the features extractor of the Dict obs;
 * :mod:`agents.sb3.algos`: :data:`ALGOS` and :func:`make_agent` (defaults per algorithm);
 * :mod:`agents.sb3.train`: :func:`train_sb3` (run folder, TensorBoard, resume, evaluation);
-* :mod:`agents.sb3.common`: framework-free run folder and evaluation helpers, shared with
-  :mod:`agents.custom`.
+* :mod:`agents.sb3.vec_env`: the SB3 ``VecEnv`` adapter of the native batched vector env.
+
+The run folder and the evaluation through the env are framework-free, shared with
+:mod:`agents.custom`: :mod:`agents.common`.
 
 Importing this package does not import SB3; the names below are loaded on first use.
 """
@@ -19,8 +21,6 @@ _EXPORTS = {
     "make_agent": "agents.sb3.algos",
     "train_sb3": "agents.sb3.train",
     "load_model": "agents.sb3.train",
-    "evaluate_policy_on_split": "agents.sb3.common",
-    "evaluate_run": "agents.sb3.common",
 }
 
 

@@ -2,7 +2,7 @@
 
 ``train_sb3("ppo", ...)`` trains on a vector of ``n_envs`` envs, logs to ``run_dir/tb``, saves
 SB3's own format (``run_dir/model.zip``, and ``run.json``: the configuration), then evaluates
-on the evaluation split (:func:`agents.sb3.common.evaluate_run`: learned, random, middle and grid
+on the evaluation split (:func:`agents.common.evaluation.evaluate_run`: learned, random, middle and grid
 centres, and the global-image classifier) and writes ``run_dir/metrics.json``.
 """
 
@@ -19,10 +19,12 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
+from agents.common.evaluation import evaluate_run, log_eval
+from agents.common.run import load_run_config, open_run, save_run_config, write_metrics
 from agents.sb3.algos import ALGOS, OFF_POLICY, make_agent
-from agents.sb3.common import evaluate_run, load_run_config, log_eval, open_run, save_run_config, write_metrics
 from agents.tb_logging import Figure2Callback, env_agent_final
 from rarl_gym.device import pick_device
+from rarl_gym.env_settings import settings_kwargs
 from rarl_gym.errors import CheckpointError, ConfigError, check_choice
 from rarl_gym.io import atomic_path, run_lock
 
@@ -66,7 +68,7 @@ def make_vec(env_id: str, env_kwargs: dict, n_envs: int, seed: int, progress: bo
     The native batched :class:`envs.vector_env.GlimpseVectorEnv` (one batched crop per step) through
     its SB3 adapter when the env id has one, else a ``DummyVecEnv`` of ``gym.make`` envs.
     """
-    kwargs = {**{k: v for k, v in env_kwargs.items() if k != "progress"}, "progress": progress}
+    kwargs = {**settings_kwargs(env_kwargs), "progress": progress}
     try:
         from agents.sb3.vec_env import to_sb3
 
@@ -159,7 +161,7 @@ def train_sb3(
     overrides: dict | None = None,
     checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> dict:
-    """Train (or resume) an SB3 agent; returns the final evaluation (see :func:`agents.sb3.common.evaluate_run`).
+    """Train (or resume) an SB3 agent; returns the final evaluation (see :func:`agents.common.evaluation.evaluate_run`).
 
     ``env_id``, ``env_kwargs``, ``seed``, ``n_envs``, ``overrides`` (hyperparameters of
     :func:`agents.sb3.algos.make_agent`): ``None`` takes the default, or the resumed run's (given
