@@ -171,7 +171,7 @@ def _glimpse_maps(agent: RARLAgent, feature_maps: torch.Tensor, repeat: int) -> 
 
 #: A centre policy: ``(t, the agent's output at step t, the context logits or None) -> (centres
 #: [B, 2] of step t + 1, their log-probabilities [B])`` (zero where nothing was sampled).
-CenterPolicy = Callable[[int, AgentOutput, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]]
+CenterPolicy = Callable[[int, AgentOutput, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _center_policy(
