@@ -28,7 +28,7 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 test: venv
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --dist loadgroup tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
