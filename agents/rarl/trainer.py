@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -491,9 +492,52 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
 
 
 def _train(config: TrainConfig, *, resume: bool = False) -> dict:
-    rank, world = distributed()
-    device = pick_device(config.device)
-    run_dir = Path(config.run_dir)
+    """The training loop, top to bottom: setup, then per epoch one pass over the training split and
+    (rank 0) its logs and checkpoint, then (rank 0) the final evaluation."""
+    run = _setup(config, resume=resume)
+    start = time.perf_counter()
+    for epoch in range(run.start_epoch, config.epochs):
+        means = _train_epoch(run, config)
+        run.reward_curve.append(means["reward"])
+        if run.rank == 0:
+            _log_epoch(run, means)
+            _save_run(run, config, epoch=epoch + 1, train_seconds=run.earlier_seconds + time.perf_counter() - start)
+    if run.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()  # the evaluation below runs on rank 0 alone
+    if run.rank != 0:
+        return {}
+    run.bar.close()
+    train_seconds = run.earlier_seconds + time.perf_counter() - start  # every session of the run
+    return _final_evaluation(run, config, train_seconds)
+
+
+@dataclass
+class _Run:
+    """What the training loop carries from one epoch to the next (built by :func:`_setup`)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: Path
+    settings: EnvSettings
+    train_store: FeatureStore
+    eval_store: FeatureStore
+    agent: RARLAgent
+    model: torch.nn.Module  # the agent's RolloutModule, wrapped in DistributedDataParallel when world > 1
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # CPU: the data order (the same on every rank)
+    device_gen: torch.Generator  # on the device: views, exploration, sampled centres (per rank)
+    start_epoch: int = 0
+    step: int = 0  # optimizer steps so far
+    reward_curve: list[float] = field(default_factory=list)  # the mean training reward of every epoch
+    earlier_seconds: float = 0.0  # training time of the run's earlier sessions
+    writer: Any = None  # TensorBoard's SummaryWriter (rank 0)
+    bar: Any = None  # the epochs' progress bar (rank 0)
+
+
+def _check_run_folder(run_dir: Path, resume: bool) -> None:
+    """A new run needs an empty run folder, a resumed one its checkpoint."""
     ckpt_path = run_dir / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise RunExistsError(
@@ -505,16 +549,23 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
             f"--resume: there is no checkpoint in {run_dir}", "check --run-dir, or drop --resume to start a new run"
         )
 
+
+def _setup(config: TrainConfig, *, resume: bool) -> _Run:
+    """Open the training and evaluation splits, seed, build the agent (warm-started, see
+    :func:`init_linear_head`) and its optimizer, restore a resumed run, and (rank 0) open the run
+    folder's TensorBoard log and the progress bar."""
+    rank, world = distributed()
+    device = pick_device(config.device)
+    run_dir = Path(config.run_dir)
+    _check_run_folder(run_dir, resume)
     settings = EnvSettings.from_env_id(config.env_id, config.env_kwargs)
-    train_store = settings.source.open_split(settings.split, progress=config.progress and rank == 0)[1]
-    eval_store = settings.source.open_split(
-        config.eval_split or settings.source.eval_split, progress=config.progress and rank == 0
-    )[1]
+    progress = config.progress and rank == 0
+    train_store = settings.source.open_split(settings.split, progress=progress)[1]
+    eval_store = settings.source.open_split(config.eval_split or settings.source.eval_split, progress=progress)[1]
 
     torch.manual_seed(config.seed + rank)
     np.random.seed(config.seed + rank)
     random.seed(config.seed + rank)
-    generator = torch.Generator().manual_seed(config.seed)  # the same data order on every rank
     channels = TAILS[settings.backbone][0] if config.finetune and settings.backbone in TAILS else train_store.channels
     agent = build_agent(settings, len(train_store.classes), channels, config).to(device)
     if config.head_init == "mil" and not resume:
@@ -524,107 +575,146 @@ def _train(config: TrainConfig, *, resume: bool = False) -> dict:
             )
         init_linear_head(agent, settings, train_store, config, device)
     optimizer = torch.optim.Adam(parameter_groups(agent, config), lr=config.lr, weight_decay=config.weight_decay)
-    start_epoch, step = 0, 0
+    run = _Run(
+        rank=rank,
+        world=world,
+        device=device,
+        run_dir=run_dir,
+        settings=settings,
+        train_store=train_store,
+        eval_store=eval_store,
+        agent=agent,
+        model=RolloutModule(agent),
+        optimizer=optimizer,
+        generator=torch.Generator().manual_seed(config.seed),
+        device_gen=torch.Generator(device=device).manual_seed(config.seed + rank),
+    )
     if resume:
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resume(ckpt, config, settings)
-        agent.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt["rng"], generator)
-        start_epoch, step = ckpt["epoch"], ckpt["step"]
-    runner = RolloutModule(agent)
-    model = torch.nn.parallel.DistributedDataParallel(runner) if world > 1 else runner
-
-    writer = None
+        _restore(run, config)
+    if world > 1:  # after the restore: DDP starts every rank from rank 0's parameters
+        run.model = torch.nn.parallel.DistributedDataParallel(run.model)
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(str(run_dir / "tb"))
-        bar = tqdm(total=config.epochs, initial=start_epoch, desc="train RARL", unit="epoch", disable=not config.progress)
-    device_gen = torch.Generator(device=device).manual_seed(config.seed + rank)
-    if resume:
-        device_gen.set_state(ckpt["rng"]["device_generator"])
-    reward_curve: list[float] = list(ckpt.get("reward_curve", [])) if resume else []
-    start = time.perf_counter()
-    earlier_seconds = float(ckpt.get("train_seconds", 0.0)) if resume else 0.0  # the run's earlier sessions
-    for epoch in range(start_epoch, config.epochs):
-        agent.train()
-        sums = {"loss": 0.0, "cls": 0.0, "reinforce": 0.0, "baseline": 0.0, "reward": 0.0, "return": 0.0}
-        batches = 0
-        for feats, labels, index in feature_batches(train_store, config.batch_size, generator, device, rank=rank, world=world):
-            if config.samples > 1:  # M consecutive episodes of each image (leave-one-out baseline)
-                labels, index = (x.repeat_interleave(config.samples, 0) for x in (labels, index))
-            view = None
-            if config.augment_crop < 1.0:
-                view = random_views(labels.shape[0], config.augment_crop, generator=device_gen, device=device)
-            folds = index % config.folds if config.folds else None
-            out = model(
-                feats,
-                labels,
-                **settings.rollout_kwargs(),
-                generator=device_gen,
-                view=view,
-                explore=config.explore,
-                repeat=config.samples,
-                folds=folds,
-            )
-            losses = rarl_loss(
-                out,
-                labels,
-                rl_weight=config.rl_weight,
-                output=config.output,
-                reward=config.reward,
-                folds=folds,
-                samples=config.samples,
-                k=settings.k,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(agent.parameters(), 5.0)
-            optimizer.step()
-            step += 1
-            batches += 1
-            for key in ("loss", "cls", "reinforce", "baseline", "return"):
-                sums[key] += float(losses[key].detach())
-            sums["reward"] += float(out.reward.mean())
-        means = {k: v / max(batches, 1) for k, v in sums.items()}
-        reward_curve.append(means["reward"])
-        if rank == 0:
-            for key, value in means.items():
-                writer.add_scalar(f"train/{key}", value, step)
-            rarl_figure2(writer, agent, eval_store, settings, step, device)  # TensorBoard: Figure 2 of fixed eval images
-            bar.set_postfix(reward=f"{means['reward']:.3f}", cls=f"{means['cls']:.3f}")
-            bar.update(1)
-            save_checkpoint(
-                ckpt_path,
-                model=agent.state_dict(),
-                optimizer=optimizer.state_dict(),
-                rng={**_rng_state(generator), "device_generator": device_gen.get_state()},
-                epoch=epoch + 1,
-                step=step,
-                config=dataclasses.asdict(config),
-                settings=settings.to_dict(),
-                agent_config=agent.config(),
-                train_seconds=earlier_seconds + time.perf_counter() - start,
-                reward_curve=reward_curve,
-            )
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()  # the evaluation below runs on rank 0 alone
-    if rank != 0:
-        return {}
-    bar.close()
-    train_seconds = earlier_seconds + time.perf_counter() - start  # every session of the run
-    results = evaluate_agent(agent, eval_store, settings, config, device=device, train_store=train_store)
+        run.writer = SummaryWriter(str(run_dir / "tb"))
+        run.bar = tqdm(
+            total=config.epochs, initial=run.start_epoch, desc="train RARL", unit="epoch", disable=not config.progress
+        )
+    return run
+
+
+def _restore(run: _Run, config: TrainConfig) -> None:
+    """Continue from the run folder's checkpoint: the model, the optimizer, every random generator,
+    the epoch and step counters, the reward curve and the earlier sessions' training time."""
+    ckpt = load_checkpoint(run.run_dir / CHECKPOINT)
+    _check_resume(ckpt, config, run.settings)
+    run.agent.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    _set_rng_state(ckpt["rng"], run.generator)
+    run.device_gen.set_state(ckpt["rng"]["device_generator"])
+    run.start_epoch, run.step = ckpt["epoch"], ckpt["step"]
+    run.reward_curve = list(ckpt.get("reward_curve", []))
+    run.earlier_seconds = float(ckpt.get("train_seconds", 0.0))
+
+
+def _train_epoch(run: _Run, config: TrainConfig) -> dict[str, float]:
+    """One pass over (this rank's shard of) the training split; the means over its batches of
+    the losses (``loss``, ``cls``, ``reinforce``, ``baseline``), the ``return`` and the ``reward``."""
+    run.agent.train()
+    sums = {"loss": 0.0, "cls": 0.0, "reinforce": 0.0, "baseline": 0.0, "reward": 0.0, "return": 0.0}
+    batches = 0
+    for feats, labels, index in feature_batches(
+        run.train_store, config.batch_size, run.generator, run.device, rank=run.rank, world=run.world
+    ):
+        losses, reward = _train_step(run, config, feats, labels, index)
+        for key in ("loss", "cls", "reinforce", "baseline", "return"):
+            sums[key] += float(losses[key].detach())
+        sums["reward"] += reward
+        batches += 1
+    return {k: v / max(batches, 1) for k, v in sums.items()}
+
+
+def _train_step(
+    run: _Run, config: TrainConfig, feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], float]:
+    """One Adam step on a batch (``feats [B, C, H, W]``, ``labels [B, L]``, ``index [B]``): the
+    rollout of ``samples`` episodes per image, the hybrid loss, clipped gradients. Returns the
+    losses and the mean reward of the episodes."""
+    if config.samples > 1:  # M consecutive episodes of each image (leave-one-out baseline)
+        labels, index = (x.repeat_interleave(config.samples, 0) for x in (labels, index))
+    view = None
+    if config.augment_crop < 1.0:
+        view = random_views(labels.shape[0], config.augment_crop, generator=run.device_gen, device=run.device)
+    folds = index % config.folds if config.folds else None
+    out = run.model(
+        feats,
+        labels,
+        **run.settings.rollout_kwargs(),
+        generator=run.device_gen,
+        view=view,
+        explore=config.explore,
+        repeat=config.samples,
+        folds=folds,
+    )
+    losses = rarl_loss(
+        out,
+        labels,
+        rl_weight=config.rl_weight,
+        output=config.output,
+        reward=config.reward,
+        folds=folds,
+        samples=config.samples,
+        k=run.settings.k,
+    )
+    run.optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(run.agent.parameters(), 5.0)
+    run.optimizer.step()
+    run.step += 1
+    return losses, float(out.reward.mean())
+
+
+def _log_epoch(run: _Run, means: dict[str, float]) -> None:
+    """TensorBoard: the epoch's means (``train/...``) and Figure 2 on fixed evaluation images; the progress bar."""
+    for key, value in means.items():
+        run.writer.add_scalar(f"train/{key}", value, run.step)
+    rarl_figure2(run.writer, run.agent, run.eval_store, run.settings, run.step, run.device)
+    run.bar.set_postfix(reward=f"{means['reward']:.3f}", cls=f"{means['cls']:.3f}")
+    run.bar.update(1)
+
+
+def _save_run(run: _Run, config: TrainConfig, *, epoch: int, train_seconds: float) -> None:
+    """The run folder's checkpoint after ``epoch`` epochs (everything :func:`_restore` reads)."""
+    save_checkpoint(
+        run.run_dir / CHECKPOINT,
+        model=run.agent.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        rng={**_rng_state(run.generator), "device_generator": run.device_gen.get_state()},
+        epoch=epoch,
+        step=run.step,
+        config=dataclasses.asdict(config),
+        settings=run.settings.to_dict(),
+        agent_config=run.agent.config(),
+        train_seconds=train_seconds,
+        reward_curve=run.reward_curve,
+    )
+
+
+def _final_evaluation(run: _Run, config: TrainConfig, train_seconds: float) -> dict:
+    """The comparison table on the evaluation split (:func:`evaluate_agent`) with the training
+    time and reward curve; logged to TensorBoard and written to ``metrics.json``."""
+    results = evaluate_agent(run.agent, run.eval_store, run.settings, config, device=run.device, train_store=run.train_store)
     results["train_seconds"] = round(train_seconds, 1)
-    results["reward_curve"] = [round(r, 4) for r in reward_curve]
+    results["reward_curve"] = [round(r, 4) for r in run.reward_curve]
     for name, row in results["policies"].items():
-        writer.add_scalar(f"eval/mAP_area_{name}", row["mAP_area"], step)
-    rarl_final(writer, agent, eval_store, settings, config, results, step, device)  # TensorBoard: PR curves, hparams
-    writer.close()
-    (run_dir / "metrics.json").write_text(json.dumps({k: v for k, v in results.items() if k != "reports"}, indent=1))
+        run.writer.add_scalar(f"eval/mAP_area_{name}", row["mAP_area"], run.step)
+    rarl_final(
+        run.writer, run.agent, run.eval_store, run.settings, config, results, run.step, run.device
+    )  # PR curves, hparams
+    run.writer.close()
+    (run.run_dir / "metrics.json").write_text(json.dumps({k: v for k, v in results.items() if k != "reports"}, indent=1))
     return results
 
 
