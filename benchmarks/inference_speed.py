@@ -32,7 +32,10 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -83,17 +86,83 @@ def timed(fn, repeat: int, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
+@dataclass
+class Bench:
+    """What every part of the benchmark reads: the run's predictor and the first images of the evaluation split."""
+
+    args: argparse.Namespace
+    predictor: Any  # agents.predict.Predictor of a RARL run
+    sync: Callable[[], Any]  # waits for the device (CUDA), else does nothing
+    split: str
+    dataset: Any  # the evaluation split's dataset
+    images: list  # the first n PIL images
+    sizes: list[tuple[int, int]]
+    pixels: Any  # [n, 3, N, N] uint8, decoded and resized
+    rows: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.images)
+
+    def row(self, name: str, seconds: float, images_done: int, note: str = "") -> None:
+        """Record and print a timing row: ``seconds`` for ``images_done`` images."""
+        per = seconds / images_done
+        self.rows[name] = {"ms_per_image": round(1000 * per, 2), "images_per_s": round(1 / per, 2), "note": note}
+        print(f"{name:<44} {1000 * per:9.1f} ms/image {1 / per:9.2f} images/s  {note}", flush=True)
+
+    def batches(self, fn: Callable[[int, int], Any]) -> Callable[[], None]:
+        """A run over the n images, ``fn(lo, hi)`` per batch of ``--batch-size``."""
+
+        def run() -> None:
+            for lo in range(0, self.n, self.args.batch_size):
+                fn(lo, min(self.n, lo + self.args.batch_size))
+
+        return run
+
+
 def benchmark(args: argparse.Namespace) -> dict:
-    import numpy as np
+    """All the tables (see the module docstring); written as JSON to ``--out`` when given."""
+    import torch
+
+    bench = load_bench(args)
+    time_rows(bench)
+    proposals, scorer, windows = proposal_pipeline(bench)
+    m = min(args.proposal_images, bench.n)
+    bench.row(
+        f"(d) proposals ({len(windows)} windows)",
+        timed(lambda: [proposals(bench.images[i]) for i in range(m)], max(1, args.repeat - 2), bench.sync),
+        m,
+        f"{len(windows)} crops + resizes + forwards, classifier, max",
+    )
+    ratios = speed_ratios(bench.rows, len(windows))
+    accuracy = accuracy_rows(bench, scorer, proposals, len(windows)) if args.accuracy_images else {}
+    formats = format_rows(bench) if args.formats and bench.predictor.device.type == "cpu" else {}
+    settings = bench.predictor.settings
+    results = {
+        "dataset": settings.dataset,
+        "split": bench.split,
+        "backbone": settings.backbone,
+        "input_size": bench.predictor.input_size,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "device": str(bench.predictor.device),
+        "rows": bench.rows,
+        "ratios": ratios,
+        "accuracy": accuracy,
+        "formats": formats,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        print(f"\nJSON: {args.out}")
+    return results
+
+
+def load_bench(args: argparse.Namespace) -> Bench:
+    """The run's predictor (a RARL run, or a ConfigError) and the first ``--images`` images of the evaluation split."""
     import torch
 
     from agents.predict import Predictor
-    from agents.rarl.trainer import predict
-    from rarl_gym import metrics
     from rarl_gym.features.backbones import Backbone
-    from rarl_gym.features.inference import forward
-    from rarl_gym.features.store import FeatureStore
-    from rarl_gym.scorer import fit_global_classifier, pooled_features, predict_global
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,73 +172,98 @@ def benchmark(args: argparse.Namespace) -> dict:
 
         raise ConfigError("the benchmark times a RARL run", "pass a run folder holding checkpoint.pt")
     device = predictor.device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    settings, size, bs = predictor.settings, predictor.input_size, args.batch_size
+    settings, size = predictor.settings, predictor.input_size
     split = settings.source.eval_split
     dataset = settings.source.make_dataset(split)
     n = min(args.images, len(dataset))
     images = [dataset.load_image(i) for i in range(n)]
-    sizes = [im.size for im in images]
-    pixels = Backbone.pixels(images, size)
     print(
-        f"{settings.dataset}/{split}: {n} images, backbone {settings.backbone} at {size} px, batch {bs}, "
+        f"{settings.dataset}/{split}: {n} images, backbone {settings.backbone} at {size} px, batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads, device {device}",
         flush=True,
     )
-    rows: dict[str, dict] = {}
+    return Bench(
+        args=args,
+        predictor=predictor,
+        sync=torch.cuda.synchronize if device.type == "cuda" else (lambda: None),
+        split=split,
+        dataset=dataset,
+        images=images,
+        sizes=[im.size for im in images],
+        pixels=Backbone.pixels(images, size),
+    )
 
-    def row(name: str, seconds: float, images_done: int, note: str = "") -> None:
-        per = seconds / images_done
-        rows[name] = {"ms_per_image": round(1000 * per, 2), "images_per_s": round(1 / per, 2), "note": note}
-        print(f"{name:<44} {1000 * per:9.1f} ms/image {1 / per:9.2f} images/s  {note}", flush=True)
 
-    def batches(fn):
-        def run():
-            for lo in range(0, n, bs):
-                fn(lo, min(n, lo + bs))
+def time_rows(bench: Bench) -> None:
+    """The decoding row and rows (a)-(c): the backbone's forward, the agent alone, RARL with 1 and 10 views."""
+    import torch
 
-        return run
+    from rarl_gym.features.backbones import Backbone
+    from rarl_gym.features.inference import forward
 
-    row(
+    args, predictor, n, size, bs = bench.args, bench.predictor, bench.n, bench.predictor.input_size, bench.args.batch_size
+    device, pixels, sizes = predictor.device, bench.pixels, bench.sizes
+    bench.row(
         "decode + resize (PIL, main process)",
-        timed(lambda: Backbone.pixels([dataset.load_image(i) for i in range(n)], size), args.repeat),
+        timed(lambda: Backbone.pixels([bench.dataset.load_image(i) for i in range(n)], size), args.repeat),
         n,
     )
-    row(
+    bench.row(
         "(a) backbone forward",
-        timed(batches(lambda lo, hi: forward(predictor.backbone, pixels[lo:hi], device)), args.repeat, sync),
+        timed(bench.batches(lambda lo, hi: forward(predictor.backbone, pixels[lo:hi], device)), args.repeat, bench.sync),
         n,
     )
-    row(
+    bench.row(
         "(a) backbone forward, batch 1",
-        timed(lambda: [forward(predictor.backbone, pixels[i : i + 1], device) for i in range(min(n, 8))], args.repeat, sync),
+        timed(
+            lambda: [forward(predictor.backbone, pixels[i : i + 1], device) for i in range(min(n, 8))], args.repeat, bench.sync
+        ),
         min(n, 8),
     )
     maps = torch.cat([forward(predictor.backbone, pixels[lo : lo + bs], device) for lo in range(0, n, bs)])
     for views in (1, 10):
         label = "single view" if views == 1 else "ten views"
-        row(
+        bench.row(
             f"    agent part alone, {label}",
             timed(
-                batches(lambda lo, hi, v=views: predictor.predict_maps(maps[lo:hi], sizes[lo:hi], views=v)), args.repeat, sync
+                bench.batches(lambda lo, hi, v=views: predictor.predict_maps(maps[lo:hi], sizes[lo:hi], views=v)),
+                args.repeat,
+                bench.sync,
             ),
             n,
             "probabilities + pixel boxes",
         )
-        row(
+        bench.row(
             f"({'b' if views == 1 else 'c'}) RARL, {label}",
             timed(
-                batches(
+                bench.batches(
                     lambda lo, hi, v=views: predictor.predict_maps(predictor.features(pixels[lo:hi]), sizes[lo:hi], views=v)
                 ),
                 args.repeat,
-                sync,
+                bench.sync,
             ),
             n,
             "forward + agent",
         )
 
-    # (d) the proposal pipeline
+
+def proposal_pipeline(bench: Bench) -> tuple[Callable[[Any], Any], Any, list]:
+    """Row (d)'s pipeline: ``image -> probabilities [L]``, the global-image linear classifier it
+    scores the windows with (fitted on the training split's pooled features) and the windows."""
+    import numpy as np
+    import torch
+
+    from rarl_gym.features.backbones import Backbone
+    from rarl_gym.features.inference import forward
+    from rarl_gym.features.store import FeatureStore
+    from rarl_gym.scorer import fit_global_classifier, pooled_features, predict_global
+
+    predictor, settings, size, bs = (
+        bench.predictor,
+        bench.predictor.settings,
+        bench.predictor.input_size,
+        bench.args.batch_size,
+    )
     _, train_store = settings.source.open_split(settings.split, progress=False)
     scorer = fit_global_classifier(pooled_features(train_store), torch.from_numpy(train_store.labels), seed=0)
     windows = proposal_windows()
@@ -179,7 +273,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         crops = [image.crop((round(x1 * w), round(y1 * h), round(x2 * w), round(y2 * h))) for x1, y1, x2, y2 in windows]
         feats = torch.cat(
             [
-                forward(predictor.backbone, Backbone.pixels(crops[lo : lo + bs], size), device)
+                forward(predictor.backbone, Backbone.pixels(crops[lo : lo + bs], size), predictor.device)
                 for lo in range(0, len(crops), bs)
             ]
         )
@@ -188,20 +282,18 @@ def benchmark(args: argparse.Namespace) -> dict:
         )
         return predict_global(scorer, store).max(0)  # category-wise max over the windows
 
-    m = min(args.proposal_images, n)
-    row(
-        f"(d) proposals ({len(windows)} windows)",
-        timed(lambda: [proposals(images[i]) for i in range(m)], max(1, args.repeat - 2), sync),
-        m,
-        f"{len(windows)} crops + resizes + forwards, classifier, max",
-    )
+    return proposals, scorer, windows
+
+
+def speed_ratios(rows: dict[str, dict], num_windows: int) -> dict[str, float]:
+    """Rows (b)-(d) relative to each other and to the backbone's forward (printed)."""
     a, b, c, d = (
         rows[k]["ms_per_image"]
         for k in (
             "(a) backbone forward",
             "(b) RARL, single view",
             "(c) RARL, ten views",
-            f"(d) proposals ({len(windows)} windows)",
+            f"(d) proposals ({num_windows} windows)",
         )
     )
     ratios = {
@@ -212,81 +304,82 @@ def benchmark(args: argparse.Namespace) -> dict:
     }
     for k, v in ratios.items():
         print(f"{k:<44} {v}")
+    return ratios
 
+
+def accuracy_rows(bench: Bench, scorer, proposals: Callable[[Any], Any], num_windows: int) -> dict[str, float]:
+    """mAP area (%) of RARL (1 and 10 views), the global classifier and the proposal pipeline on
+    the first ``--accuracy-images`` images of the evaluation split."""
+    import numpy as np
+
+    from agents.rarl.trainer import predict
+    from rarl_gym import metrics
+    from rarl_gym.features.store import FeatureStore
+    from rarl_gym.scorer import predict_global
+
+    settings, split = bench.predictor.settings, bench.split
+    _, store = settings.source.open_split(split, progress=False)
+    k = min(bench.args.accuracy_images, len(store))
+    idx = np.arange(k)
+    sub = FeatureStore(path=store.path, features=np.asarray(store.features[:k]), labels=store.labels[:k], meta=store.meta)
+    crop = bench.predictor.crop
+    agent = bench.predictor.policy
     accuracy = {}
-    if args.accuracy_images:
-        _, store = settings.source.open_split(split, progress=False)
-        k = min(args.accuracy_images, len(store))
-        idx = np.arange(k)
-        sub = FeatureStore(path=store.path, features=np.asarray(store.features[:k]), labels=store.labels[:k], meta=store.meta)
-        crop = predictor.crop
-        agent = predictor.policy
-        print(f"\naccuracy on the first {k} images of {split} (mAP area, %):", flush=True)
-        for name, probs in (
-            ("RARL, single view", predict(agent, sub, settings, views=1, crop=crop)[0]),
-            ("RARL, ten views", predict(agent, sub, settings, views=10, crop=crop)[0]),
-            ("global-image linear classifier", predict_global(scorer, sub)),
-        ):
-            accuracy[name] = round(100 * metrics.evaluate(probs, sub.labels, classes=store.classes).map_area, 1)
-            print(f"  {name:<34} {accuracy[name]:5.1f}", flush=True)
-        start = time.perf_counter()
-        probs = np.stack([proposals(dataset.load_image(int(i))) for i in idx])
-        name = f"proposals ({len(windows)} windows)"
+    print(f"\naccuracy on the first {k} images of {split} (mAP area, %):", flush=True)
+    for name, probs in (
+        ("RARL, single view", predict(agent, sub, settings, views=1, crop=crop)[0]),
+        ("RARL, ten views", predict(agent, sub, settings, views=10, crop=crop)[0]),
+        ("global-image linear classifier", predict_global(scorer, sub)),
+    ):
         accuracy[name] = round(100 * metrics.evaluate(probs, sub.labels, classes=store.classes).map_area, 1)
-        print(f"  {name:<34} {accuracy[name]:5.1f}   ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(f"  {name:<34} {accuracy[name]:5.1f}", flush=True)
+    start = time.perf_counter()
+    probs = np.stack([proposals(bench.dataset.load_image(int(i))) for i in idx])
+    name = f"proposals ({num_windows} windows)"
+    accuracy[name] = round(100 * metrics.evaluate(probs, sub.labels, classes=store.classes).map_area, 1)
+    print(f"  {name:<34} {accuracy[name]:5.1f}   ({time.perf_counter() - start:.0f} s)", flush=True)
+    return accuracy
 
+
+def format_rows(bench: Bench) -> dict[str, dict]:
+    """The forward alone in NCHW and channels-last (ms/image), batch 1 / 8 / 16 / 32, 1 and all threads (CPU)."""
+    import torch
+
+    from rarl_gym.features.backbones import build_backbone
+
+    args, predictor, n = bench.args, bench.predictor, bench.n
+    nchw = build_backbone(predictor.settings.backbone, pretrained=predictor.settings.pretrained)
+    x_all = predictor.backbone.normalise(bench.pixels)
+    threads = torch.get_num_threads()
     formats = {}
-    if args.formats and device.type == "cpu":
-        from rarl_gym.features.backbones import build_backbone
+    print("\nforward alone, ms/image (NCHW | channels-last):", flush=True)
+    for t in sorted({1, threads}):
+        torch.set_num_threads(t)
+        for batch in (1, 8, 16, 32):
+            count = max(batch, min(n, 32) // batch * batch)
+            x = x_all[:count] if count <= n else x_all.repeat((count + n - 1) // n, 1, 1, 1)[:count]
 
-        nchw = build_backbone(settings.backbone, pretrained=settings.pretrained)
-        x_all = predictor.backbone.normalise(pixels)
-        threads = torch.get_num_threads()
-        print("\nforward alone, ms/image (NCHW | channels-last):", flush=True)
-        for t in sorted({1, threads}):
-            torch.set_num_threads(t)
-            for batch in (1, 8, 16, 32):
-                count = max(batch, min(n, 32) // batch * batch)
-                x = x_all[:count] if count <= n else x_all.repeat((count + n - 1) // n, 1, 1, 1)[:count]
+            def run_nchw(x=x, count=count, batch=batch):
+                with torch.inference_mode():
+                    for lo in range(0, count, batch):
+                        nchw.module(x[lo : lo + batch].contiguous())
 
-                def run_nchw(x=x, count=count, batch=batch):
-                    with torch.inference_mode():
-                        for lo in range(0, count, batch):
-                            nchw.module(x[lo : lo + batch].contiguous())
+            def run_last(x=x, count=count, batch=batch):
+                with torch.inference_mode():
+                    for lo in range(0, count, batch):
+                        predictor.backbone(x[lo : lo + batch])
 
-                def run_last(x=x, count=count, batch=batch):
-                    with torch.inference_mode():
-                        for lo in range(0, count, batch):
-                            predictor.backbone(x[lo : lo + batch])
-
-                nchw.module.to(memory_format=torch.contiguous_format)
-                a_ms = 1000 * timed(run_nchw, max(1, args.repeat - 1)) / count
-                b_ms = 1000 * timed(run_last, max(1, args.repeat - 1)) / count
-                formats[f"threads={t} batch={batch}"] = {
-                    "nchw_ms": round(a_ms, 1),
-                    "channels_last_ms": round(b_ms, 1),
-                    "speedup": round(a_ms / b_ms, 2),
-                }
-                print(f"  threads {t}, batch {batch:>2}: {a_ms:7.1f} | {b_ms:7.1f}   x{a_ms / b_ms:.2f}", flush=True)
-        torch.set_num_threads(threads)
-
-    results = {
-        "dataset": settings.dataset,
-        "split": split,
-        "backbone": settings.backbone,
-        "input_size": size,
-        "batch_size": bs,
-        "threads": torch.get_num_threads(),
-        "device": str(device),
-        "rows": rows,
-        "ratios": ratios,
-        "accuracy": accuracy,
-        "formats": formats,
-    }
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
-        print(f"\nJSON: {args.out}")
-    return results
+            nchw.module.to(memory_format=torch.contiguous_format)
+            a_ms = 1000 * timed(run_nchw, max(1, args.repeat - 1)) / count
+            b_ms = 1000 * timed(run_last, max(1, args.repeat - 1)) / count
+            formats[f"threads={t} batch={batch}"] = {
+                "nchw_ms": round(a_ms, 1),
+                "channels_last_ms": round(b_ms, 1),
+                "speedup": round(a_ms / b_ms, 2),
+            }
+            print(f"  threads {t}, batch {batch:>2}: {a_ms:7.1f} | {b_ms:7.1f}   x{a_ms / b_ms:.2f}", flush=True)
+    torch.set_num_threads(threads)
+    return formats
 
 
 def main(argv=None) -> int:
