@@ -18,15 +18,18 @@ from rarl_gym.errors import ConfigError, RarlGymError
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def run_cli(fn: Callable[[], None]) -> int:
-    """Run a script body: a :class:`RarlGymError` prints its message (problem and fix) and exits 2."""
+def run_cli(fn: Callable[[], None], on_interrupt: str = "") -> int:
+    """Run a script body and return the exit status: 0 when it finishes; a :class:`RarlGymError`
+    prints its message (problem and fix) and gives 2; Ctrl-C prints ``interrupted`` followed by
+    ``on_interrupt``, the script's own word on what was kept and how to continue (e.g. ``"the run
+    keeps its last checkpoint; continue it with --resume"``), and gives 130."""
     try:
         fn()
     except RarlGymError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the checkpoint of the last finished epoch is kept; continue with --resume", file=sys.stderr)
+        print(f"interrupted: {on_interrupt}" if on_interrupt else "interrupted", file=sys.stderr)
         return 130
     return 0
 

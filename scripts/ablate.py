@@ -137,7 +137,7 @@ def ablate(args: argparse.Namespace) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_cli(lambda: ablate(args))
+    return run_cli(lambda: ablate(args), on_interrupt="finished variants are kept; the same command continues the rest")
 
 
 if __name__ == "__main__":

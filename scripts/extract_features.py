@@ -91,7 +91,7 @@ def extract(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_cli(lambda: extract(args))
+    return run_cli(lambda: extract(args), on_interrupt="the finished images are kept; the same command continues")
 
 
 if __name__ == "__main__":

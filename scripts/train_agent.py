@@ -80,7 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_cli(lambda: _train(args))
+    return run_cli(
+        lambda: _train(args), on_interrupt="the run keeps its last checkpoint, if one was written; continue it with --resume"
+    )
 
 
 def _train(args: argparse.Namespace) -> None:

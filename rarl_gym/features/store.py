@@ -153,7 +153,7 @@ class FeatureStore:
         self.close()
 
     def _file(self):
-        """The features file, opened once for reading (closed with the store)."""
+        """The features file, opened once for reading and kept open until :meth:`close`."""
         f = self.__dict__.get("_fh")
         if f is None:
             f = self.__dict__["_fh"] = open(self.path / FEATURES_FILE, "rb")  # lives as long as the store
