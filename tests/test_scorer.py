@@ -143,3 +143,41 @@ def test_the_env_scores_training_images_out_of_fold(small_kwargs):
                     env.episodes.region_scores(), fuse(env.episodes.scorer.score_means(means, folds)), atol=1e-5
                 )
                 obs = env.step(np.zeros(2, np.float32))[0]
+
+
+def test_a_scorer_fitted_with_other_settings_is_refitted(tmp_path, monkeypatch):
+    """``scorer.pt`` records the settings it was fitted with (:data:`rarl_gym.sources.SCORER_FIT`):
+    the env's scorer is loaded while they match, and fitted and saved again when they changed."""
+    from rarl_gym import sources
+
+    source = sources.FeatureSource(
+        dataset="shapes",
+        backbone="tiny",
+        input_size=64,
+        cache_dir=str(tmp_path),
+        dataset_kwargs={"num_images": 40, "image_size": 64},
+    )
+    fits = []
+    real_fit = sources.fit_cross_fitted_scorer
+    monkeypatch.setattr(sources, "fit_cross_fitted_scorer", lambda *a, **k: fits.append(k) or real_fit(*a, **k))
+    quick = {"folds": 2, "regions_per_image": 1, "epochs": 2, "lr": 3e-3}
+    monkeypatch.setattr(sources, "SCORER_FIT", quick)
+
+    def weights(cross):
+        return torch.cat([s.linear.weight.flatten() for s in cross.scorers])
+
+    first = source.region_scorer(progress=False)
+    _, store = source.open_split(source.train_split, progress=False)
+    path = store.path / "scorer.pt"
+    store.close()
+    assert len(fits) == 1 and load_scorer(path)[1]["fit"] == quick
+    assert torch.equal(weights(source.region_scorer(progress=False)), weights(first))  # loaded, not fitted
+    assert len(fits) == 1
+
+    changed = {**quick, "epochs": 3}
+    monkeypatch.setattr(sources, "SCORER_FIT", changed)  # a new version of the library fits otherwise
+    refitted = source.region_scorer(progress=False)
+    assert len(fits) == 2 and fits[1]["epochs"] == 3
+    assert load_scorer(path)[1]["fit"] == changed  # the stale file was replaced
+    assert not torch.equal(weights(refitted), weights(first))
+    assert torch.equal(weights(source.region_scorer(progress=False)), weights(refitted)) and len(fits) == 2

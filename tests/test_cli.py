@@ -1,0 +1,146 @@
+"""The scripts' shared pieces: rarl_gym.cli (env overrides, JSON options, argparse types, exit
+statuses and messages) and rarl_gym.device.pick_device (the --device option)."""
+
+import argparse
+
+import pytest
+import torch
+
+from rarl_gym.cli import env_overrides, json_object, non_negative_int, positive_float, positive_int, run_cli
+from rarl_gym.device import pick_device
+from rarl_gym.errors import ConfigError, DatasetNotFoundError
+
+
+# -- env_overrides / json_object ----------------------------------------------------------------
+def test_env_overrides_merge_the_json_and_the_options():
+    got = env_overrides('{"glimpse_size": 1, "backbone": "tiny"}', data_root="/data/voc07", backbone="vgg16", split=None)
+    assert got == {"glimpse_size": 1, "backbone": "vgg16", "root": "/data/voc07"}  # an option wins over the JSON
+
+
+def test_env_overrides_map_data_root_to_root_and_leave_none_out():
+    assert env_overrides("{}", data_root="/d") == {"root": "/d"}
+    assert env_overrides("{}", data_root=None, backbone=None) == {}
+    assert env_overrides('{"root": "/from-json"}', data_root=None) == {"root": "/from-json"}  # None does not erase
+    assert env_overrides("{}", glimpse_size=0, pretrained=False) == {"glimpse_size": 0, "pretrained": False}  # falsy is kept
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("{nope", ["--env-kwargs is not valid JSON", "write a JSON object"]),
+        ("", ["--env-kwargs is not valid JSON"]),
+        ("[1, 2]", ["--env-kwargs must be a JSON object, got list"]),
+        ('"glimpse_size"', ["must be a JSON object, got str"]),
+        ("3", ["must be a JSON object, got int"]),
+    ],
+)
+def test_bad_env_kwargs_json_is_a_config_error(text, words):
+    with pytest.raises(ConfigError) as err:
+        env_overrides(text, data_root="/d")
+    for word in words:
+        assert word in str(err.value)
+    assert '{"glimpse_size": 3}' in err.value.fix  # an example to copy
+
+
+def test_json_object_names_the_flag_and_the_example():
+    assert json_object('{"n_epochs": 2}', "--hyperparams", '{"lr": 1}') == {"n_epochs": 2}
+    with pytest.raises(ConfigError, match="--hyperparams is not valid JSON") as err:
+        json_object("{'single': 1}", "--hyperparams", '{"lr": 1}')
+    assert '{"lr": 1}' in err.value.fix
+
+
+# -- argparse types ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "parse, good, bad",
+    [
+        (positive_int, {"1": 1, "16": 16}, ["0", "-1", "1.5", "x", ""]),
+        (non_negative_int, {"0": 0, "7": 7}, ["-1", "2.0", "seed"]),
+        (positive_float, {"0.5": 0.5, "1e-3": 1e-3, "3": 3.0}, ["0", "-1", "nan", "inf", "-inf", "x"]),
+    ],
+)
+def test_argparse_number_types(parse, good, bad):
+    for text, value in good.items():
+        assert parse(text) == value and type(parse(text)) is type(value)
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"got {text!r}"):
+            parse(text)
+
+
+# -- run_cli -------------------------------------------------------------------------------------
+def _raise(err: BaseException):
+    def body(*args):
+        raise err
+
+    return body
+
+
+def test_run_cli_exit_statuses_and_messages(capsys):
+    assert run_cli(lambda: None) == 0
+    assert capsys.readouterr().err == ""
+    assert run_cli(_raise(DatasetNotFoundError("no VOC07 under /x", "set RARL_DATA"))) == 2
+    assert capsys.readouterr().err == "error: no VOC07 under /x\nFix: set RARL_DATA\n"
+    with pytest.raises(ZeroDivisionError):  # a bug is not dressed up as a user error
+        run_cli(_raise(ZeroDivisionError()))
+
+
+def test_run_cli_on_ctrl_c_says_what_the_script_says(capsys):
+    assert run_cli(_raise(KeyboardInterrupt())) == 130
+    assert capsys.readouterr().err == "interrupted\n"  # no promise of a --resume the script may not have
+    assert run_cli(_raise(KeyboardInterrupt()), on_interrupt="continue it with --resume") == 130
+    assert capsys.readouterr().err == "interrupted: continue it with --resume\n"
+
+
+@pytest.mark.parametrize(
+    "script, body, hint",
+    [
+        ("train_agent", "_train", "continue it with --resume"),
+        ("extract_features", "extract", "the same command continues"),
+        ("ablate", "ablate", "the same command continues"),
+    ],
+)
+def test_a_script_that_can_continue_says_how_on_ctrl_c(script, body, hint, monkeypatch, tmp_path, capsys):
+    import importlib
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    module = importlib.import_module(script)
+    monkeypatch.setattr(module, body, _raise(KeyboardInterrupt()))
+    assert module.main(["--out", str(tmp_path)] if script == "ablate" else []) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: ") and hint in err
+    assert "--resume" not in err or script == "train_agent"
+
+
+# -- pick_device ---------------------------------------------------------------------------------
+def test_auto_is_cuda_when_visible_else_cpu(monkeypatch):
+    assert pick_device() == pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda")
+
+
+def test_cpu_is_always_there():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("cpu:0") == torch.device("cpu:0")
+    assert isinstance(pick_device("cpu"), torch.device)
+
+
+@pytest.mark.parametrize("name", ["gpu", "CPU", "cuda:x", "", "tpu"])
+def test_an_unknown_device_name_is_a_config_error(name):
+    with pytest.raises(ConfigError, match=f"unknown device {name!r}") as err:
+        pick_device(name)
+    assert "'auto'" in err.value.fix and "'cpu'" in err.value.fix and "cuda" in err.value.fix
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:1"])
+def test_cuda_without_a_gpu_is_a_config_error(name, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no GPU is visible") as err:
+        pick_device(name)
+    assert "--device cpu" in err.value.fix
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_when_there_is_a_gpu():
+    assert pick_device("cuda") == torch.device("cuda") and pick_device("cuda:0") == torch.device("cuda:0")
