@@ -101,6 +101,10 @@ LEVERS: dict[str, dict] = {
         "finetune_lr": 1e-4,
         "epochs": 4,
     },
+    # G: F plus imitation of each training image's best of 64 centre sequences (scored by the out-of-fold head)
+    "G": {"imitate": 64},
+    # H: imitation alone (no REINFORCE term)
+    "H": {"imitate": 64, "rl_weight": 0.0},
     "default": {},
 }
 

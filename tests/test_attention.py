@@ -265,3 +265,62 @@ def test_map_locator_with_the_grid_prior_starts_as_the_grid():
         [4 / 7, 4 / 7],
     ]  # the 7 x 7 candidates nearest the grid
     assert torch.allclose(out.centers[0], torch.tensor(nearest), atol=1e-6)
+
+
+def test_teacher_forcing_gives_the_policy_log_prob_of_the_given_centres():
+    """``centers="learned"`` with ``given_centers`` looks at them and scores them as the policy would have."""
+    agent = _agent(folds=2)
+    feats, labels = torch.randn(3, 6, 6, 6), torch.tensor([[1, 0, 0, 1]] * 3)
+    sampled = rollout(agent, feats, labels, glimpse_size=3, num_steps=3, generator=torch.Generator().manual_seed(0))
+    forced = rollout(agent, feats, labels, glimpse_size=3, num_steps=3, given_centers=sampled.centers)
+    assert torch.equal(forced.centers, sampled.centers)
+    assert torch.allclose(forced.fused, sampled.fused, atol=1e-5)
+    # a sample outside the image is clamped after its log-probability was taken: compare the others
+    inside = (sampled.centers.abs() < 1).all(-1)  # [B, T]
+    assert inside.sum() >= 5
+    assert torch.allclose(forced.log_prob[inside], sampled.log_prob[inside], atol=1e-5)
+    # the linear (paper's) locator too: the Gaussian log-density around its mean
+    torch.manual_seed(0)
+    paper = RARLAgent(6, 4, glimpse_size=3, embed_dim=8, hidden_dim=8, head="lstm", locator="linear", location_prior="none")
+    sampled = rollout(paper, feats, labels, glimpse_size=3, num_steps=3, generator=torch.Generator().manual_seed(1))
+    forced = rollout(paper, feats, labels, glimpse_size=3, num_steps=3, given_centers=sampled.centers)
+    inside = (sampled.centers.abs() < 1).all(-1)
+    assert inside.sum() >= 5
+    assert torch.allclose(forced.log_prob[inside], sampled.log_prob[inside], atol=1e-5)
+
+
+def test_imitation_moves_the_map_locator_to_the_targets():
+    """A few steps on -log pi(target) put the locator's mode on a corner it did not pick before."""
+    agent = _agent()
+    feats, labels = torch.randn(8, 6, 6, 6), torch.tensor([[1, 0, 0, 1]] * 8)
+    target = torch.tensor([0.75, 0.75]).expand(8, 2, 2)  # the bottom-right candidate of the 4 x 4 grid, twice
+    before = rollout(agent, feats, labels, glimpse_size=3, num_steps=2, sample=False).centers
+    assert not torch.allclose(before, target)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=0.05)
+    for _ in range(30):
+        loss = -rollout(agent, feats, labels, glimpse_size=3, num_steps=2, given_centers=target).log_prob.sum(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = rollout(agent, feats, labels, glimpse_size=3, num_steps=2, sample=False).centers
+    assert torch.allclose(after, target)
+
+
+def test_oracle_keeps_the_best_sequence_scored_by_the_out_of_fold_head():
+    from agents.rarl.oracle import _best_of
+    from rarl_gym.env_settings import EnvSettings
+
+    settings = EnvSettings.from_env_id("RARL-Shapes-v0", {"num_steps": 3, "glimpse_size": 3})
+    agent = _agent(folds=2).eval()
+    feats, labels = torch.randn(4, 6, 6, 6), torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1]])
+    folds = torch.tensor([0, 1, 0, 1])
+    fused, best = _best_of(agent, feats, labels, settings, 16, torch.Generator().manual_seed(0), folds)
+    assert best.shape == (4, 3, 2) and fused.shape == (4, 4)
+    kw = {**settings.rollout_kwargs(), "sample": False}
+    chosen = rollout(agent, feats, labels, centers="given", given_centers=best, **kw)
+    assert torch.allclose(chosen.fused, fused, atol=1e-5)  # head 0's scores of the kept sequence
+    rows = torch.arange(4)
+    own = label_log_likelihood(chosen.fold_fused[rows, folds], labels, "sigmoid")
+    for other in ("grid", "learned"):  # both are among the candidates: the kept one is at least as likely
+        alt = rollout(agent, feats, labels, centers=other, **kw)
+        assert (own >= label_log_likelihood(alt.fold_fused[rows, folds], labels, "sigmoid") - 1e-5).all()

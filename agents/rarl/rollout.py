@@ -74,7 +74,9 @@ def rollout(
         centers: ``"learned"`` (the agent's policy), ``"random"`` (uniform in [-1, 1]^2),
             ``"center"`` (always the image middle), ``"grid"`` (:data:`FIXED_GRID`, a fixed
             set of windows) or ``"given"`` (``given_centers [B, T, 2]``); the agent classifies
-            in every case.
+            in every case. ``"learned"`` with ``given_centers`` is teacher forcing: the episodes
+            look at the given centres, and ``log_prob`` is the policy's log-probability of each
+            (imitation of the oracle's sequences, ``TrainConfig.imitate``).
         sample: draw centres from the policy (training); ``False`` takes its mode (test).
         view: ``(windows [B, 4], flips [B])``: each episode sees only that (mirrored) window of
             its image (augmentation, ten-view test; :func:`rarl_gym.glimpse.random_views`).
@@ -110,7 +112,17 @@ def rollout(
         explorer = torch.rand(b, generator=generator, device=device) < explore  # [B]
     if centers == "learned" and agent.locator_kind == "map":
         policy = _map_policy(
-            agent, maps[:, p:], windows, folds, glimpse_size, scales, ratios, fuse_whole_image, sample, generator
+            agent,
+            maps[:, p:],
+            windows,
+            folds,
+            glimpse_size,
+            scales,
+            ratios,
+            fuse_whole_image,
+            sample,
+            generator,
+            given_centers,
         )
     else:
         policy = _center_policy(agent, centers, b, sample, generator, given_centers, device)
@@ -187,8 +199,12 @@ def _center_policy(
     zeros = torch.zeros(b, device=device)
 
     def learned(t: int, out: AgentOutput, context) -> tuple[torch.Tensor, torch.Tensor]:
-        """The linear locator: a Gaussian around its mean, or the mean (``sample=False``)."""
+        """The linear locator: a Gaussian around its mean, or the mean (``sample=False``); with
+        ``given_centers``, the given centre and its log-probability (teacher forcing)."""
         mean = agent.center_mean(out.loc_mean, t)
+        if given_centers is not None:
+            loc = given_centers[:, t]
+            return loc, torch.distributions.Normal(mean, agent.sigma).log_prob(loc).sum(-1)
         if not sample:
             return mean.detach(), zeros
         noise = torch.randn(mean.shape, generator=generator, device=device)
@@ -226,9 +242,11 @@ def _map_policy(
     fuse_whole_image: bool,
     sample: bool,
     generator: torch.Generator | None,
+    given_centers: torch.Tensor | None = None,
 ) -> CenterPolicy:
     """The map locator's policy: a mixture of Gaussians over the candidate centres, weighted by the
-    gains of looking there given what the locator's head has seen so far (fused) and the context.
+    gains of looking there given what the locator's head has seen so far (fused) and the context;
+    with ``given_centers [B, T, 2]``, their log-probabilities under it (teacher forcing).
 
     The locator reads head ``1 + folds % F`` (the cross-fitted head that never saw the image), or
     head 0 when ``folds`` is ``None`` (evaluation) or the agent has no folds.
@@ -253,7 +271,8 @@ def _map_policy(
         )  # step 0 stands in until something is fused
         belief = seen + context[rows, head].detach() if context is not None else seen  # the fused logits so far
         logits = agent.candidate_logits(gains_of(seen), belief, out.state[0], positions, t)  # [B, J]
-        return _mixture_step(logits, positions, agent.sigma, sample, generator)
+        forced = None if given_centers is None else given_centers[:, t]
+        return _mixture_step(logits, positions, agent.sigma, sample, generator, forced)
 
     return choose
 
@@ -280,17 +299,21 @@ def _candidates(agent: RARLAgent, logit_maps: torch.Tensor, windows, glimpse_siz
 
 
 def _mixture_step(
-    logits: torch.Tensor, positions: torch.Tensor, sigma: float, sample: bool, generator
+    logits: torch.Tensor, positions: torch.Tensor, sigma: float, sample: bool, generator, forced: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A centre from the mixture of Gaussians (std ``sigma``) at ``positions [J, 2]`` weighted by
-    ``softmax(logits [B, J])``, and its log-probability ``[B]`` (the mode and 0 if not ``sample``)."""
+    ``softmax(logits [B, J])``, and its log-probability ``[B]`` (the mode and 0 if not ``sample``);
+    ``forced [B, 2]``: that centre and its log-probability."""
     b = logits.shape[0]
-    if not sample:
+    if forced is not None:
+        loc = forced
+    elif not sample:
         return positions[logits.argmax(1)], logits.new_zeros(b)
-    with torch.no_grad():
-        pick = torch.multinomial(torch.softmax(logits, 1), 1, generator=generator)[:, 0]
-        noise = torch.randn(b, 2, generator=generator, device=logits.device)
-        loc = positions[pick] + sigma * noise
+    else:
+        with torch.no_grad():
+            pick = torch.multinomial(torch.softmax(logits, 1), 1, generator=generator)[:, 0]
+            noise = torch.randn(b, 2, generator=generator, device=logits.device)
+            loc = positions[pick] + sigma * noise
     component = torch.distributions.Normal(positions, sigma).log_prob(loc[:, None, :]).sum(-1)  # [B, J]
     return loc, torch.logsumexp(torch.log_softmax(logits, 1) + component, dim=1)
 

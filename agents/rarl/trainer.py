@@ -30,7 +30,8 @@ import torch
 import torch.distributed as dist
 
 from agents.rarl.model import RARLAgent
-from agents.rarl.rollout import RolloutModule, label_log_likelihood, rarl_loss, rollout
+from agents.rarl.oracle import oracle_centers, predict_oracle
+from agents.rarl.rollout import RolloutModule, rarl_loss, rollout
 from agents.tb_logging import rarl_figure2, rarl_final
 from rarl_gym import metrics
 from rarl_gym.cli import json_object
@@ -39,7 +40,7 @@ from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError, check_names
 from rarl_gym.features.backbones import TAILS, build_tail
 from rarl_gym.features.store import FeatureStore
-from rarl_gym.glimpse import CENTER_POLICIES, FIXED_GRID, random_views, ten_views
+from rarl_gym.glimpse import CENTER_POLICIES, random_views, ten_views
 from rarl_gym.glimpse import crop as crop_regions
 from rarl_gym.io import atomic_torch_save, run_lock
 from rarl_gym.reward import topk_overlap
@@ -96,6 +97,8 @@ class TrainConfig:
     augment_crop: float = 0.875  # side of the random training crop (the paper: (N - 64) / N); 1 = off
     eval_views: int = 1  # 1 (whole image) or 10 (4 corners + centre, mirrored)
     oracle_samples: int = 64  # the oracle row: best of N centre sequences per image (0: no row)
+    imitate: int = 0  # > 0: the locator also imitates each training image's best of N centre sequences (agents/rarl/oracle.py)
+    imitate_weight: float = 1.0  # weight of the imitation loss -log pi(oracle sequence)
     eval_split: str | None = None  # default: the dataset's evaluation split
     seed: int = 0
     device: str = "auto"
@@ -311,53 +314,6 @@ def finetune_global(
     return tail.requires_grad_(False), scorer.eval().requires_grad_(False)
 
 
-@torch.no_grad()
-def predict_oracle(
-    agent: RARLAgent,
-    store: FeatureStore,
-    settings: EnvSettings,
-    *,
-    samples: int = 64,
-    batch_size: int = 32,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-) -> np.ndarray:
-    """The headroom of placement: label probabilities ``[N, L]`` where each image keeps the best
-    of ``samples`` centre sequences under the model (whole image, one view).
-
-    The candidates are the learned policy's mode, the fixed grid and ``samples - 2`` uniformly
-    random sequences; "best" is the highest log-likelihood of the image's true labels
-    (:func:`agents.rarl.rollout.label_log_likelihood`), so the row needs the labels: an upper
-    bound on what any policy could get from this classifier, not a method.
-    """
-    agent.eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    steps = settings.num_steps
-    probs = []
-    for lo in range(0, len(store), batch_size):
-        feats, labels = store.batch(np.arange(lo, min(lo + batch_size, len(store))), device)
-        b = feats.shape[0]
-        mode = rollout(agent, feats, labels, **settings.rollout_kwargs(), centers="learned", sample=False).centers  # [B, T, 2]
-        grid = torch.tensor([FIXED_GRID[t % len(FIXED_GRID)] for t in range(steps)], device=device).expand(b, steps, 2)
-        rand = torch.rand(b, max(samples - 2, 0), steps, 2, generator=generator, device=device) * 2 - 1
-        given = torch.cat([mode[:, None], grid[:, None], rand], dim=1)  # [B, S, T, 2]
-        s = given.shape[1]
-        out = rollout(
-            agent,
-            feats,
-            labels.repeat_interleave(s, 0),
-            **settings.rollout_kwargs(),
-            centers="given",
-            given_centers=given.flatten(0, 1),
-            sample=False,
-            repeat=s,
-        )
-        ll = label_log_likelihood(out.fused, labels.repeat_interleave(s, 0), agent.output).view(b, s)
-        best = ll.argmax(1) + torch.arange(b, device=device) * s
-        probs.append(agent.probabilities(out.fused[best]).cpu())
-    return torch.cat(probs).numpy()
-
-
 # -- checkpoints -------------------------------------------------------------------------------
 #: What every checkpoint holds (:func:`load_checkpoint` checks it) and what a resume needs besides.
 CHECKPOINT_KEYS = ("model", "config", "settings", "agent_config", "epoch")
@@ -468,6 +424,11 @@ def _check_numbers(config: TrainConfig) -> None:
         "seed": (is_int(config.seed) and config.seed >= 0, "an int >= 0"),
         "explore": (is_real(config.explore) and 0 <= config.explore <= 1, "a fraction in [0, 1], e.g. 0.5"),
         "augment_crop": (is_real(config.augment_crop) and 0 < config.augment_crop <= 1, "a fraction in (0, 1], e.g. 0.875"),
+        "imitate": (
+            is_int(config.imitate) and config.imitate >= 0,
+            "an int >= 0: 0 (off) or the sequences per image, e.g. 64",
+        ),
+        "imitate_weight": (is_real(config.imitate_weight) and config.imitate_weight >= 0, "a finite number >= 0, e.g. 1.0"),
     }
     for name, (ok, want) in checks.items():
         if not ok:
@@ -534,6 +495,7 @@ class _Run:
     earlier_seconds: float = 0.0  # training time of the run's earlier sessions
     writer: Any = None  # TensorBoard's SummaryWriter (rank 0)
     bar: Any = None  # the epochs' progress bar (rank 0)
+    targets: torch.Tensor | None = None  # [N, T, 2] the imitation targets of the training images (config.imitate)
 
 
 def _check_run_folder(run_dir: Path, resume: bool) -> None:
@@ -591,6 +553,10 @@ def _setup(config: TrainConfig, *, resume: bool) -> _Run:
     )
     if resume:
         _restore(run, config)
+    if config.imitate:  # after the warm start / restore: the targets are scored by the frozen heads
+        run.targets = oracle_centers(agent, train_store, settings, samples=config.imitate, device=device, seed=config.seed).to(
+            device
+        )
     if world > 1:  # after the restore: DDP starts every rank from rank 0's parameters
         run.model = torch.nn.parallel.DistributedDataParallel(run.model)
     if rank == 0:
@@ -624,12 +590,14 @@ def _train_epoch(run: _Run, config: TrainConfig) -> dict[str, float]:
     the losses (``loss``, ``cls``, ``reinforce``, ``baseline``), the ``return`` and the ``reward``."""
     run.agent.train()
     sums = {"loss": 0.0, "cls": 0.0, "reinforce": 0.0, "baseline": 0.0, "reward": 0.0, "return": 0.0}
+    if run.targets is not None:
+        sums["imitation"] = 0.0
     batches = 0
     for feats, labels, index in feature_batches(
         run.train_store, config.batch_size, run.generator, run.device, rank=run.rank, world=run.world
     ):
         losses, reward = _train_step(run, config, feats, labels, index)
-        for key in ("loss", "cls", "reinforce", "baseline", "return"):
+        for key in sums.keys() - {"reward"}:
             sums[key] += float(losses[key].detach())
         sums["reward"] += reward
         batches += 1
@@ -640,8 +608,10 @@ def _train_step(
     run: _Run, config: TrainConfig, feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], float]:
     """One Adam step on a batch (``feats [B, C, H, W]``, ``labels [B, L]``, ``index [B]``): the
-    rollout of ``samples`` episodes per image, the hybrid loss, clipped gradients. Returns the
-    losses and the mean reward of the episodes."""
+    rollout of ``samples`` episodes per image, the hybrid loss (plus, with ``config.imitate``, the
+    imitation of the images' oracle sequences), clipped gradients. Returns the losses and the
+    mean reward of the episodes."""
+    imitation = _imitation_loss(run, config, feats, labels, index) if run.targets is not None else None
     if config.samples > 1:  # M consecutive episodes of each image (leave-one-out baseline)
         labels, index = (x.repeat_interleave(config.samples, 0) for x in (labels, index))
     view = None
@@ -668,12 +638,30 @@ def _train_step(
         samples=config.samples,
         k=run.settings.k,
     )
+    if imitation is not None:
+        losses["imitation"] = imitation
+        losses["loss"] = losses["loss"] + config.imitate_weight * imitation
     run.optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     torch.nn.utils.clip_grad_norm_(run.agent.parameters(), 5.0)
     run.optimizer.step()
     run.step += 1
     return losses, float(out.reward.mean())
+
+
+def _imitation_loss(run: _Run, config: TrainConfig, feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor):
+    """``-log pi(oracle sequence)`` summed over the steps, averaged over the batch's images: the
+    locator, teacher-forced along each image's oracle centres (whole image, the out-of-fold head's
+    reading, as in the targets' scoring)."""
+    forced = rollout(  # the agent itself: its gradients join the DDP step's all-reduce on backward
+        run.agent,
+        feats,
+        labels,
+        **run.settings.rollout_kwargs(),
+        given_centers=run.targets[index],
+        folds=index % config.folds if config.folds else None,
+    )
+    return -forced.log_prob.sum(1).mean()
 
 
 def _log_epoch(run: _Run, means: dict[str, float]) -> None:

@@ -1,0 +1,127 @@
+"""The oracle of placement: for each image, the best of many centre sequences under a trained model.
+
+"Best" means the highest log-likelihood of the image's true labels
+(:func:`agents.rarl.rollout.label_log_likelihood`), so the oracle needs the labels. It serves twice:
+
+* on the evaluation split, :func:`predict_oracle` is the headroom row of the comparison table:
+  what any policy could get from this classifier by looking in the right places;
+* on the training split, :func:`oracle_centers` gives the imitation targets of the map locator
+  (``TrainConfig.imitate``): each training image's best sequence, scored by the cross-fitted head
+  that never saw the image, so the target is what helps on unseen images, not what the
+  classifier remembers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from agents.rarl.model import RARLAgent
+from agents.rarl.rollout import label_log_likelihood, rollout
+from rarl_gym.env_settings import EnvSettings
+from rarl_gym.features.store import FeatureStore
+from rarl_gym.glimpse import FIXED_GRID
+
+
+def _candidate_sequences(
+    agent: RARLAgent, feats: torch.Tensor, labels: torch.Tensor, settings: EnvSettings, samples: int, generator
+) -> torch.Tensor:
+    """``[B, S, T, 2]``: the learned policy's mode, the fixed grid and ``samples - 2`` uniformly random sequences."""
+    b, steps, device = feats.shape[0], settings.num_steps, feats.device
+    mode = rollout(agent, feats, labels, **settings.rollout_kwargs(), centers="learned", sample=False).centers  # [B, T, 2]
+    grid = torch.tensor([FIXED_GRID[t % len(FIXED_GRID)] for t in range(steps)], device=device).expand(b, steps, 2)
+    rand = torch.rand(b, max(samples - 2, 0), steps, 2, generator=generator, device=device) * 2 - 1
+    return torch.cat([mode[:, None], grid[:, None], rand], dim=1)
+
+
+@torch.no_grad()
+def _best_of(
+    agent: RARLAgent,
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    settings: EnvSettings,
+    samples: int,
+    generator,
+    folds: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each image of the batch: the fused scores ``[B, L]`` of head 0 and the centres ``[B, T, 2]``
+    of its best sequence; ``folds [B]`` scores each image with the cross-fitted head that never saw it."""
+    given = _candidate_sequences(agent, feats, labels, settings, samples, generator)  # [B, S, T, 2]
+    b, s = given.shape[:2]
+    repeated = labels.repeat_interleave(s, 0)
+    out = rollout(
+        agent,
+        feats,
+        repeated,
+        **settings.rollout_kwargs(),
+        centers="given",
+        given_centers=given.flatten(0, 1),
+        sample=False,
+        repeat=s,
+    )
+    scores = out.fused
+    if folds is not None and out.fold_fused is not None:
+        scores = out.fold_fused[torch.arange(b * s, device=feats.device), folds.repeat_interleave(s, 0)]
+    ll = label_log_likelihood(scores, repeated, agent.output).view(b, s)
+    best = ll.argmax(1)
+    return out.fused.view(b, s, -1)[torch.arange(b), best], given[torch.arange(b), best]
+
+
+@torch.no_grad()
+def predict_oracle(
+    agent: RARLAgent,
+    store: FeatureStore,
+    settings: EnvSettings,
+    *,
+    samples: int = 64,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> np.ndarray:
+    """The headroom of placement: label probabilities ``[N, L]`` where each image keeps the best
+    of ``samples`` centre sequences under the model (whole image, one view).
+
+    The candidates are the learned policy's mode, the fixed grid and ``samples - 2`` uniformly
+    random sequences; the row needs the labels: an upper bound on what any policy could get from
+    this classifier, not a method.
+    """
+    agent.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    probs = []
+    for lo in range(0, len(store), batch_size):
+        feats, labels = store.batch(np.arange(lo, min(lo + batch_size, len(store))), device)
+        fused, _ = _best_of(agent, feats, labels, settings, samples, generator)
+        probs.append(agent.probabilities(fused).cpu())
+    return torch.cat(probs).numpy()
+
+
+@torch.no_grad()
+def oracle_centers(
+    agent: RARLAgent,
+    store: FeatureStore,
+    settings: EnvSettings,
+    *,
+    samples: int = 64,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> torch.Tensor:
+    """``[N, T, 2]``: each training image's best centre sequence of ``samples`` (the imitation targets).
+
+    With cross-fitted heads (``agent.folds = F``), image ``i`` is scored by the head that never saw
+    it (fold ``i % F``, as in training), otherwise by head 0.
+    """
+    was_training = agent.training
+    agent.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    targets = []
+    for lo in range(0, len(store), batch_size):
+        index = torch.arange(lo, min(lo + batch_size, len(store)), device=device)
+        feats, labels = store.batch(index.cpu().numpy(), device)
+        folds = index % agent.folds if agent.folds else None
+        targets.append(_best_of(agent, feats, labels, settings, samples, generator, folds)[1].cpu())
+    agent.train(was_training)
+    return torch.cat(targets)
+
+
+__all__ = ["oracle_centers", "predict_oracle"]
