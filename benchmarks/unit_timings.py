@@ -82,11 +82,11 @@ def vgg16_unavailable(repeat: int) -> float | str:
     import torch
 
     from rarl_gym.errors import ConfigError
-    from rarl_gym.features import backbones, build_backbone
+    from rarl_gym.features import build_backbone, weights_probe
 
     if os.path.exists(os.path.join(torch.hub.get_dir(), "checkpoints", "vgg16-397923af.pth")):
         return "skipped: the VGG16 weights are cached (it builds)"
-    if backbones._reachable("https://download.pytorch.org/")[0]:
+    if weights_probe.reachable("https://download.pytorch.org/")[0]:
         return "skipped: the network is reachable (it would download 528 MB)"
 
     def fail():

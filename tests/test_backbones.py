@@ -120,7 +120,7 @@ def _vgg16_path() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", "vgg16-397923af.pth")
 
 
-def test_vgg16_pretrained_works_or_raises_config_error_fast():
+def test_vgg16_pretrained_works_or_raises_a_config_error():
     """Here (no network) this raises a ConfigError that names the fix; with the file cached it builds.
     (That the failure is fast is measured by benchmarks/unit_timings.py.)"""
     if not os.path.exists(_vgg16_path()) and weights_probe.reachable("https://download.pytorch.org/")[0]:
