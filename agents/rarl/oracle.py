@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -68,6 +70,30 @@ def _best_of(
 
 
 @torch.no_grad()
+def _oracle_batches(
+    agent: RARLAgent,
+    store: FeatureStore,
+    settings: EnvSettings,
+    *,
+    samples: int,
+    batch_size: int,
+    device: torch.device | str,
+    seed: int,
+    out_of_fold: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`_best_of` over the store in batches (the agent in eval mode meanwhile): ``(fused [B, L],
+    centres [B, T, 2])``; ``out_of_fold`` scores image ``i`` with the head of fold ``i % F``."""
+    was_training = agent.training
+    agent.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for lo in range(0, len(store), batch_size):
+        index = torch.arange(lo, min(lo + batch_size, len(store)), device=device)
+        feats, labels = store.batch(index.cpu().numpy(), device)
+        folds = index % agent.folds if out_of_fold and agent.folds else None
+        yield _best_of(agent, feats, labels, settings, samples, generator, folds)
+    agent.train(was_training)
+
+
 def predict_oracle(
     agent: RARLAgent,
     store: FeatureStore,
@@ -85,17 +111,12 @@ def predict_oracle(
     random sequences; the row needs the labels: an upper bound on what any policy could get from
     this classifier, not a method.
     """
-    agent.eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    probs = []
-    for lo in range(0, len(store), batch_size):
-        feats, labels = store.batch(np.arange(lo, min(lo + batch_size, len(store))), device)
-        fused, _ = _best_of(agent, feats, labels, settings, samples, generator)
-        probs.append(agent.probabilities(fused).cpu())
-    return torch.cat(probs).numpy()
+    batches = _oracle_batches(
+        agent, store, settings, samples=samples, batch_size=batch_size, device=device, seed=seed, out_of_fold=False
+    )
+    return torch.cat([agent.probabilities(fused).cpu() for fused, _ in batches]).numpy()
 
 
-@torch.no_grad()
 def oracle_centers(
     agent: RARLAgent,
     store: FeatureStore,
@@ -111,17 +132,10 @@ def oracle_centers(
     With cross-fitted heads (``agent.folds = F``), image ``i`` is scored by the head that never saw
     it (fold ``i % F``, as in training), otherwise by head 0.
     """
-    was_training = agent.training
-    agent.eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    targets = []
-    for lo in range(0, len(store), batch_size):
-        index = torch.arange(lo, min(lo + batch_size, len(store)), device=device)
-        feats, labels = store.batch(index.cpu().numpy(), device)
-        folds = index % agent.folds if agent.folds else None
-        targets.append(_best_of(agent, feats, labels, settings, samples, generator, folds)[1].cpu())
-    agent.train(was_training)
-    return torch.cat(targets)
+    batches = _oracle_batches(
+        agent, store, settings, samples=samples, batch_size=batch_size, device=device, seed=seed, out_of_fold=True
+    )
+    return torch.cat([centres.cpu() for _, centres in batches])
 
 
 __all__ = ["oracle_centers", "predict_oracle"]
