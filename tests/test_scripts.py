@@ -179,6 +179,9 @@ def test_ablate_prints_the_papers_tables(small_kwargs, tmp_path, capsys):
         "no-lstm",
         "one-region",
         "T1",
+        "paper",
+        "--hyperparams",
+        '{"oracle_samples": 0}',
     ]
     assert ablate.main(args) == 0
     out = capsys.readouterr().out
@@ -191,6 +194,10 @@ def test_ablate_prints_the_papers_tables(small_kwargs, tmp_path, capsys):
         ckpt["settings"]["scales"]
         != torch.load(tmp_path / "abl" / "one-region" / "checkpoint.pt", weights_only=False)["settings"]["scales"]
     )
+    # --hyperparams reaches every variant; --epochs wins over the paper's own 15 epochs
+    paper = torch.load(tmp_path / "abl" / "paper" / "checkpoint.pt", weights_only=False)["config"]
+    assert paper["epochs"] == 1 and paper["head"] == "lstm" and paper["oracle_samples"] == 0
+    assert "oracle" not in json.loads((tmp_path / "abl" / "base" / "metrics.json").read_text())["policies"]
     # a second call reuses the finished runs
     before = (tmp_path / "abl" / "base" / "metrics.json").stat().st_mtime_ns
     assert ablate.main(args) == 0
