@@ -7,6 +7,7 @@ reward everywhere, and a wrong kwarg fails the same way everywhere.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -153,7 +154,10 @@ class EnvSettings:
         }
 
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+        """The settings as env kwargs (tuples as lists), a deep copy: editing it leaves the settings alone."""
+        return copy.deepcopy(
+            {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+        )
 
     def replace(self, **changes) -> EnvSettings:
         return EnvSettings.from_kwargs(**{**self.to_dict(), **changes})

@@ -11,6 +11,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from rarl_gym.data import make_dataset
 from rarl_gym.data.base import MultiLabelDataset
 from rarl_gym.data.files import dataset_root
@@ -143,12 +145,18 @@ class FeatureSource:
                 f"damaged or stale) but its folder {store.path} is read-only",
                 "make the feature cache writable, or copy it to a writable folder and pass cache_dir= (or set $RARL_CACHE)",
             )
-        scorer = fit_cross_fitted_scorer(
-            store, scales=DEFAULT_SCALES, ratios=DEFAULT_RATIOS, device=device, progress=progress, **SCORER_FIT
-        )
+        # The caller's random state afterwards is the same whether the scorer was fitted or loaded: the
+        # fit runs on forked global generators, and the fitted scorer is returned as loaded (the load
+        # builds its modules with their default init, which draws from torch's global generator).
+        dev = torch.device(device)
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            fitted = fit_cross_fitted_scorer(
+                store, scales=DEFAULT_SCALES, ratios=DEFAULT_RATIOS, device=device, progress=progress, **SCORER_FIT
+            )
         store.close()
-        save_scorer(scorer.cpu(), path, {"fit": SCORER_FIT, "split": train_split})
-        return scorer.cpu()
+        save_scorer(fitted.cpu(), path, {"fit": SCORER_FIT, "split": train_split})
+        scorer, _ = load_scorer(path)
+        return scorer
 
 
 __all__ = ["DATASETS", "SCORER_FIT", "FeatureSource"]

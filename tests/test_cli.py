@@ -144,3 +144,29 @@ def test_cuda_without_a_gpu_is_a_config_error(name, monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_cuda_when_there_is_a_gpu():
     assert pick_device("cuda") == torch.device("cuda") and pick_device("cuda:0") == torch.device("cuda:0")
+
+
+@pytest.mark.parametrize("name", ["cuda:2", "cuda:5"])
+def test_a_gpu_index_past_the_visible_gpus_is_a_config_error(name, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda:1") and pick_device("cuda") == torch.device("cuda")
+    with pytest.raises(ConfigError, match=f"{name!r} was asked for but only 2 GPUs are visible") as err:
+        pick_device(name)
+    assert "cuda:0" in err.value.fix and "cuda:1" in err.value.fix and "cuda:2" not in err.value.fix
+
+
+def test_mps_only_where_it_is_available(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no MPS") as err:
+        pick_device("mps")
+    assert "--device cpu" in err.value.fix
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device("mps") == torch.device("mps")
+
+
+@pytest.mark.parametrize("name", ["meta", "meta:0"])
+def test_the_meta_device_is_refused(name):
+    with pytest.raises(ConfigError, match="not a compute device") as err:
+        pick_device(name)
+    assert "'cpu'" in err.value.fix

@@ -1,6 +1,7 @@
 """EnvSettings (rarl_gym/env_settings.py): defaults, validation errors that name the fix, and the
 round trip through a dict and JSON that runs and checkpoints rely on."""
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -94,6 +95,16 @@ def test_round_trip_through_a_dict_and_json(kwargs):
     text = json.dumps(d)  # what run.json and the checkpoints store
     again = EnvSettings.from_kwargs(**json.loads(text))
     assert again == s and again.to_dict() == d and json.dumps(again.to_dict()) == text
+
+
+def test_editing_the_dict_leaves_the_settings_alone():
+    """``to_dict`` is a copy, nested values too: the frozen settings do not change through it."""
+    s = EnvSettings.from_kwargs(**copy.deepcopy(CUSTOM))
+    d = s.to_dict()
+    d["dataset_kwargs"]["num_images"] = 1000
+    d["scales"].append(1.0)
+    assert s.dataset_kwargs == CUSTOM["dataset_kwargs"] and s.scales == (0.25, 0.5)
+    assert s == EnvSettings.from_kwargs(**CUSTOM) and s.to_dict()["dataset_kwargs"]["num_images"] == 8
 
 
 def test_replace_validates_and_leaves_the_original():

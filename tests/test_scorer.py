@@ -181,3 +181,26 @@ def test_a_scorer_fitted_with_other_settings_is_refitted(tmp_path, monkeypatch):
     assert load_scorer(path)[1]["fit"] == changed  # the stale file was replaced
     assert not torch.equal(weights(refitted), weights(first))
     assert torch.equal(weights(source.region_scorer(progress=False)), weights(refitted)) and len(fits) == 2
+
+
+def test_fitting_the_env_scorer_leaves_the_global_generator_as_loading_it_does(small_kwargs, tmp_path, monkeypatch):
+    """The first env on a fresh cache fits ``scorer.pt``, later ones load it: torch's global random
+    state afterwards is the same either way, so a training run does not depend on which it was."""
+    from envs import GlimpseEnv
+    from rarl_gym import sources
+
+    monkeypatch.setattr(sources, "SCORER_FIT", {"folds": 2, "regions_per_image": 1, "epochs": 2, "lr": 3e-3})
+    fits = []
+    real_fit = sources.fit_cross_fitted_scorer
+    monkeypatch.setattr(sources, "fit_cross_fitted_scorer", lambda *a, **k: fits.append(k) or real_fit(*a, **k))
+
+    def global_state_after_opening_an_env() -> torch.Tensor:
+        torch.manual_seed(7)
+        GlimpseEnv(dataset="shapes", **{**small_kwargs, "cache_dir": str(tmp_path)}).close()
+        return torch.get_rng_state()
+
+    fresh = global_state_after_opening_an_env()
+    assert len(fits) == 1  # fitted and saved
+    warm = global_state_after_opening_an_env()
+    assert len(fits) == 1  # loaded
+    assert torch.equal(fresh, warm)

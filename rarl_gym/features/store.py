@@ -321,9 +321,12 @@ def extract_features(
     with lock:
         if (path / "meta.json").exists():  # finished by the process we waited for
             return FeatureStore.open(path)
-        return _extract(
-            dataset, net, key, path, input_size, batch_size=batch_size, device=device, progress=progress, workers=workers
-        )
+        # on forked generators (the DataLoader draws its base seed from the global one): the caller's
+        # random state afterwards is the same whether the entry was extracted now or found finished
+        with torch.random.fork_rng(devices=[]):
+            return _extract(
+                dataset, net, key, path, input_size, batch_size=batch_size, device=device, progress=progress, workers=workers
+            )
 
 
 def _extract(
