@@ -9,8 +9,11 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from rarl_gym.errors import ConfigError, RarlGymError
+
+_T = TypeVar("_T")
 
 # OpenMP threads that spin while they wait make torch many times slower as soon as another
 # process shares the cores (seen here: 4.3 s instead of 0.5 s per training step on 2 cores).
@@ -34,7 +37,7 @@ def run_cli(fn: Callable[[], None], on_interrupt: str = "") -> int:
     return 0
 
 
-def _number(text: str, cast, ok, what: str):
+def _number(text: str, cast: Callable[[str], _T], ok: Callable[[_T], bool], what: str) -> _T:
     """``cast(text)`` if it parses and passes ``ok``, else an argparse error saying it must be ``what``."""
     try:
         value = cast(text)
@@ -60,7 +63,7 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
 
 
-def json_object(text: str, flag: str, example: str) -> dict:
+def json_object(text: str, flag: str, example: str) -> dict[str, Any]:
     """The JSON object given to the command-line option ``flag`` (a clear error otherwise)."""
     try:
         value = json.loads(text)
@@ -71,7 +74,7 @@ def json_object(text: str, flag: str, example: str) -> dict:
     return value
 
 
-def env_overrides(env_kwargs: str, **options) -> dict:
+def env_overrides(env_kwargs: str, **options: Any) -> dict[str, Any]:
     """Env kwargs from a JSON string plus the options given on the command line.
 
     ``data_root`` becomes the env's ``root``; options that are ``None`` are left out.

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import gymnasium as gym
 import numpy as np
@@ -30,12 +30,12 @@ NOT_SETTINGS = ("progress",)
 _EXAMPLES = {"backbone": "efficientnet_lite0", "split": "train", "root": "data/voc07", "cache_dir": "~/.cache/rarl_gym"}
 
 
-def _is_int(value) -> bool:
+def _is_int(value: object) -> TypeGuard[int | np.integer]:
     """An ``int`` (numpy's too), not a ``bool``."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float | np.integer | np.floating]:
     """A real number (numpy's too), not a ``bool``."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
@@ -46,7 +46,7 @@ def settings_kwargs(env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in env_kwargs.items() if k not in NOT_SETTINGS}
 
 
-def check_index(value, n: int, name: str = "options['index']") -> int:
+def check_index(value: object, n: int, name: str = "options['index']") -> int:
     """``value`` as an image index of a split of ``n`` images: an integral number in ``[0, n)``
     (``2.0`` is accepted, ``2.7``, ``None`` or ``"2"`` are a :class:`ConfigError`)."""
     if _is_int(value):
@@ -78,9 +78,9 @@ class EnvSettings:
     scales: tuple[float, ...] = DEFAULT_SCALES
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     cache_dir: str | None = None
-    dataset_kwargs: dict = field(default_factory=dict, hash=False)
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
         if not (_is_int(self.glimpse_size) and 1 <= self.glimpse_size <= 32):
             raise ConfigError(f"glimpse_size must be an int from 1 to 32, got {self.glimpse_size!r}", "use 1, 3 or 7")
@@ -142,7 +142,7 @@ class EnvSettings:
     def num_regions(self) -> int:
         return len(self.scales) * len(self.ratios)
 
-    def rollout_kwargs(self) -> dict:
+    def rollout_kwargs(self) -> dict[str, Any]:
         """The episode shape: what :func:`agents.rarl.rollout.rollout` needs."""
         return {
             "num_steps": self.num_steps,
@@ -153,17 +153,17 @@ class EnvSettings:
             "fuse_whole_image": self.fuse_whole_image,
         }
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The settings as env kwargs (tuples as lists), a deep copy: editing it leaves the settings alone."""
         return copy.deepcopy(
             {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
         )
 
-    def replace(self, **changes) -> EnvSettings:
+    def replace(self, **changes: Any) -> EnvSettings:
         return EnvSettings.from_kwargs(**{**self.to_dict(), **changes})
 
     @classmethod
-    def from_kwargs(cls, **kwargs) -> EnvSettings:
+    def from_kwargs(cls, **kwargs: Any) -> EnvSettings:
         """Build from env kwargs; an unknown kwarg is a :class:`ConfigError` with a suggestion."""
         valid = [f.name for f in dataclasses.fields(cls)]
         check_names(kwargs, valid, "unknown env argument(s)", f"valid arguments: {', '.join(valid)}")

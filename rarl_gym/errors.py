@@ -7,6 +7,7 @@ inside torch or PIL. Each message says what is wrong and, after ``Fix:``, what t
 from __future__ import annotations
 
 import difflib
+from collections.abc import Collection, Iterable
 
 
 class RarlGymError(Exception):
@@ -55,7 +56,7 @@ class InUseError(RarlGymError, RuntimeError):
     """Another process holds the lock of a run folder or of a feature cache entry being extracted."""
 
 
-def check_names(names, valid, problem: str, fix: str) -> None:
+def check_names(names: Iterable[str], valid: Collection[str], problem: str, fix: str) -> None:
     """Raise :class:`ConfigError` ``"<problem> 'x' (did you mean 'y'?), ..."`` for the ``names`` not in ``valid``."""
     unknown = [n for n in names if n not in valid]
     if unknown:
@@ -66,7 +67,7 @@ def check_names(names, valid, problem: str, fix: str) -> None:
         raise ConfigError(f"{problem} {', '.join(hints)}", fix)
 
 
-def check_choice(name: str, value, choices) -> None:
+def check_choice(name: str, value: object, choices: Collection[object]) -> None:
     """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"unknown {name} {value!r}", f"use one of {', '.join(map(repr, choices))}")

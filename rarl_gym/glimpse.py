@@ -74,7 +74,9 @@ def anchor_boxes(
     return boxes.clamp(-1.0, 1.0)
 
 
-def whole_image_boxes(batch: int, k: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+def whole_image_boxes(
+    batch: int, k: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``[B, K, 4]`` boxes that all cover the whole image (the observation of step 0)."""
     return torch.tensor(WHOLE_IMAGE, device=device, dtype=dtype).expand(batch, k, 4).clone()
 
@@ -318,7 +320,7 @@ def view_to_image(boxes: torch.Tensor, views: torch.Tensor, flips: torch.Tensor 
 
 
 def random_views(
-    batch: int, crop: float, *, generator: torch.Generator | None = None, device=None
+    batch: int, crop: float, *, generator: torch.Generator | None = None, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training augmentation: a random square crop of side ``crop`` (fraction of the image) and a
     random left-right flip per image, as the paper's random (N - 64)-crop and flip.
@@ -333,7 +335,7 @@ def random_views(
     return views, flips
 
 
-def ten_views(crop: float, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def ten_views(crop: float, *, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ten test views: 4 corner crops and the centre crop of side ``crop``, and their mirrors.
 
     Returns:

@@ -60,9 +60,9 @@ def free_bytes(path: str | os.PathLike) -> int | None:
     return None
 
 
-def is_disk_full(err: BaseException) -> bool:
+def is_disk_full(err: BaseException | None) -> bool:
     """Whether ``err`` (or an exception it was raised from) is a full disk or quota."""
-    seen = set()
+    seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, DiskFullError):
@@ -304,7 +304,7 @@ class FileLock:
     def __enter__(self) -> FileLock:
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 

@@ -29,9 +29,11 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy.typing as npt
 import torch
 
 from rarl_gym.io import atomic_path
@@ -90,7 +92,7 @@ def _open(path: Path) -> ctypes.CDLL:
     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8
     fn = lib.read_maps_nhwc
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 5
+    fn.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 5
     return lib
 
 
@@ -192,7 +194,7 @@ def crop_nhwc(
     return out
 
 
-def read_maps_nhwc(fd: int, index, out: torch.Tensor) -> torch.Tensor:
+def read_maps_nhwc(fd: int, index: npt.ArrayLike, out: torch.Tensor) -> torch.Tensor:
     """Read rows ``index`` of a raw float16 ``[N, C, H, W]`` file (open descriptor ``fd``) into ``out``.
 
     Args:
@@ -223,7 +225,7 @@ def read_maps_nhwc(fd: int, index, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _parallel(call, n: int) -> list[int]:
+def _parallel(call: Callable[[int, int], int], n: int) -> list[int]:
     """Run ``call(lo, hi)`` on ``torch.get_num_threads()`` slices of ``range(n)`` at once; their return codes."""
     global _pool, _pool_pid
     threads = max(1, min(torch.get_num_threads(), n))

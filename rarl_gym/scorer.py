@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -98,7 +98,7 @@ def training_regions(
     scales: Sequence[float],
     ratios: Sequence[float],
     generator: torch.Generator | None,
-    device,
+    device: torch.device | str,
 ) -> torch.Tensor:
     """``[B, 1 + n*K, 4]``: the whole image plus the anchors of ``n`` uniform random centres."""
     whole = whole_image_boxes(batch, 1, device=device)
@@ -130,8 +130,9 @@ class CrossFitScorer(nn.Module):
 
     def score_means(self, means: torch.Tensor, folds: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, K, C]`` region means -> ``[B, K, L]`` logits: image ``b`` by scorer ``folds[b]``, or the mean of all."""
-        weight = torch.cat([s.linear.weight for s in self.scorers])  # [F*L, C]: one product for all folds
-        bias = torch.cat([s.linear.bias for s in self.scorers])
+        scorers = cast(Sequence[RegionScorer], self.scorers)  # the ModuleList of __init__'s RegionScorers
+        weight = torch.cat([s.linear.weight for s in scorers])  # [F*L, C]: one product for all folds
+        bias = torch.cat([s.linear.bias for s in scorers])
         logits = F.linear(means, weight, bias).unflatten(-1, (self.folds, -1))  # [B, K, F, L]
         if folds is None:
             return logits.mean(2)
@@ -143,7 +144,7 @@ class CrossFitScorer(nn.Module):
         return self.score_means(glimpses.mean(dim=(-2, -1)), folds)
 
 
-def fit_cross_fitted_scorer(store, *, folds: int = 2, seed: int = 0, **fit) -> CrossFitScorer:
+def fit_cross_fitted_scorer(store: FeatureStore, *, folds: int = 2, seed: int = 0, **fit: Any) -> CrossFitScorer:
     """A :class:`CrossFitScorer`: :func:`fit_region_scorer` on each of the ``folds`` complements."""
     index = np.arange(len(store))
     return CrossFitScorer(
@@ -152,7 +153,7 @@ def fit_cross_fitted_scorer(store, *, folds: int = 2, seed: int = 0, **fit) -> C
 
 
 def fit_region_scorer(
-    store,
+    store: FeatureStore,
     *,
     images: np.ndarray | None = None,
     regions_per_image: int = 2,
@@ -186,9 +187,9 @@ def fit_region_scorer(
     generator = torch.Generator().manual_seed(seed)
     scorer = seeded_scorer(store.channels, len(store.classes), seed).to(device)
     opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
-    images = torch.arange(len(store)) if images is None else torch.as_tensor(np.asarray(images), dtype=torch.long)
+    rows = torch.arange(len(store)) if images is None else torch.as_tensor(np.asarray(images), dtype=torch.long)
     for _ in tqdm(range(epochs), desc="fit the env's region scorer", unit="epoch", disable=not progress, leave=False):
-        for idx in images[torch.randperm(len(images), generator=generator)].split(batch_size):
+        for idx in rows[torch.randperm(len(rows), generator=generator)].split(batch_size):
             feats, labels = store.batch(np.sort(idx.numpy()), device)
             if boxes is None:
                 regions = training_regions(len(idx), regions_per_image, scales, ratios, generator, "cpu").to(device)
@@ -202,7 +203,7 @@ def fit_region_scorer(
     return scorer.eval().requires_grad_(False)
 
 
-def pooled_features(store, batch_size: int = 256) -> torch.Tensor:
+def pooled_features(store: FeatureStore, batch_size: int = 256) -> torch.Tensor:
     """``[N, C]`` global average of every feature map of a :class:`FeatureStore` (batched reads)."""
     parts = [
         torch.from_numpy(store.features[i : i + batch_size].astype("float32")).mean(dim=(2, 3))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ COCO_RELEASES = {"train2014": "train2017", "train2017": "train2014", "val2014": 
 
 #: Per dataset: the training split (default env split, where the scorer is fitted), the split
 #: agents are evaluated on, and the backbone input size.
-DATASETS: dict[str, dict] = {
+DATASETS: dict[str, dict[str, Any]] = {
     "shapes": {"train_split": "train", "eval_split": "test", "input_size": 256},
     "voc07": {"train_split": "train", "eval_split": "val", "input_size": 320},
     "coco": {"train_split": "train2014", "eval_split": "val2014", "input_size": 320},
@@ -37,7 +38,7 @@ DATASETS: dict[str, dict] = {
 #: How the env's ``locate``-mode scorer is fitted (:func:`rarl_gym.scorer.fit_cross_fitted_scorer`):
 #: 2 folds, each a linear multiple-instance fit on half of the training split. See docs/design.md
 #: for how the settings were chosen (the first ones, 10 epochs at lr 1e-3, were underfit).
-SCORER_FIT = {"folds": 2, "regions_per_image": 2, "epochs": 60, "lr": 3e-3}
+SCORER_FIT: dict[str, Any] = {"folds": 2, "regions_per_image": 2, "epochs": 60, "lr": 3e-3}
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,9 @@ class FeatureSource:
     pretrained: bool = True
     input_size: int | None = None
     cache_dir: str | None = None
-    dataset_kwargs: dict = field(default_factory=dict, hash=False)
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, tuple(DATASETS))
 
     @property
@@ -96,7 +97,9 @@ class FeatureSource:
     def make_dataset(self, split: str) -> MultiLabelDataset:
         return make_dataset(self.dataset, split, root=self.root, **self.dataset_kwargs)
 
-    def open_split(self, split: str, *, device="cpu", progress: bool = True) -> tuple[MultiLabelDataset, FeatureStore]:
+    def open_split(
+        self, split: str, *, device: torch.device | str = "cpu", progress: bool = True
+    ) -> tuple[MultiLabelDataset, FeatureStore]:
         """The dataset object and its finished feature cache (extracted on first use)."""
         dataset = self.make_dataset(split)
         store = extract_features(
@@ -110,7 +113,9 @@ class FeatureSource:
         )
         return dataset, store
 
-    def region_scorer(self, split: str | None = None, *, device="cpu", progress: bool = True) -> CrossFitScorer:
+    def region_scorer(
+        self, split: str | None = None, *, device: torch.device | str = "cpu", progress: bool = True
+    ) -> CrossFitScorer:
         """The ``locate``-mode scorer of an env on ``split``: loaded from ``scorer.pt`` beside the
         cache of :meth:`scorer_split`, fitted (and saved) if missing, damaged (a warning names the
         file) or fitted with other settings than :data:`SCORER_FIT`.
@@ -125,7 +130,7 @@ class FeatureSource:
         if path.exists():
             try:
                 scorer, meta = load_scorer(path)
-                if meta.get("fit") == SCORER_FIT:
+                if meta.get("fit") == SCORER_FIT and isinstance(scorer, CrossFitScorer):
                     store.close()
                     return scorer
             except CorruptFileError as err:
@@ -156,6 +161,7 @@ class FeatureSource:
         store.close()
         save_scorer(fitted.cpu(), path, {"fit": SCORER_FIT, "split": train_split})
         scorer, _ = load_scorer(path)
+        assert isinstance(scorer, CrossFitScorer)  # save_scorer just wrote the cross-fitted one
         return scorer
 
 

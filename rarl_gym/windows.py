@@ -10,11 +10,17 @@ everywhere" upper end that a learned attention policy with T x K regions has to 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
 
 from rarl_gym.glimpse import fuse, ten_views, view_to_image, whole_image_boxes
 from rarl_gym.scorer import RegionScorer, fit_region_scorer
+
+if TYPE_CHECKING:
+    from rarl_gym.features.store import FeatureStore
 
 #: ``(width, height, columns, rows)`` of each window family, sides as fractions of the image.
 WINDOW_FAMILIES: tuple[tuple[float, float, int, int], ...] = (
@@ -26,7 +32,9 @@ WINDOW_FAMILIES: tuple[tuple[float, float, int, int], ...] = (
 )
 
 
-def sliding_windows(families=WINDOW_FAMILIES, *, whole_image: bool = True) -> torch.Tensor:
+def sliding_windows(
+    families: Iterable[tuple[float, float, int, int]] = WINDOW_FAMILIES, *, whole_image: bool = True
+) -> torch.Tensor:
     """``[R, 4]`` windows ``(x0, y0, x1, y1)`` in ``[-1, 1]`` image coordinates: per family a
     ``columns x rows`` grid of ``width x height`` windows spanning the image (the default: 101
     windows, plus the whole image first)."""
@@ -39,7 +47,9 @@ def sliding_windows(families=WINDOW_FAMILIES, *, whole_image: bool = True) -> to
     return torch.cat(boxes)
 
 
-def fit_windows_classifier(store, *, windows: torch.Tensor | None = None, seed: int = 0, **fit) -> RegionScorer:
+def fit_windows_classifier(
+    store: FeatureStore, *, windows: torch.Tensor | None = None, seed: int = 0, **fit: Any
+) -> RegionScorer:
     """The baseline's linear classifier, fitted by category-wise max over ``windows`` (MIL)."""
     return fit_region_scorer(store, boxes=sliding_windows() if windows is None else windows, seed=seed, **fit)
 
@@ -47,7 +57,7 @@ def fit_windows_classifier(store, *, windows: torch.Tensor | None = None, seed: 
 @torch.no_grad()
 def predict_windows(
     scorer: RegionScorer,
-    store,
+    store: FeatureStore,
     *,
     windows: torch.Tensor | None = None,
     views: int = 1,

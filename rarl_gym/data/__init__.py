@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
+from typing import Any
 
 from rarl_gym.data.base import ABSENT, DIFFICULT, PRESENT, MultiLabelDataset
 from rarl_gym.data.coco import COCODataset
@@ -29,7 +31,7 @@ def _dataset_class(name: str) -> type[MultiLabelDataset]:
     raise ConfigError(f"unknown dataset {name!r}", f"use one of {', '.join(map(repr, DATASET_NAMES))}")
 
 
-def make_dataset(name: str, split: str, root: str | os.PathLike | None = None, **kwargs) -> MultiLabelDataset:
+def make_dataset(name: str, split: str, root: str | os.PathLike | None = None, **kwargs: Any) -> MultiLabelDataset:
     """The split ``split`` of dataset ``name`` (``"shapes"``, ``"voc07"`` or ``"coco"``).
 
     Args:
@@ -56,9 +58,11 @@ def make_dataset(name: str, split: str, root: str | os.PathLike | None = None, *
             f"unknown keyword argument(s) {', '.join(map(repr, unknown))} for dataset {name!r}",
             f"use {', '.join(map(repr, accepted))}" if accepted else f"dataset {name!r} takes only split and root",
         )
+    # The constructors' signatures differ by dataset (checked against ``accepted`` above).
+    construct: Callable[..., MultiLabelDataset] = cls
     if name == "shapes":
-        return cls(split, **kwargs)
-    return cls(root=root, split=split, **kwargs)
+        return construct(split, **kwargs)
+    return construct(root=root, split=split, **kwargs)
 
 
 __all__ = [

@@ -21,7 +21,9 @@ import io
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -29,6 +31,9 @@ from PIL import Image
 from rarl_gym.data.base import ABSENT, PRESENT, MultiLabelDataset
 from rarl_gym.data.files import FileStampsMixin, dataset_root, fingerprint, image_header_size, open_rgb
 from rarl_gym.errors import ConfigError, CorruptFileError, DatasetNotFoundError
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 #: The splits of the official archives that carry instance annotations.
 COCO_SPLITS: tuple[str, ...] = ("train2014", "val2014", "train2017", "val2017")
@@ -104,7 +109,7 @@ class COCODataset(FileStampsMixin, MultiLabelDataset):
         if not self.image_dir.is_dir():
             raise self._not_found(f"image folder {self.image_dir} does not exist")
 
-    def _load_json(self):
+    def _load_json(self) -> COCO:
         from pycocotools.coco import COCO
 
         fix = f"replace {self.annotation_file.name} with an intact copy ({_source(self.split)})"
@@ -230,7 +235,7 @@ class COCODataset(FileStampsMixin, MultiLabelDataset):
 
 
 # -- the checks of COCODataset._validate: each returns the problem it finds, or None ---------------
-def _is_int(v) -> bool:
+def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -244,7 +249,7 @@ def _lists_problem(data: dict) -> str | None:
     return None
 
 
-def _image_problem(i: int, img) -> str | None:
+def _image_problem(i: int, img: object) -> str | None:
     if not isinstance(img, dict):
         return f"images[{i}] is not an object"
     if not _is_int(img.get("id")):
@@ -257,7 +262,7 @@ def _image_problem(i: int, img) -> str | None:
     return None
 
 
-def _category_problem(i: int, cat) -> str | None:
+def _category_problem(i: int, cat: object) -> str | None:
     if not isinstance(cat, dict):
         return f"categories[{i}] is not an object"
     if not _is_int(cat.get("id")):
@@ -267,13 +272,13 @@ def _category_problem(i: int, cat) -> str | None:
     return None
 
 
-def _annotation_problem(i: int, ann) -> str | None:
+def _annotation_problem(i: int, ann: object) -> str | None:
     if not isinstance(ann, dict) or not _is_int(ann.get("image_id")) or not _is_int(ann.get("category_id")):
         return f"annotations[{i}] lacks an integer 'image_id' or 'category_id'"
     return None
 
 
-def _first_problem(entries: list, check) -> str | None:
+def _first_problem(entries: list, check: Callable[[int, Any], str | None]) -> str | None:
     """The problem of the first entry ``check(i, entry)`` finds fault with, or None."""
     return next((p for p in (check(i, e) for i, e in enumerate(entries)) if p is not None), None)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -35,7 +37,7 @@ def fingerprint(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def file_stats(paths) -> np.ndarray:
+def file_stats(paths: Iterable[str | os.PathLike]) -> np.ndarray:
     """``[N, 2]`` int64: the byte size and modification time (ns) of each of ``paths`` (-1, -1 for
     a missing file): one ``stat`` per file, 0.53 s for 82,783 files with the metadata cached
     (``benchmarks/cache_key_cost.py``; the size alone took the same call)."""
@@ -59,6 +61,13 @@ class FileStampsMixin:
     """
 
     _stats: np.ndarray | None = None
+    _cache_key: str | None = None
+
+    if TYPE_CHECKING:  # provided by the dataset class the mixin is combined with
+
+        def image_path(self, index: int) -> Path: ...
+
+        def __len__(self) -> int: ...
 
     def file_stats(self) -> np.ndarray:
         """``[N, 2]`` int64 ``(size, mtime_ns)`` of the image files (read once)."""
@@ -83,7 +92,7 @@ class FileStampsMixin:
 
     def cache_key(self) -> str:
         """``<dataset>-<split>-<N>-<hash of the ids, labels and JPEG file sizes and modification times>``."""
-        if getattr(self, "_cache_key", None) is None:
+        if self._cache_key is None:
             self._cache_key = self._key(self._stats_bytes())
         return self._cache_key
 

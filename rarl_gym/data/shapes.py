@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -151,7 +152,7 @@ def _hsv_array(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> list[tuple[int, i
     return [tuple(c) for c in rgb.tolist()]
 
 
-def _overlap(box, others) -> float:
+def _overlap(box: Sequence[float], others: Iterable[Sequence[float]]) -> float:
     """Largest intersection / smaller-box area between ``box`` and the ``others``."""
     worst = 0.0
     x1, y1, x2, y2 = box
@@ -188,9 +189,9 @@ class ShapesDataset(MultiLabelDataset):
         if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}", "pass e.g. seed=0")
         self.split = split
-        self.num_images = int(num_images)
-        self.side = int(image_size)
-        self.seed = int(seed)
+        self.num_images: int = int(num_images)
+        self.side: int = int(image_size)
+        self.seed: int = int(seed)
         self._labels: np.ndarray | None = None
         self._grain: Image.Image | None = None
 
@@ -313,14 +314,14 @@ class ShapesDataset(MultiLabelDataset):
                 if ov <= _MAX_OVERLAP:
                     break
             poly = pts + best
-            box = (*poly.min(axis=0), *poly.max(axis=0))
-            placed.append(box)
+            x1, y1, x2, y2 = (float(v) for v in (*poly.min(axis=0), *poly.max(axis=0)))
+            placed.append((x1, y1, x2, y2))
             objects.append(
                 _Object(
                     cls=int(classes[k]),
                     polygon=poly,
                     hole=None if hole is None else hole + best,
-                    box=tuple(float(v) for v in box),
+                    box=(x1, y1, x2, y2),
                     colour=_hsv(hues[k], sats[k], vals[k]),
                 )
             )
@@ -335,7 +336,7 @@ class ShapesDataset(MultiLabelDataset):
         hue = rng.random()
         h = (hue + rng.uniform(-0.15, 0.15, k * k)) % 1.0
         field = np.asarray(_hsv_array(h, rng.uniform(0.0, 0.35, k * k), rng.uniform(0.2, 0.75, k * k)), dtype=np.uint8)
-        im = Image.fromarray(field.reshape(k, k, 3)).resize((S, S), Image.BICUBIC)
+        im = Image.fromarray(field.reshape(k, k, 3)).resize((S, S), Image.Resampling.BICUBIC)
         grain = self._grain_tile()
         ox, oy = (int(x) for x in rng.integers(0, S, 2))
         return ImageChops.add(im, grain.crop((ox, oy, ox + S, oy + S)), scale=1.0, offset=-_GRAIN)

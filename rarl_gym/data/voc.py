@@ -20,6 +20,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -248,7 +249,8 @@ class VOC07Dataset(FileStampsMixin, MultiLabelDataset):
             try:
                 flag = int((obj.findtext("difficult") or "0").strip())
                 bb = obj.find("bndbox")
-                box = [0.0] * 4 if bb is None else [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+                # a missing coordinate is None here, whose TypeError is reported below
+                box = [0.0] * 4 if bb is None else [float(cast(str, bb.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")]
             except (TypeError, ValueError) as exc:
                 raise CorruptFileError(f"XML annotation {path}: bad <difficult> or <bndbox> value ({exc})", fix) from exc
             boxes.append(box)

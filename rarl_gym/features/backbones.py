@@ -35,7 +35,8 @@ from __future__ import annotations
 import os
 import urllib.parse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -74,16 +75,21 @@ class Backbone:
 
     ``module`` maps normalised images ``[B, 3, N, N]`` to feature maps ``[B, channels, N/stride,
     N/stride]``. Its ``requires_grad`` flags are left as built (True): wrap calls in
-    ``torch.no_grad()`` / ``torch.inference_mode()`` for frozen features.
+    ``torch.no_grad()`` / ``torch.inference_mode()`` for frozen features. ``mean`` and ``std``
+    hold one value per input channel (RGB: three).
     """
 
     name: str
     module: nn.Module
     channels: int
     stride: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     weights: str
+    #: Whether ``module`` was made channels-last for the CPU (:meth:`__call__`) / for CUDA
+    #: (:func:`rarl_gym.features.inference.forward`): done once.
+    _channels_last: bool = field(default=False, init=False, repr=False, compare=False)
+    _cuda_ready: bool = field(default=False, init=False, repr=False, compare=False)
 
     def preprocess(self, images: Sequence[Image.Image], size: int) -> torch.Tensor:
         """PIL images -> ``[B, 3, size, size]`` float32 CPU tensor, RGB, normalised.
@@ -158,7 +164,9 @@ class _ForwardFeatures(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
+        # a timm model's method: nn.Module's stubs type an unknown attribute as ``Tensor | Module``
+        forward_features = cast(Callable[[torch.Tensor], torch.Tensor], self.model.forward_features)
+        return forward_features(x)
 
 
 def _efficientnet_lite0(pretrained: bool) -> Backbone:
@@ -234,7 +242,7 @@ def _body_of_torchvision(model: nn.Module, name: str) -> nn.Module:
     features = getattr(model, "features", None)
     if isinstance(features, nn.Module):
         return features
-    layers = []
+    layers: list[nn.Module] = []
     for child_name, child in model.named_children():
         if child_name == "avgpool" or isinstance(child, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             return nn.Sequential(*layers)
@@ -260,13 +268,16 @@ def _torchvision(arch: str, pretrained: bool, *, weights_tag: str, display_name:
     if arch == "vgg16" and display_name == "vgg16":
 
         def body(m: nn.Module) -> nn.Module:
-            return m.features[:30]  # up to conv5_3 + ReLU, before the last max pool
+            features = cast(nn.Sequential, m.features)  # torchvision's VGG.features
+            return features[:30]  # up to conv5_3 + ReLU, before the last max pool
     else:
 
         def body(m: nn.Module) -> nn.Module:
             return _body_of_torchvision(m, arch)
 
-    mean, std, weights_str = IMAGENET_MEAN, IMAGENET_STD, RANDOM_WEIGHTS
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    weights_str = RANDOM_WEIGHTS
     state_dict = None
     if pretrained:
         try:
@@ -315,17 +326,17 @@ def _timm(model_name: str, pretrained: bool) -> Backbone:
         if overlay is None:
             timm_check_reachable(model_name, cfg)
         try:
+            overlay_kwargs: dict[str, Any] = {"pretrained_cfg_overlay": {"file": overlay}} if overlay else {}
             with socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
-                model = timm.create_model(
-                    model_name, pretrained=True, **({"pretrained_cfg_overlay": {"file": overlay}} if overlay else {})
-                )
+                model = timm.create_model(model_name, pretrained=True, **overlay_kwargs)
         except Exception as e:
             raise ConfigError(
                 f"cannot load the pretrained weights of timm model {model_name!r}: {e}", timm_fix(model_name)
             ) from e
         cfg = dict(getattr(model, "pretrained_cfg", {}) or cfg)
         weights_str = f"pretrained:timm/{cfg.get('architecture', model_name)}.{cfg.get('tag') or 'default'}"
-    model.reset_classifier(0)
+    # a timm model's method: nn.Module's stubs type an unknown attribute as ``Tensor | Module``
+    cast(Callable[[int], None], model.reset_classifier)(0)
     module = _ForwardFeatures(model).eval()
     channels, stride = probe_shape(module, f"timm:{model_name}")
     mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))

@@ -19,8 +19,9 @@ channels-last; one loader worker keeps the forward fed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ from rarl_gym.features.backbones import Backbone
 
 #: What a loader worker returns for an item it could not make: the exception, to raise or report.
 Failure = BaseException
+
+_T = TypeVar("_T")
 
 
 def open_image(path: str | Path) -> Image.Image:
@@ -48,7 +51,9 @@ def open_image(path: str | Path) -> Image.Image:
         ) from err
 
 
-def as_images(images) -> list:
+def as_images(
+    images: str | Path | Image.Image | np.ndarray | torch.Tensor | Iterable[str | Path | Image.Image],
+) -> list[str | Path | Image.Image]:
     """A user's inputs as a list whose items are paths (str / Path) or RGB PIL images.
 
     Accepts one or a sequence of paths or PIL images, or a tensor batch ``[B, 3, H, W]`` (or one
@@ -91,7 +96,7 @@ class PixelRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.count
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, tuple[int, int]] | tuple[int, Failure, None]:
         try:
             image = self.load(i)
             return i, Backbone.pixels([image], self.size)[0], image.size
@@ -99,7 +104,7 @@ class PixelRows(torch.utils.data.Dataset):
             return i, err, None
 
 
-def _collate(items):
+def _collate(items: list[_T]) -> list[_T]:
     return items  # batches stay lists: a failed item has no pixels to stack
 
 
@@ -112,7 +117,9 @@ def default_workers() -> int:
     return min(4, max(1, (os.cpu_count() or 1) - 2))
 
 
-def pixel_loader(rows: PixelRows, batch_size: int, *, workers: int | None = None, device: torch.device | str = "cpu"):
+def pixel_loader(
+    rows: PixelRows, batch_size: int, *, workers: int | None = None, device: torch.device | str = "cpu"
+) -> torch.utils.data.DataLoader:
     """A ``DataLoader`` over ``rows`` in order, ``batch_size`` items a batch (lists, see :class:`PixelRows`)."""
     workers = default_workers() if workers is None else workers
     return torch.utils.data.DataLoader(
@@ -127,7 +134,9 @@ def pixel_loader(rows: PixelRows, batch_size: int, *, workers: int | None = None
     )
 
 
-def stack_pixels(items, device: torch.device | str = "cpu") -> torch.Tensor:
+def stack_pixels(
+    items: Sequence[tuple[int, torch.Tensor, tuple[int, int]]], device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """The uint8 pixels of a batch's good items as one ``[B, 3, N, N]`` tensor, pinned for a GPU."""
     x = torch.stack([p for _, p, _ in items])
     if torch.device(device).type == "cuda":

