@@ -26,6 +26,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _NEW = {"head": "linear", "folds": 2, "locator": "map", "output": "sigmoid", "reward": "likelihood", "samples": 4}
 
+#: Levers C and FT but their epochs: B's context head, its warm-started classifier frozen, a faster locator.
+_FROZEN_HEAD = {
+    **_NEW,
+    "context": True,
+    "head_init": "mil",
+    "explore": 0.25,
+    "embed_dim": 128,
+    "hidden_dim": 128,
+    "locator_lr": 0.05,
+    "head_lr": 0.0,
+}
+
 #: name -> TrainConfig overrides (over TrainConfig's own defaults).
 LEVERS: dict[str, dict] = {
     "paper": {"__paper__": True, "epochs": 15},
@@ -72,35 +84,13 @@ LEVERS: dict[str, dict] = {
         "epochs": 4,
     },
     # C: B with the warm-started classifier frozen and a faster, longer-trained locator
-    "C": {
-        **_NEW,
-        "context": True,
-        "head_init": "mil",
-        "explore": 0.25,
-        "embed_dim": 128,
-        "hidden_dim": 128,
-        "locator_lr": 0.05,
-        "head_lr": 0.0,
-        "epochs": 10,
-    },
+    "C": {**_FROZEN_HEAD, "epochs": 10},
     # E: the default before F (locator_lr 0.05)
     "E": {"locator_lr": 0.05},
     # F: E with a 5x slower locator (it stays nearer the grid it starts from) = the default
     "F": {"locator_lr": 0.01},
     # FT: E on the cached stride-16 map, Lite0's last stages fine-tuned end to end (env kwarg backbone=efficientnet_lite0_s16)
-    "FT": {
-        **_NEW,
-        "context": True,
-        "head_init": "mil",
-        "explore": 0.25,
-        "embed_dim": 128,
-        "hidden_dim": 128,
-        "locator_lr": 0.05,
-        "head_lr": 0.0,
-        "finetune": True,
-        "finetune_lr": 1e-4,
-        "epochs": 4,
-    },
+    "FT": {**_FROZEN_HEAD, "finetune": True, "finetune_lr": 1e-4, "epochs": 4},
     # G: F plus imitation of each training image's best of 64 centre sequences (scored by the out-of-fold head)
     "G": {"imitate": 64},
     # H: imitation alone (no REINFORCE term)

@@ -97,21 +97,36 @@ class FeatureSource:
     def make_dataset(self, split: str) -> MultiLabelDataset:
         return make_dataset(self.dataset, split, root=self.root, **self.dataset_kwargs)
 
-    def open_split(
-        self, split: str, *, device: torch.device | str = "cpu", progress: bool = True
-    ) -> tuple[MultiLabelDataset, FeatureStore]:
-        """The dataset object and its finished feature cache (extracted on first use)."""
-        dataset = self.make_dataset(split)
-        store = extract_features(
+    def feature_store(
+        self,
+        dataset: MultiLabelDataset,
+        *,
+        device: torch.device | str = "cpu",
+        progress: bool = True,
+        batch_size: int = 16,
+        workers: int | None = None,
+    ) -> FeatureStore:
+        """The finished feature cache of ``dataset`` (a split from :meth:`make_dataset`), extracted first
+        if needed: :func:`rarl_gym.features.store.extract_features` with this source's backbone, weights,
+        input size and cache folder."""
+        return extract_features(
             dataset,
             self.backbone,
             self.size,
             pretrained=self.pretrained,
             cache_dir=self.cache_dir,
+            batch_size=batch_size,
             device=device,
             progress=progress,
+            workers=workers,
         )
-        return dataset, store
+
+    def open_split(
+        self, split: str, *, device: torch.device | str = "cpu", progress: bool = True
+    ) -> tuple[MultiLabelDataset, FeatureStore]:
+        """The dataset object and its finished feature cache (extracted on first use)."""
+        dataset = self.make_dataset(split)
+        return dataset, self.feature_store(dataset, device=device, progress=progress)
 
     def region_scorer(
         self, split: str | None = None, *, device: torch.device | str = "cpu", progress: bool = True

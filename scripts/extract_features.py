@@ -52,7 +52,6 @@ def extract(args: argparse.Namespace) -> None:
 
     from rarl_gym.cli import json_object
     from rarl_gym.device import pick_device
-    from rarl_gym.features.store import extract_features
     from rarl_gym.sources import FeatureSource
 
     dataset_kwargs = json_object(args.dataset_kwargs, "--dataset-kwargs", '{"num_images": 500}')
@@ -71,15 +70,8 @@ def extract(args: argparse.Namespace) -> None:
     for split in args.splits or [source.train_split, source.eval_split]:
         dataset = source.make_dataset(split)
         start = time.perf_counter()
-        store = extract_features(
-            dataset,
-            args.backbone,
-            source.size,
-            cache_dir=args.cache_dir,
-            batch_size=args.batch_size,
-            device=device,
-            workers=args.workers,
-            progress=rank == 0,
+        store = source.feature_store(
+            dataset, batch_size=args.batch_size, device=device, workers=args.workers, progress=rank == 0
         )
         seconds = time.perf_counter() - start
         if rank == 0:

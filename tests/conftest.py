@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
 import rarl_gym  # noqa: F401  (registers the env ids)
+from rarl_gym.env_settings import settings_kwargs
 
 torch.set_num_threads(1)  # pytest -n 2 runs two workers on two cores
 
@@ -59,3 +63,39 @@ def cache_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def small_kwargs(cache_dir) -> dict:
     return {**SMALL, "cache_dir": cache_dir, "progress": False}
+
+
+@pytest.fixture(scope="session")
+def train_argv(small_kwargs) -> Callable[..., list[str]]:
+    """scripts/train_agent.py's arguments for a small RARL run of the small env: ``(run_dir, *extra) -> argv``
+    (batch size 16, no progress bar, then ``extra``)."""
+    env_kwargs = json.dumps(settings_kwargs(small_kwargs))
+
+    def argv(run_dir: Path, *extra: str) -> list[str]:
+        return ["--env-kwargs", env_kwargs, "--run-dir", str(run_dir), "--batch-size", "16", "--no-progress", *extra]
+
+    return argv
+
+
+@pytest.fixture(scope="session")
+def train_small_sb3(small_kwargs) -> Callable[..., dict]:
+    """``agents.sb3.train.train_sb3`` on the small env, seed 0, on the CPU, without a progress bar:
+    ``(algo, run_dir, total_timesteps, *, n_envs, overrides) -> summary``."""
+
+    def train(algo: str, run_dir: Path, total_timesteps: int, *, n_envs: int, overrides: dict) -> dict:
+        from agents.sb3.train import train_sb3
+
+        return train_sb3(
+            algo,
+            "RARL-Shapes-v0",
+            settings_kwargs(small_kwargs),
+            run_dir,
+            total_timesteps=total_timesteps,
+            seed=0,
+            device="cpu",
+            n_envs=n_envs,
+            progress=False,
+            overrides=overrides,
+        )
+
+    return train

@@ -13,20 +13,24 @@ from rarl_gym.glimpse import crop, whole_image_boxes
 from rarl_gym.windows import predict_windows, sliding_windows
 
 
-def _agent(**kw):
+def _agent(channels=6, num_classes=4, **kw):
+    """A small agent with the linear head, the map locator and sigmoid outputs (seed 0), ``kw`` on top."""
     torch.manual_seed(0)
     return RARLAgent(
-        6,
-        4,
-        glimpse_size=3,
-        embed_dim=8,
-        hidden_dim=8,
-        dropout=0.0,
-        head="linear",
-        locator="map",
-        output="sigmoid",
-        candidates=4,
-        **{"location_prior": "none", **kw},
+        channels,
+        num_classes,
+        **{
+            "glimpse_size": 3,
+            "embed_dim": 8,
+            "hidden_dim": 8,
+            "dropout": 0.0,
+            "head": "linear",
+            "locator": "map",
+            "output": "sigmoid",
+            "candidates": 4,
+            "location_prior": "none",
+            **kw,
+        },
     )
 
 
@@ -213,19 +217,7 @@ def test_tail_continues_the_cached_stride16_map_to_the_full_network():
         tail = build_tail("efficientnet_lite0_s16").eval()
         assert mid.shape == (2, 112, 4, 4) and full.shape == (2, *TAILS["efficientnet_lite0_s16"][:1], 2, 2)
         assert torch.allclose(tail(mid), full, atol=1e-4)
-    torch.manual_seed(0)
-    agent = RARLAgent(
-        1280,
-        3,
-        glimpse_size=1,
-        embed_dim=8,
-        hidden_dim=8,
-        head="linear",
-        locator="map",
-        output="sigmoid",
-        candidates=2,
-        tail="efficientnet_lite0_s16",
-    ).train()
+    agent = _agent(1280, 3, glimpse_size=1, candidates=2, tail="efficientnet_lite0_s16").train()
     assert all(not m.training for m in agent.tail.modules() if isinstance(m, torch.nn.BatchNorm2d))  # frozen statistics
     out = rollout(agent, mid, torch.tensor([[1, 0, 1]] * 2), num_steps=1, generator=torch.Generator().manual_seed(0))
     rarl_loss(out, torch.tensor([[1, 0, 1]] * 2), output="sigmoid")["cls"].backward()

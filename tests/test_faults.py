@@ -247,25 +247,13 @@ def test_sb3_saves_periodically_and_resumes_after_a_crash(small_kwargs, tmp_path
     assert json.loads((run / "run.json").read_text())["num_timesteps"] == 240
 
 
-def test_off_policy_runs_save_their_replay_buffer(small_kwargs, tmp_path, monkeypatch):
+def test_off_policy_runs_save_their_replay_buffer(train_small_sb3, tmp_path, monkeypatch):
     from agents.sb3 import train as sb3_train
     from agents.sb3.train import train_sb3
 
-    env_kwargs = settings_kwargs(small_kwargs)
     small = {"learning_starts": 48, "batch_size": 16, "gradient_steps": 1, "buffer_size": 500}
     run = tmp_path / "td3"
-    train_sb3(
-        "td3",
-        "RARL-Shapes-v0",
-        env_kwargs,
-        run,
-        total_timesteps=96,
-        seed=0,
-        device="cpu",
-        n_envs=2,
-        progress=False,
-        overrides=small,
-    )
+    train_small_sb3("td3", run, 96, n_envs=2, overrides=small)
     assert (run / "replay_buffer.pkl").exists()
     loaded = []
     real = sb3_train.ALGOS["td3"].load_replay_buffer
@@ -406,22 +394,8 @@ def test_wrong_reset_options_and_cache_dirs(small_kwargs, tmp_path):
 
 
 @pytest.fixture
-def train_args(small_kwargs, tmp_path):
-    kwargs = settings_kwargs(small_kwargs)
-
-    def args(run, *extra):
-        return [
-            "--env-kwargs",
-            json.dumps(kwargs),
-            "--run-dir",
-            str(tmp_path / run),
-            "--batch-size",
-            "16",
-            "--no-progress",
-            *extra,
-        ]
-
-    return args
+def train_args(train_argv, tmp_path):
+    return lambda run, *extra: train_argv(tmp_path / run, *extra)
 
 
 @pytest.mark.parametrize(
@@ -552,40 +526,10 @@ def test_a_second_training_into_a_locked_folder_is_refused(train_args, tmp_path,
         err = capsys.readouterr().err
         assert f"is in use by process {os.getpid()}" in err and "lock file" in err
         env_kwargs = train_args("busy")[1]
-        assert (
-            train_agent.main(
-                [
-                    "--algo",
-                    "cem",
-                    "--env-kwargs",
-                    env_kwargs,
-                    "--run-dir",
-                    str(run),
-                    "--no-progress",
-                    "--total-timesteps",
-                    "10",
-                ]
-            )
-            == 2
-        )
-        assert "in use" in capsys.readouterr().err
-        assert (
-            train_agent.main(
-                [
-                    "--algo",
-                    "ppo",
-                    "--env-kwargs",
-                    env_kwargs,
-                    "--run-dir",
-                    str(run),
-                    "--no-progress",
-                    "--total-timesteps",
-                    "48",
-                ]
-            )
-            == 2
-        )
-        assert "in use" in capsys.readouterr().err
+        for algo, steps in (("cem", "10"), ("ppo", "48")):
+            argv = ["--algo", algo, "--env-kwargs", env_kwargs, "--run-dir", str(run), "--no-progress"]
+            assert train_agent.main([*argv, "--total-timesteps", steps]) == 2
+            assert "in use" in capsys.readouterr().err
     assert not run.exists()  # the lock's folder, made for nothing, is gone again
 
 

@@ -23,23 +23,9 @@ INDICES = [0, 3, 5, 6, 11]
 
 
 @pytest.fixture(scope="module")
-def rarl_run(small_kwargs, tmp_path_factory) -> Path:
+def rarl_run(train_argv, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("predict") / "rarl"
-    kwargs = settings_kwargs(small_kwargs)
-    args = [
-        "--env-kwargs",
-        json.dumps(kwargs),
-        "--run-dir",
-        str(run),
-        "--batch-size",
-        "16",
-        "--no-progress",
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-    ]
-    assert train_agent.main(args) == 0
+    assert train_agent.main(train_argv(run, "--epochs", "1", "--device", "cpu")) == 0
     return run
 
 
@@ -144,24 +130,13 @@ def test_an_env_trained_agent_predicts_as_it_is_evaluated(small_kwargs, tmp_path
         Predictor.from_run(run).predict(test_images[:1], views=10)
 
 
-def test_an_sb3_model_predicts_as_it_is_evaluated(small_kwargs, tmp_path, test_images):
+def test_an_sb3_model_predicts_as_it_is_evaluated(small_kwargs, train_small_sb3, tmp_path, test_images):
     from agents.common.evaluation import evaluate_policy_on_split
-    from agents.sb3.train import load_model, train_sb3
+    from agents.sb3.train import load_model
 
     env_kwargs = settings_kwargs(small_kwargs)
     run = tmp_path / "ppo"
-    train_sb3(
-        "ppo",
-        "RARL-Shapes-v0",
-        env_kwargs,
-        run,
-        total_timesteps=96,
-        seed=0,
-        device="cpu",
-        n_envs=4,
-        progress=False,
-        overrides={"n_steps": 24, "batch_size": 48, "n_epochs": 1},
-    )
+    train_small_sb3("ppo", run, 96, n_envs=4, overrides={"n_steps": 24, "batch_size": 48, "n_epochs": 1})
     model, _ = load_model(run, "cpu")
     want = evaluate_policy_on_split(model, "RARL-Shapes-v0", env_kwargs, "test").probs[INDICES]
     preds = Predictor.from_run(run / "model.zip", device="cpu").predict(test_images)

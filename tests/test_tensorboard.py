@@ -1,12 +1,11 @@
 """TensorBoard outputs of a training run besides the scalars: Figure 2 images, PR curves, hparams."""
 
-import json
 import sys
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rarl_gym.env_settings import settings_kwargs
+from rarl_gym.data.shapes import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -21,27 +20,9 @@ def tags(folder: Path) -> dict:
     return acc
 
 
-def test_a_rarl_run_logs_figure2_pr_curves_and_hparams(small_kwargs, tmp_path):
-    kwargs = settings_kwargs(small_kwargs)
+def test_a_rarl_run_logs_figure2_pr_curves_and_hparams(train_argv, tmp_path):
     run = tmp_path / "rarl"
-    assert (
-        train_agent.main(
-            [
-                "--env-kwargs",
-                json.dumps(kwargs),
-                "--run-dir",
-                str(run),
-                "--batch-size",
-                "16",
-                "--no-progress",
-                "--epochs",
-                "2",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert train_agent.main(train_argv(run, "--epochs", "2", "--device", "cpu")) == 0
     acc = tags(run / "tb")
     images = acc.Tags()["images"]
     assert sorted(images) == [f"figure2/{i}" for i in range(4)]
@@ -50,44 +31,14 @@ def test_a_rarl_run_logs_figure2_pr_curves_and_hparams(small_kwargs, tmp_path):
     picture = acc.Images("figure2/0")[0]
     assert picture.width == 64 and picture.height > 64  # the image and the labels below it
     pr = [t for t in acc.Tags()["tensors"] if t.startswith("pr/")]
-    assert sorted(pr) == sorted(
-        f"pr/{c}"
-        for c in (
-            "circle",
-            "square",
-            "triangle",
-            "star",
-            "cross",
-            "ring",
-            "diamond",
-            "crescent",
-            "arrow",
-            "heart",
-            "ell",
-            "bowtie",
-        )
-    )
+    assert sorted(pr) == sorted(f"pr/{c}" for c in CLASSES)
     hp = tags(run / "tb" / "hparams")
     assert "hparam/mAP_area_learned" in hp.Tags()["scalars"]
 
 
-def test_an_sb3_run_logs_figure2_pr_curves_and_hparams(small_kwargs, tmp_path):
-    from agents.sb3.train import train_sb3
-
-    kwargs = settings_kwargs(small_kwargs)
+def test_an_sb3_run_logs_figure2_pr_curves_and_hparams(train_small_sb3, tmp_path):
     run = tmp_path / "ppo"
-    train_sb3(
-        "ppo",
-        "RARL-Shapes-v0",
-        kwargs,
-        run,
-        total_timesteps=192,
-        seed=0,
-        device="cpu",
-        n_envs=4,
-        progress=False,
-        overrides={"n_steps": 24, "batch_size": 48, "n_epochs": 1},
-    )
+    train_small_sb3("ppo", run, 192, n_envs=4, overrides={"n_steps": 24, "batch_size": 48, "n_epochs": 1})
     (sb3_dir,) = [p for p in (run / "tb").iterdir() if p.is_dir() and p.name.startswith("ppo")]
     during = tags(sb3_dir)
     assert "figure2/0" in during.Tags()["images"] and len(during.Images("figure2/0")) >= 2

@@ -1,29 +1,7 @@
-"""Feature extraction: CNN backbones (images -> feature maps)."""
+"""Feature extraction: CNN backbones (images -> feature maps).
 
-from rarl_gym.features.backbones import (
-    BACKBONE_PREFIXES,
-    DEFAULT_BACKBONE,
-    HALF,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    LITE0_WEIGHTS,
-    Backbone,
-    available_backbones,
-    build_backbone,
-    convert_efficientnet_lite0_state_dict,
-    load_efficientnet_lite0_classifier,
-)
+The package's names are those of :mod:`rarl_gym.features.backbones` (its ``__all__``).
+"""
 
-__all__ = [
-    "BACKBONE_PREFIXES",
-    "DEFAULT_BACKBONE",
-    "HALF",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "LITE0_WEIGHTS",
-    "Backbone",
-    "available_backbones",
-    "build_backbone",
-    "convert_efficientnet_lite0_state_dict",
-    "load_efficientnet_lite0_classifier",
-]
+from rarl_gym.features.backbones import *  # noqa: F403  (the names listed in its __all__)
+from rarl_gym.features.backbones import __all__ as __all__

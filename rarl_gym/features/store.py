@@ -378,41 +378,29 @@ def _extract(
     if world > 1:  # torchrun: rank 0 has made the file; every rank takes its rows of what is left
         done = _sharded_progress(path, progress_file, done, rank, world)
         todo = np.array_split(np.flatnonzero(~done), world)[rank]
-        _extract_rows(
-            dataset,
-            net,
-            input_size,
-            feat_file,
-            shape,
-            todo,
-            done,
-            path / f"progress.rank{rank}.npy",
-            batch_size=batch_size,
-            device=device,
-            workers=workers,
-            progress=progress and rank == 0,
-            total=len(todo),
-        )
+        rows_file, total = path / f"progress.rank{rank}.npy", len(todo)
+    else:
+        todo, rows_file, total = np.flatnonzero(~done), progress_file, n
+    _extract_rows(
+        dataset,
+        net,
+        input_size,
+        feat_file,
+        shape,
+        todo,
+        done,
+        rows_file,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        progress=progress and rank == 0,
+        total=total,
+    )
+    if world > 1:
         done = _sharded_progress(path, progress_file, done, rank, world, finish=True)
         if rank != 0:
             _barrier()
             return FeatureStore.open(path)
-    else:
-        _extract_rows(
-            dataset,
-            net,
-            input_size,
-            feat_file,
-            shape,
-            np.flatnonzero(~done),
-            done,
-            progress_file,
-            batch_size=batch_size,
-            device=device,
-            workers=workers,
-            progress=progress,
-            total=n,
-        )
     sizes = np.zeros((n, 2), dtype=np.int64)
     for i in range(n):  # header reads only: cheap, and needed for pixel boxes
         sizes[i] = dataset.image_size(i)
