@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rarl_gym.env_settings import EnvSettings, settings_kwargs
+from rarl_gym.env_settings import settings_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -49,12 +49,7 @@ def trained(small_kwargs, tmp_path_factory) -> SimpleNamespace:
     """One RARL run of 2 epochs, trained once for the tests of this module that only read it (or
     are refused before writing): its ``folder``, ``run`` folder, printed ``out`` and ``metrics``.
     Under ``pytest -n`` mark its users ``xdist_group("trained")`` so that one worker trains it.
-
-    The env's region scorer is fitted first, so that this run and later ones in the module start
-    alike: a run that fits it (the first on a fresh cache) draws other random numbers afterwards
-    than one that loads it (the fit advances torch's global generator).
     """
-    EnvSettings.from_env_id("RARL-Shapes-v0", settings_kwargs(small_kwargs)).source.region_scorer(progress=False)
     folder = tmp_path_factory.mktemp("trained")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
