@@ -13,7 +13,7 @@ end unless ``--keep``), times:
 
 Examples (see BENCHMARKS.md):
     python benchmarks/extraction_speed.py --dataset shapes --images 300
-    python benchmarks/extraction_speed.py --dataset voc07 --root ../shared/data/voc07 --images 300
+    python benchmarks/extraction_speed.py --dataset voc07 --data-root ../shared/data/voc07 --images 300
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from rarl_gym.cli import run_cli
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="shapes", choices=["shapes", "voc07", "coco"])
-    p.add_argument("--root", default=None)
+    p.add_argument("--data-root", default=None, help="dataset root (default $RARL_DATA/<dataset>)")
+    p.add_argument("--root", dest="data_root", default=None, help=argparse.SUPPRESS)  # the spelling of earlier versions
     p.add_argument("--split", default=None, help="default: the training split")
     p.add_argument("--images", type=int, default=300)
     p.add_argument("--backbone", default="efficientnet_lite0")
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
     from rarl_gym.features.store import extract_features
     from rarl_gym.sources import FeatureSource
 
-    source = FeatureSource(dataset=args.dataset, root=args.root, backbone=args.backbone, input_size=args.input_size)
+    source = FeatureSource(dataset=args.dataset, root=args.data_root, backbone=args.backbone, input_size=args.input_size)
     split = args.split or source.train_split
     full = source.make_dataset(split)
     n = min(args.images, len(full))
