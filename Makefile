@@ -27,7 +27,7 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: venv
+test: venv lint
 	$(PY) -m pytest -n 2 --dist loadgroup tests
 
 clean:
