@@ -74,6 +74,15 @@ def json_object(text: str, flag: str, example: str) -> dict[str, Any]:
     return value
 
 
+def add_dataset_options(p: argparse.ArgumentParser) -> None:
+    """``--dataset`` (a name of :data:`rarl_gym.sources.DATASETS`, spelled out here: the scripts import
+    this module before torch) and ``--data-root``, with ``--root`` (the spelling of earlier
+    versions) as a hidden alias."""
+    p.add_argument("--dataset", default="shapes", choices=["shapes", "voc07", "coco"])
+    p.add_argument("--data-root", default=None, help="dataset root (default $RARL_DATA/<dataset>)")
+    p.add_argument("--root", dest="data_root", default=None, help=argparse.SUPPRESS)
+
+
 def env_overrides(env_kwargs: str, **options: Any) -> dict[str, Any]:
     """Env kwargs from a JSON string plus the options given on the command line.
 
@@ -110,6 +119,7 @@ def print_results(results: dict, json_path: Path | None = None) -> None:
 
 
 __all__ = [
+    "add_dataset_options",
     "comparison_table",
     "env_overrides",
     "non_negative_int",

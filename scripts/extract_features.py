@@ -24,14 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rarl_gym.cli import run_cli
+from rarl_gym.cli import add_dataset_options, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="shapes", choices=["shapes", "voc07", "coco"])
-    p.add_argument("--data-root", default=None, help="dataset root (default $RARL_DATA/<dataset>)")
-    p.add_argument("--root", dest="data_root", default=None, help=argparse.SUPPRESS)  # the spelling of earlier versions
+    add_dataset_options(p)
     p.add_argument("--splits", nargs="+", default=None, help="splits (default: the training and evaluation splits)")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--input-size", type=int, default=None, help="backbone input side (default 256 for Shapes, 320 otherwise)")

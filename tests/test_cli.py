@@ -6,7 +6,15 @@ import argparse
 import pytest
 import torch
 
-from rarl_gym.cli import env_overrides, json_object, non_negative_int, positive_float, positive_int, run_cli
+from rarl_gym.cli import (
+    add_dataset_options,
+    env_overrides,
+    json_object,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from rarl_gym.device import pick_device
 from rarl_gym.errors import ConfigError, DatasetNotFoundError
 
@@ -64,6 +72,20 @@ def test_argparse_number_types(parse, good, bad):
     for text in bad:
         with pytest.raises(argparse.ArgumentTypeError, match=f"got {text!r}"):
             parse(text)
+
+
+def test_dataset_options_take_both_spellings_of_the_data_root(capsys):
+    from rarl_gym.sources import DATASETS
+
+    p = argparse.ArgumentParser()
+    add_dataset_options(p)
+    assert vars(p.parse_args([])) == {"dataset": "shapes", "data_root": None}
+    assert p.parse_args(["--dataset", "voc07", "--data-root", "/d"]).data_root == "/d"
+    assert p.parse_args(["--root", "/old"]).data_root == "/old"  # the spelling of earlier versions
+    assert [a.choices for a in p._actions if a.dest == "dataset"] == [list(DATASETS)]
+    p.print_help()
+    help_text = capsys.readouterr().out
+    assert "--data-root" in help_text and "--root" not in help_text.replace("--data-root", "")  # the alias is hidden
 
 
 # -- run_cli -------------------------------------------------------------------------------------
