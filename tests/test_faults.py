@@ -25,7 +25,15 @@ from rarl_gym import io as rio
 from rarl_gym.data import COCODataset
 from rarl_gym.data.shapes import ShapesDataset
 from rarl_gym.env_settings import EnvSettings, settings_kwargs
-from rarl_gym.errors import ConfigError, CorruptFileError, DiskFullError, InUseError, NotWritableError, RarlGymError
+from rarl_gym.errors import (
+    CheckpointError,
+    ConfigError,
+    CorruptFileError,
+    DiskFullError,
+    InUseError,
+    NotWritableError,
+    RarlGymError,
+)
 from rarl_gym.features import store as store_mod
 from rarl_gym.features.store import FeatureStore, entry_path, extract_features
 from rarl_gym.sources import FeatureSource
@@ -550,3 +558,20 @@ def test_a_second_extraction_waits_for_the_first(tmp_path, capsys):
     worker.join(30)
     assert results and len(results[0]) == 4
     assert "is being extracted by process" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_before_a_new_training_option_resumes():
+    """A TrainConfig field added after a checkpoint was written ran with its default then: a resume
+    with the default is accepted, one with another value refused (naming the field)."""
+    import dataclasses
+
+    from agents.rarl.trainer import TrainConfig, _check_resume
+    from rarl_gym.env_settings import EnvSettings
+
+    config = TrainConfig(run_dir="runs/x")
+    settings = EnvSettings.from_env_id(config.env_id, {})
+    old = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("imitate", "imitate_weight")}
+    ckpt = {"config": old, "settings": settings.to_dict(), "optimizer": {}, "rng": {}, "step": 0}
+    _check_resume(ckpt, config, settings)
+    with pytest.raises(CheckpointError, match="imitate: checkpoint 0 vs now 64"):
+        _check_resume(ckpt, dataclasses.replace(config, imitate=64), settings)

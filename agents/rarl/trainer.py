@@ -376,7 +376,9 @@ def _check_resume(ckpt: dict, config: TrainConfig, settings: EnvSettings) -> Non
             f"the checkpoint in {config.run_dir} cannot be resumed (it has no {', '.join(missing)})",
             "start a new run with another --run-dir",
         )
-    saved = dict(ckpt["config"])
+    # a field added after the checkpoint was written ran with that field's default then
+    defaults = dataclasses.asdict(TrainConfig())
+    saved = {k: ckpt["config"].get(k, defaults[k]) for k in defaults}
     now = dataclasses.asdict(config)
     ignore = {"epochs", "progress", "device", "run_dir"}
     diff = {k: (saved.get(k), now[k]) for k in now if k not in ignore and saved.get(k) != now[k]}
