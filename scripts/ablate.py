@@ -31,7 +31,21 @@ from rarl_gym.cli import env_overrides, run_cli
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "base": ({}, {}),
     "no-lstm": ({"memory": False}, {}),
-    "paper-lstm-classifier": ({"head": "lstm", "output": "softmax", "folds": 0, "fuse_whole_image": False}, {}),
+    # the paper's LSTM classifier (softmax loss, trained from scratch) with the default's recipe otherwise;
+    # the map locator reads the linear head's logit maps, so this variant locates with the paper's linear locator
+    "paper-lstm-classifier": (
+        {
+            "head": "lstm",
+            "output": "softmax",
+            "folds": 0,
+            "context": False,
+            "head_init": "random",
+            "head_lr": None,
+            "locator": "linear",
+            "fuse_whole_image": False,
+        },
+        {},
+    ),
     "paper": ({"__paper__": True}, {}),
     "one-region": ({}, {"scales": [160 / 512], "ratios": [1.0]}),
     "T1": ({}, {"num_steps": 1}),
@@ -119,7 +133,10 @@ def ablate(args: argparse.Namespace) -> str:
             [
                 ("Ours-A: no LSTM (the locator reads the current regions only)", "no-lstm"),
                 ("LSTM for location, linear region classifier (the default)", "base"),
-                ("LSTM for location and classification (the paper's classifier, map locator)", "paper-lstm-classifier"),
+                (
+                    "LSTM for location and classification (the paper's classifier and locator, the default's recipe)",
+                    "paper-lstm-classifier",
+                ),
                 ("the paper's formulation (LSTM classifier, linear Gaussian locator, top-k reward)", "paper"),
             ],
         ),

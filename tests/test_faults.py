@@ -575,3 +575,20 @@ def test_a_checkpoint_from_before_a_new_training_option_resumes():
     _check_resume(ckpt, config, settings)
     with pytest.raises(CheckpointError, match="imitate: checkpoint 0 vs now 64"):
         _check_resume(ckpt, dataclasses.replace(config, imitate=64), settings)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"head": "lstm", "context": False, "folds": 0}, "map locator reads the linear head"),
+        ({"head": "lstm", "locator": "linear", "folds": 0}, "context .* needs head='linear'"),
+        ({"head": "lstm", "locator": "linear", "context": False}, "folds .* need head='linear'"),
+    ],
+)
+def test_agent_options_that_do_not_fit_together_are_a_config_error(options, message):
+    from agents.rarl.trainer import TrainConfig, build_agent
+    from rarl_gym.env_settings import EnvSettings
+
+    with pytest.raises(ConfigError, match=message) as info:
+        build_agent(EnvSettings.from_env_id("RARL-Shapes-v0", {}), 4, 8, TrainConfig(**options))
+    assert "--hyperparams" in info.value.fix

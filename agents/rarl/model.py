@@ -139,6 +139,10 @@ class RARLAgent(nn.Module):
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if folds and head != "linear":
             raise ValueError("folds (cross-fitted reward heads) need head='linear'")
+        if locator == "map" and head != "linear":
+            raise ValueError(
+                "the map locator reads the linear head's logit maps: it needs head='linear' (or locator='linear')"
+            )
         self.head, self.folds, self.locator_kind, self.candidates, self.output = (
             head,
             int(folds),

@@ -161,6 +161,13 @@ def feature_batches(
 
 
 def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: TrainConfig) -> RARLAgent:
+    try:
+        return _build_agent(settings, num_classes, channels, config)
+    except ValueError as err:  # an agent option, or a combination of them, the agent refuses
+        raise ConfigError(f"the RARL agent cannot be built: {err}", "change the training options (--hyperparams)") from err
+
+
+def _build_agent(settings: EnvSettings, num_classes: int, channels: int, config: TrainConfig) -> RARLAgent:
     return RARLAgent(
         channels,
         num_classes,
