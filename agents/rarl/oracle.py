@@ -3,17 +3,15 @@
 "Best" means the highest log-likelihood of the image's true labels
 (:func:`agents.rarl.rollout.label_log_likelihood`), so the oracle needs the labels. It serves twice:
 
-* on the evaluation split, :func:`predict_oracle` is the headroom row of the comparison table:
+* on the evaluation split, :func:`oracle`'s probabilities are the headroom row of the comparison table:
   what any policy could get from this classifier by looking in the right places;
-* on the training split, :func:`oracle_centers` gives the imitation targets of the map locator
+* on the training split, its sequences (``out_of_fold=True``) are the imitation targets of the map locator
   (``TrainConfig.imitate``): each training image's best sequence, scored by the cross-fitted head
   that never saw the image, so the target is what helps on unseen images, not what the
   classifier remembers.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -70,72 +68,39 @@ def _best_of(
 
 
 @torch.no_grad()
-def _oracle_batches(
+def oracle(
     agent: RARLAgent,
     store: FeatureStore,
     settings: EnvSettings,
     *,
-    samples: int,
-    batch_size: int,
-    device: torch.device | str,
-    seed: int,
-    out_of_fold: bool,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`_best_of` over the store in batches (the agent in eval mode meanwhile): ``(fused [B, L],
-    centres [B, T, 2])``; ``out_of_fold`` scores image ``i`` with the head of fold ``i % F``."""
+    samples: int = 64,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    out_of_fold: bool = False,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Each image's best of ``samples`` centre sequences (whole image, one view): the label
+    probabilities of head 0 there ``[N, L]`` and the sequence ``[N, T, 2]``.
+
+    The candidates are the learned policy's mode, the fixed grid and ``samples - 2`` uniformly
+    random sequences. "Best" needs the labels, so the probabilities are the headroom row of the
+    comparison table (an upper bound on what any policy could get from this classifier, not a
+    method). ``out_of_fold`` (the imitation targets of training images) scores image ``i`` with
+    the cross-fitted head that never saw it (fold ``i % F``, as in training) instead of head 0.
+    """
     was_training = agent.training
     agent.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
+    probs, centres = [], []
     for lo in range(0, len(store), batch_size):
         index = torch.arange(lo, min(lo + batch_size, len(store)), device=device)
         feats, labels = store.batch(index.cpu().numpy(), device)
         folds = index % agent.folds if out_of_fold and agent.folds else None
-        yield _best_of(agent, feats, labels, settings, samples, generator, folds)
+        fused, best = _best_of(agent, feats, labels, settings, samples, generator, folds)
+        probs.append(agent.probabilities(fused).cpu())
+        centres.append(best.cpu())
     agent.train(was_training)
+    return torch.cat(probs).numpy(), torch.cat(centres)
 
 
-def predict_oracle(
-    agent: RARLAgent,
-    store: FeatureStore,
-    settings: EnvSettings,
-    *,
-    samples: int = 64,
-    batch_size: int = 32,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-) -> np.ndarray:
-    """The headroom of placement: label probabilities ``[N, L]`` where each image keeps the best
-    of ``samples`` centre sequences under the model (whole image, one view).
-
-    The candidates are the learned policy's mode, the fixed grid and ``samples - 2`` uniformly
-    random sequences; the row needs the labels: an upper bound on what any policy could get from
-    this classifier, not a method.
-    """
-    batches = _oracle_batches(
-        agent, store, settings, samples=samples, batch_size=batch_size, device=device, seed=seed, out_of_fold=False
-    )
-    return torch.cat([agent.probabilities(fused).cpu() for fused, _ in batches]).numpy()
-
-
-def oracle_centers(
-    agent: RARLAgent,
-    store: FeatureStore,
-    settings: EnvSettings,
-    *,
-    samples: int = 64,
-    batch_size: int = 32,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-) -> torch.Tensor:
-    """``[N, T, 2]``: each training image's best centre sequence of ``samples`` (the imitation targets).
-
-    With cross-fitted heads (``agent.folds = F``), image ``i`` is scored by the head that never saw
-    it (fold ``i % F``, as in training), otherwise by head 0.
-    """
-    batches = _oracle_batches(
-        agent, store, settings, samples=samples, batch_size=batch_size, device=device, seed=seed, out_of_fold=True
-    )
-    return torch.cat([centres.cpu() for _, centres in batches])
-
-
-__all__ = ["oracle_centers", "predict_oracle"]
+__all__ = ["oracle"]

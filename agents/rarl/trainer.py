@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from agents.rarl.model import RARLAgent
-from agents.rarl.oracle import oracle_centers, predict_oracle
+from agents.rarl.oracle import oracle
 from agents.rarl.rollout import RolloutModule, rarl_loss, rollout
 from agents.tb_logging import rarl_figure2, rarl_final
 from rarl_gym import metrics
@@ -161,33 +161,30 @@ def feature_batches(
 
 
 def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: TrainConfig) -> RARLAgent:
+    """The agent of ``config``; options the agent refuses (alone or together) are a ConfigError."""
     try:
-        return _build_agent(settings, num_classes, channels, config)
-    except ValueError as err:  # an agent option, or a combination of them, the agent refuses
+        return RARLAgent(
+            channels,
+            num_classes,
+            glimpse_size=settings.glimpse_size,
+            proj_dim=config.proj_dim,
+            embed_dim=config.embed_dim,
+            hidden_dim=config.hidden_dim,
+            dropout=config.dropout,
+            recurrent_classifier=config.recurrent_classifier,
+            memory=config.memory,
+            location_prior=config.location_prior,
+            head=config.head,
+            folds=config.folds,
+            locator=config.locator,
+            candidates=config.candidates,
+            output=config.output,
+            fuse_whole_image=config.fuse_whole_image,
+            tail=settings.backbone if config.finetune else None,
+            context=config.context,
+        )
+    except ValueError as err:
         raise ConfigError(f"the RARL agent cannot be built: {err}", "change the training options (--hyperparams)") from err
-
-
-def _build_agent(settings: EnvSettings, num_classes: int, channels: int, config: TrainConfig) -> RARLAgent:
-    return RARLAgent(
-        channels,
-        num_classes,
-        glimpse_size=settings.glimpse_size,
-        proj_dim=config.proj_dim,
-        embed_dim=config.embed_dim,
-        hidden_dim=config.hidden_dim,
-        dropout=config.dropout,
-        recurrent_classifier=config.recurrent_classifier,
-        memory=config.memory,
-        location_prior=config.location_prior,
-        head=config.head,
-        folds=config.folds,
-        locator=config.locator,
-        candidates=config.candidates,
-        output=config.output,
-        fuse_whole_image=config.fuse_whole_image,
-        tail=settings.backbone if config.finetune else None,
-        context=config.context,
-    )
 
 
 def init_linear_head(agent: RARLAgent, settings: EnvSettings, train_store: FeatureStore, config: TrainConfig, device) -> None:
@@ -563,9 +560,10 @@ def _setup(config: TrainConfig, *, resume: bool) -> _Run:
     if resume:
         _restore(run, config)
     if config.imitate:  # after the warm start / restore: the targets are scored by the frozen heads
-        run.targets = oracle_centers(agent, train_store, settings, samples=config.imitate, device=device, seed=config.seed).to(
-            device
+        _, run.targets = oracle(
+            agent, train_store, settings, samples=config.imitate, device=device, seed=config.seed, out_of_fold=True
         )
+        run.targets = run.targets.to(device)
     if world > 1:  # after the restore: DDP starts every rank from rank 0's parameters
         run.model = torch.nn.parallel.DistributedDataParallel(run.model)
     if rank == 0:
@@ -745,9 +743,7 @@ def evaluate_agent(
         policies[name] = {**reports[name].to_dict(), "reward": float(reward)}
 
     if config.oracle_samples > 0:
-        add_row(
-            "oracle", predict_oracle(agent, store, settings, samples=config.oracle_samples, device=device, seed=config.seed)
-        )
+        add_row("oracle", oracle(agent, store, settings, samples=config.oracle_samples, device=device, seed=config.seed)[0])
     if train_store is not None:
         if agent.tail is not None:  # the same fine-tuning for the global classifier, so the rows stay comparable
             tail, scorer = finetune_global(train_store, config, agent.tail_name, device)
