@@ -1,5 +1,6 @@
-# Entry points: `make demo` trains the RARL agent on RARL-Shapes-v0; `make lint` runs ruff (lint + format check)
-# and mypy on the core package; `make test` runs `make lint`, then the tests (what CI runs).
+# Entry points: `make demo` trains the RARL agent on RARL-Shapes-v0 (`rarl-gym train`, installed by
+# `make venv`); `make lint` runs ruff (lint + format check) and mypy (rarl_gym/, envs/, agents/, scripts/:
+# pyproject.toml's [tool.mypy]); `make test` runs `make lint`, then the tests (what CI runs).
 # Each creates .venv with pip when it is missing.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) scripts/train_agent.py
+	$(VENV)/bin/rarl-gym train
 
 lint: venv
 	$(VENV)/bin/ruff check .

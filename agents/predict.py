@@ -6,9 +6,15 @@
 
     predictor = Predictor.from_run("runs/rarl-voc07")            # checkpoint.pt / model.zip / cem.npz or its folder
     for p in predictor.predict(["cat.jpg", "street.jpg"], views=10):
-        print(p.source, p.labels, p.top(3))                     # labels above the threshold / top-k
+        print(p.source, p.labels, p.top(3))                     # labels (top-k above the threshold), top 3
+        p.scores                                                # [{"label": "cat", "score": 0.93}, ...], by score
         p.probs                                                 # [L] label probabilities
         p.boxes                                                 # [V, T, K, 4] glimpse boxes in pixels (x1, y1, x2, y2)
+    predictor(["cat.jpg"], top_k=5)                             # [[{"label": "cat", "score": 0.93}, ...]]
+
+As Hugging Face's image-classification pipelines do, a prediction's labels are a list of
+``{"label", "score"}`` sorted by score, at most ``top_k`` (default 5) and, here, those with a
+probability of at least ``threshold`` (default 0.1); both are checked.
 
 The backbone and its preprocessing (name, weights, input size) come from the run's own settings
 (its checkpoint's ``settings``): asking for another backbone or input size, or finding that the
@@ -16,7 +22,7 @@ backbone built here differs from the one the run's features were extracted with,
 never a silent mismatch. The backbone runs as in extraction
 (:func:`rarl_gym.features.inference.forward`: channels-last on the CPU, float16 autocast on
 CUDA) and its maps are rounded to float16 like the cache's, so a picture gets the probabilities
-that ``scripts/evaluate.py`` gives the same picture from the cache (tested).
+that ``rarl-gym evaluate`` gives the same picture from the cache (tested).
 
 What runs after the backbone is the evaluation's functional core: for RARL, one test-time
 :func:`agents.rarl.rollout.rollout` over the views of :func:`rarl_gym.glimpse.ten_views`, as
@@ -28,9 +34,11 @@ episode logic and region scorer) stepped by the policy's ``predict``, as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,13 +49,44 @@ from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, CorruptFileError
 from rarl_gym.features.backbones import Backbone, build_backbone
 from rarl_gym.features.inference import PixelRows, as_images, forward, open_image, pixel_loader, stack_pixels
-from rarl_gym.glimpse import anchor_boxes, ten_views, view_to_image
+from rarl_gym.features.store import FeatureStore
+from rarl_gym.glimpse import anchor_boxes, view_to_image
 
-#: The labels a prediction lists by default: among the top 3 and with probability >= 0.1, the
-#: rule of the CP / CR / CF1 metrics (:func:`rarl_gym.metrics.topk_prf`).
-TOP_K, THRESHOLD = 3, 0.1
+if TYPE_CHECKING:
+    from envs.episodes import GlimpseEpisodes
+
+#: The labels a prediction lists by default: among the top 5 (Hugging Face's ``top_k`` default)
+#: and with probability >= 0.1 (the threshold of the CP / CR / CF1 metrics,
+#: :func:`rarl_gym.metrics.topk_prf`, which count the top 3).
+TOP_K, THRESHOLD = 5, 0.1
 #: Which view's boxes the Figure 2 picture shows for a ten-view prediction (the centre crop).
 DRAW_VIEW = 4
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if not (_is_int(value) and value >= 1):
+        raise ConfigError(f"{name} must be a positive int, got {value!r}", f"use e.g. {name}=16")
+
+
+def check_label_rule(top_k: Any, threshold: Any) -> None:
+    """Refuse (:class:`~rarl_gym.errors.ConfigError`) a ``top_k`` that is not ``None`` or an int
+    >= 1, and a ``threshold`` that is not ``None`` or a probability in [0, 1] (NaN included)."""
+    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
+        raise ConfigError(f"top_k must be a positive int (or None for every label), got {top_k!r}", "use e.g. top_k=5")
+    if threshold is not None and not (
+        isinstance(threshold, (int, float, np.floating))
+        and not isinstance(threshold, bool)
+        and math.isfinite(threshold)
+        and 0 <= threshold <= 1
+    ):
+        raise ConfigError(
+            f"threshold must be a probability in [0, 1] (or None for no threshold), got {threshold!r}",
+            "use e.g. threshold=0.1",
+        )
 
 
 @dataclass
@@ -62,6 +101,9 @@ class Prediction:
         labels: the predicted labels (see :meth:`Predictor.predict`), most probable first.
         boxes: ``[V, T, K, 4]`` the K regions of each glimpse step t = 1..T of each view, in pixels
             ``(x1, y1, x2, y2)`` of the original picture (V = 1 or 10).
+        label_boxes: where each predicted label is, by label (pixel boxes ``(x1, y1, x2, y2)``),
+            when the agent gives it; ``None`` otherwise. :attr:`scores` and :meth:`to_dict` add a
+            label's box to its entry as ``"box"``.
     """
 
     source: str
@@ -70,21 +112,41 @@ class Prediction:
     probs: np.ndarray
     labels: list[str]
     boxes: np.ndarray = field(repr=False)
+    label_boxes: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def scores(self) -> list[dict[str, Any]]:
+        """The predicted labels as ``[{"label": name, "score": probability}]``, by score (highest
+        first; a label's ``"box"`` added when :attr:`label_boxes` has one)."""
+        index = {c: j for j, c in enumerate(self.classes)}
+        entries: list[dict[str, Any]] = []
+        for name in self.labels:
+            entry: dict[str, Any] = {"label": name, "score": round(float(self.probs[index[name]]), 6)}
+            if self.label_boxes is not None and name in self.label_boxes:
+                entry["box"] = np.round(np.asarray(self.label_boxes[name], dtype=np.float64), 1).tolist()
+            entries.append(entry)
+        return entries
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         """The k most probable ``(class, probability)``."""
         order = np.argsort(-self.probs, kind="stable")[:k]
         return [(self.classes[j], float(self.probs[j])) for j in order]
 
-    def to_dict(self) -> dict:
-        """JSON-ready: source, width, height, labels, probs by class, boxes (nested lists, pixels)."""
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``image``, ``width``, ``height``, ``labels`` (:attr:`scores`: ``[{"label",
+        "score"}]`` by score), ``probs`` (every class's probability, by class), ``boxes`` (nested
+        lists, pixels) and ``label_boxes`` (label -> the pixel box of the region that gave it; empty
+        for agents trained through the env)."""
         return {
             "image": self.source,
             "width": int(self.size[0]),
             "height": int(self.size[1]),
-            "labels": list(self.labels),
+            "labels": self.scores,
             "probs": {c: round(float(p), 6) for c, p in zip(self.classes, self.probs)},
             "boxes": np.round(self.boxes, 1).tolist(),
+            "label_boxes": {
+                name: np.round(np.asarray(box, dtype=np.float64), 1).tolist() for name, box in (self.label_boxes or {}).items()
+            },
         }
 
     def figure2(self, image: Image.Image | None = None) -> Image.Image:
@@ -96,7 +158,7 @@ class Prediction:
             raise ConfigError(f"{self.source} was given as pixels, not a file", "pass the image: prediction.figure2(image)")
         image = image if image is not None else open_image(self.source)
         view = DRAW_VIEW if self.boxes.shape[0] == 10 else 0
-        return figure2(image, list(self.boxes[view]), self.labels or [c for c, _ in self.top(1)])
+        return figure2(image, list(self.boxes[view]), self.labels or [c for c, _ in self.top(1)], label_boxes=self.label_boxes)
 
 
 def _run_file(path: Path) -> tuple[str, Path]:
@@ -107,12 +169,12 @@ def _run_file(path: Path) -> tuple[str, Path]:
             if (path / name).exists():
                 return kind, path / name
         raise CheckpointError(
-            f"{path} holds no trained run (no {', '.join(kinds)})", "pass a run folder written by scripts/train_agent.py"
+            f"{path} holds no trained run (no {', '.join(kinds)})", "pass a run folder written by rarl-gym train"
         )
     if not path.exists():
         raise CheckpointError(
             f"no run at {path}",
-            "pass a run folder written by scripts/train_agent.py (make demo writes runs/rarl-shapes), "
+            "pass a run folder written by rarl-gym train (make demo writes runs/rarl-shapes), "
             "or its checkpoint.pt / model.zip / cem.npz",
         )
     return kinds.get(path.name, "rarl"), path
@@ -145,7 +207,7 @@ class Predictor:
         self,
         kind: str,
         settings: EnvSettings,
-        policy,
+        policy: Any,
         *,
         crop: float = 0.875,
         device: str | torch.device = "auto",
@@ -177,7 +239,7 @@ class Predictor:
         self._check_cache_weights()
         self.num_classes = self._num_classes()
         self.classes = _run_classes(settings, self.num_classes)
-        self._episodes = None
+        self._episodes: GlimpseEpisodes | None = None
 
     # -- loading ----------------------------------------------------------------------------------
     @classmethod
@@ -203,11 +265,11 @@ class Predictor:
             ckpt = load_checkpoint(path)
             if "settings" not in ckpt or "agent_config" not in ckpt:
                 raise CheckpointError(
-                    f"{path} has no settings: it was not written by scripts/train_agent.py",
-                    "pass a run written by train_agent.py",
+                    f"{path} has no settings: it was not written by rarl-gym train",
+                    "pass a run written by rarl-gym train",
                 )
             settings = EnvSettings.from_kwargs(**ckpt["settings"])
-            policy = agent_from_checkpoint(ckpt)
+            policy: Any = agent_from_checkpoint(ckpt)
             crop = ckpt.get("config", {}).get("augment_crop", 0.875)
         else:
             if kind == "sb3":
@@ -227,10 +289,10 @@ class Predictor:
     def _channels(self) -> int | None:
         if self.kind == "rarl":
             return int(self.policy.channels)
-        space = getattr(self.policy, "observation_space", None)
+        space: Any = getattr(self.policy, "observation_space", None)
         try:
             return int(space["glimpses"].shape[1])
-        except (TypeError, KeyError, IndexError):
+        except (TypeError, KeyError, IndexError, AttributeError):
             return None
 
     def _num_classes(self) -> int:
@@ -241,7 +303,7 @@ class Predictor:
     def _env_classes(self) -> tuple[str, ...]:
         return tuple(self._episodes_store().classes)
 
-    def _episodes_store(self):
+    def _episodes_store(self) -> FeatureStore:
         """The training split's cache of an env-trained run (its env scorer lives beside it)."""
         return self.settings.source.open_split(self.settings.source.train_split, progress=False)[1]
 
@@ -277,35 +339,36 @@ class Predictor:
     @torch.no_grad()
     def predict_maps(
         self, maps: torch.Tensor, sizes: Sequence[tuple[int, int]], *, views: int = 1
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The agent's part: probabilities ``[B, L]`` and pixel boxes ``[B, V, T, K, 4]`` of feature
-        maps ``[B, C, H, W]`` of pictures of ``sizes`` ``[(w, h)]``."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The agent's part: probabilities ``[B, L]``, pixel boxes ``[B, V, T, K, 4]`` and, for RARL
+        runs, per class the pixel box of the region that gave its score ``[B, L, 4]`` (``None`` for
+        agents trained through the env) of feature maps ``[B, C, H, W]`` of pictures of ``sizes``."""
         if views not in (1, 10):
             raise ConfigError(f"views must be 1 or 10, got {views}", "use views=1 or views=10")
+        label_boxes = None
         if self.kind == "rarl":
-            probs, boxes = self._rarl(maps, views)
+            probs, boxes, label_boxes = self._rarl(maps, views)
         else:
             if views != 1:
                 raise ConfigError(f"views={views}: agents trained through the env see the whole image only", "use views=1")
             probs, boxes = self._env_agent(maps)
-        wh = torch.as_tensor(np.asarray(sizes, dtype=np.float32))  # [B, 2]
-        pixels = (boxes + 1.0) * wh.repeat(1, 2)[:, None, None, None, :] / 2.0  # [B, V, T, K, 4]
-        return probs, pixels.numpy()
+        wh = torch.as_tensor(np.asarray(sizes, dtype=np.float32)).repeat(1, 2)  # [B, 4]
+        pixels = (boxes + 1.0) * wh[:, None, None, None, :] / 2.0  # [B, V, T, K, 4]
+        label_pixels = None if label_boxes is None else ((label_boxes + 1.0) * wh[:, None, :] / 2.0).numpy()
+        return probs, pixels.numpy(), label_pixels
 
-    def _rarl(self, maps: torch.Tensor, views: int) -> tuple[np.ndarray, torch.Tensor]:
-        """One test-time rollout of the B (x 10 views) episodes, as :func:`agents.rarl.trainer.predict`
-        runs it (the same views, probabilities averaged over the views), keeping the centres."""
+    def _rarl(self, maps: torch.Tensor, views: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """One test-time rollout of the B (x 10 views) episodes, as :func:`agents.rarl.evaluate.predict`
+        runs it (the same views, probabilities averaged over the views), keeping the centres and, per
+        class, the region that gave its score in the view where it scored highest (image coordinates)."""
+        from agents.rarl.evaluate import view_batch
         from agents.rarl.rollout import rollout
 
         agent = self.policy.to(self.device).eval()
         b = maps.shape[0]
         feats = maps.to(self.device, torch.float32)
         labels = torch.zeros(b * views, self.num_classes, dtype=torch.int8, device=self.device)
-        view = None
-        if views == 10:
-            v, f = ten_views(self.crop, device=self.device)
-            view = (v.repeat(b, 1), f.repeat(b))
-            feats = feats.repeat_interleave(10, 0)
+        view = view_batch(b, views, self.crop, self.device)
         generator = torch.Generator(device=self.device).manual_seed(0)
         out = rollout(
             agent,
@@ -316,16 +379,24 @@ class Predictor:
             sample=False,
             generator=generator,
             view=view,
+            repeat=views,
         )
-        probs = agent.probabilities(out.fused).reshape(b, views, -1).mean(1).cpu().numpy()
+        p = agent.probabilities(out.fused).reshape(b, views, -1)  # [B, V, L]
         t = out.centers.shape[1]
         boxes = anchor_boxes(out.centers.reshape(-1, 2), self.settings.scales, self.settings.ratios).reshape(
             b * views, t, -1, 4
         )
+        regions = out.regions  # [B*V, R, 4] image coordinates (of the mirrored image for a mirrored view)
         if view is not None:  # view coordinates -> image coordinates
-            regions = boxes.shape[2]  # K anchors per centre
-            boxes = view_to_image(boxes.reshape(b * views, t * regions, 4), view[0], view[1]).reshape(b * views, t, regions, 4)
-        return probs, boxes.reshape(b, views, t, -1, 4).cpu()
+            k = boxes.shape[2]  # K anchors per centre
+            boxes = view_to_image(boxes.reshape(b * views, t * k, 4), view[0], view[1]).reshape(b * views, t, k, 4)
+            mirrored = torch.stack([-regions[..., 2], regions[..., 1], -regions[..., 0], regions[..., 3]], -1)
+            regions = torch.where(view[1][:, None, None], mirrored, regions)
+        best = p.argmax(1)  # [B, L] the view where each class scored highest
+        rows, classes = torch.arange(b, device=p.device)[:, None], torch.arange(p.shape[-1], device=p.device)
+        giver = out.giver.reshape(b, views, -1)[rows, best, classes]  # [B, L]
+        label_boxes = regions.reshape(b, views, -1, 4)[rows, best, giver]  # [B, L, 4]
+        return p.mean(1).cpu().numpy(), boxes.reshape(b, views, t, -1, 4).cpu(), label_boxes.cpu()
 
     def _env_agent(self, maps: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         from agents.common.evaluation import env_scores_to_probs
@@ -345,7 +416,9 @@ class Predictor:
             actions = np.clip(np.asarray(actions, dtype=np.float32).reshape(b, -1), -1.0, 1.0)
             first[:] = False
             scores = None if self.settings.mode == "locate" else torch.from_numpy(actions[:, 2:])
-            glimpses, _ = episodes.step(torch.from_numpy(actions[:, :2]), scores)
+            stepped, _ = episodes.step(torch.from_numpy(actions[:, :2]), scores)
+            if stepped is not None:  # None after the last step
+                glimpses = stepped
         probs = env_scores_to_probs(episodes.fused.numpy(), self.settings.mode).astype(np.float32)
         boxes = torch.stack(episodes.history, dim=1)[:, None]  # [B, 1, T, K, 4]
         return probs, boxes
@@ -355,8 +428,21 @@ class Predictor:
         order = np.argsort(-probs, kind="stable")[: (top_k or len(probs))]
         return [self.classes[j] for j in order if threshold is None or probs[j] >= threshold]
 
+    def __call__(
+        self, images: Any, *, top_k: int | None = TOP_K, threshold: float | None = THRESHOLD, views: int = 1
+    ) -> list[list[dict[str, Any]]]:
+        """As a Hugging Face image-classification pipeline: per image, its labels as
+        ``[{"label", "score"}]`` sorted by score (:attr:`Prediction.scores`); see :meth:`predict`."""
+        return [p.scores for p in self.predict(images, views=views, threshold=threshold, top_k=top_k)]
+
     def predict(
-        self, images, *, views: int = 1, threshold: float | None = THRESHOLD, top_k: int | None = TOP_K, batch_size: int = 16
+        self,
+        images: Any,
+        *,
+        views: int = 1,
+        threshold: float | None = THRESHOLD,
+        top_k: int | None = TOP_K,
+        batch_size: int = 16,
     ) -> list[Prediction]:
         """Predictions for ``images``: paths, PIL images, or an RGB tensor ``[B, 3, H, W]`` (uint8 or
         float in ``[0, 1]``). A bad file raises :class:`~rarl_gym.errors.CorruptFileError`.
@@ -364,8 +450,12 @@ class Predictor:
         ``views``: 1 (the whole image) or 10 (4 corner crops, the centre crop and their mirrors,
         cut from one feature map; RARL runs). ``labels`` lists the classes among the ``top_k`` most
         probable whose probability is at least ``threshold`` (``None`` turns either off; default:
-        the metrics' rule, top 3 and >= 0.1).
+        the top 5 with a probability of at least 0.1); ``top_k`` must be a positive int,
+        ``threshold`` a probability in [0, 1], ``batch_size`` a positive int (a
+        :class:`~rarl_gym.errors.ConfigError` otherwise).
         """
+        check_label_rule(top_k, threshold)
+        _check_positive("batch_size", batch_size)
         items = as_images(images)
         out: list[Prediction] = []
         for lo in range(0, len(items), batch_size):
@@ -376,12 +466,22 @@ class Predictor:
             out += self._predictions(pixels, [im.size for im in loaded], names, views, threshold, top_k)
         return out
 
-    def _predictions(self, pixels, sizes, names, views, threshold, top_k) -> list[Prediction]:
-        probs, boxes = self.predict_maps(self.features(pixels), sizes, views=views)
-        return [
-            Prediction(name, tuple(size), self.classes, p, self._labels(p, threshold, top_k), bx)
-            for name, size, p, bx in zip(names, sizes, probs, boxes)
-        ]
+    def _predictions(
+        self,
+        pixels: torch.Tensor,
+        sizes: Sequence[tuple[int, int]],
+        names: Sequence[str],
+        views: int,
+        threshold: float | None,
+        top_k: int | None,
+    ) -> list[Prediction]:
+        probs, boxes, label_boxes = self.predict_maps(self.features(pixels), sizes, views=views)
+        out = []
+        for i, (name, size, p, bx) in enumerate(zip(names, sizes, probs, boxes)):
+            labels = self._labels(p, threshold, top_k)
+            where = None if label_boxes is None else {c: label_boxes[i, self.classes.index(c)] for c in labels}
+            out.append(Prediction(name, (int(size[0]), int(size[1])), self.classes, p, labels, bx, where))
+        return out
 
     def predict_files(
         self,
@@ -395,7 +495,11 @@ class Predictor:
     ) -> Iterator[Prediction | CorruptFileError]:
         """Like :meth:`predict` for many files, in order, with loader workers decoding ahead; a file
         that cannot be read yields its :class:`CorruptFileError` instead of a prediction (the
-        others go on)."""
+        others go on). ``workers`` is ``None`` (one per core beyond two) or an int >= 0."""
+        check_label_rule(top_k, threshold)
+        _check_positive("batch_size", batch_size)
+        if workers is not None and not (_is_int(workers) and workers >= 0):
+            raise ConfigError(f"workers must be None or an int >= 0, got {workers!r}", "use workers=0 (decode here) or more")
         paths = [str(p) for p in paths]
         if workers is None and len(paths) <= 2 * batch_size:
             workers = 0
@@ -426,4 +530,4 @@ class Predictor:
                 yield results[i]
 
 
-__all__ = ["DRAW_VIEW", "THRESHOLD", "TOP_K", "Prediction", "Predictor"]
+__all__ = ["DRAW_VIEW", "THRESHOLD", "TOP_K", "Prediction", "Predictor", "check_label_rule"]

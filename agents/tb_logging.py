@@ -10,21 +10,157 @@
 
 The RARL trainer calls :func:`rarl_figure2` and :func:`rarl_final`; the SB3 training calls
 :class:`Figure2Callback` and :func:`env_agent_final` (one line each).
+
+A full disk or a read-only folder under the logs is a :class:`~rarl_gym.errors.DiskFullError` /
+:class:`~rarl_gym.errors.NotWritableError` naming the folder and the fix, not a traceback of
+TensorBoard's writer thread: open writers with :func:`open_writer` (SB3's own TensorBoard writer
+is wrapped the same way by :class:`Figure2Callback`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import errno
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from rarl_gym.env_settings import EnvSettings
+from rarl_gym.errors import NotWritableError, RarlGymError
 from rarl_gym.glimpse import anchor_boxes, boxes_to_pixels
+from rarl_gym.io import disk_full_error, is_disk_full
 
 #: How many fixed evaluation images the Figure 2 pictures show.
 FIGURE_IMAGES = 4
+
+
+# -- the writer, its errors named ---------------------------------------------------------------
+#: errno values of a folder that may not be written (read-only file system, permissions).
+NOT_WRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
+
+
+def writer_error(err: BaseException, folder: str | Path) -> RarlGymError | None:
+    """The named error for an ``OSError`` met while writing the TensorBoard logs in ``folder`` (a
+    full disk: :class:`~rarl_gym.errors.DiskFullError`; a read-only folder, or a file where the
+    folder should be: :class:`~rarl_gym.errors.NotWritableError`); ``None`` for anything else."""
+    folder = Path(folder)
+    if isinstance(err, RarlGymError):
+        return err
+    if is_disk_full(err):
+        return disk_full_error(folder / "events.out.tfevents", "TensorBoard logs", err=err)
+    if isinstance(err, OSError) and (err.errno in NOT_WRITABLE_ERRNOS or isinstance(err, PermissionError)):
+        return NotWritableError(
+            f"cannot write the TensorBoard logs in {folder}: {err.strerror or err}",
+            f"make {folder} writable (or remove a file in its way), or train into another --run-dir; "
+            "the checkpoint of the last finished epoch or save is kept",
+        )
+    return None
+
+
+def _named(fn: Callable[..., Any], folder: Path) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as err:
+            named = writer_error(err, folder)
+            if named is None:
+                raise
+            raise named from err
+
+    return call
+
+
+class NamedErrorsWriter:
+    """A TensorBoard ``SummaryWriter`` (torch's, or the one SB3's logger holds) whose ``OSError`` s
+    are named (:func:`writer_error`): every method call, and with it the error that the writer's
+    background thread met and TensorBoard re-raises on the next call, or at ``flush`` / ``close``."""
+
+    def __init__(self, writer: Any, folder: str | Path):
+        self._writer, self._folder = writer, Path(folder)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._writer, name)
+        return _named(value, self._folder) if callable(value) else value
+
+    def close(self) -> None:
+        """Close the writer; an error its thread met and nothing re-raised since is raised now (named)."""
+        workers = _writer_threads(self._writer)  # torch's close() drops its file writers
+        _named(self._writer.close, self._folder)()
+        for thread_error in [w.exception for w in workers if isinstance(getattr(w, "exception", None), BaseException)]:
+            named = writer_error(thread_error, self._folder)
+            if named is not None:
+                raise named from thread_error
+
+    def __enter__(self) -> NamedErrorsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _writer_threads(writer: Any) -> list[Any]:
+    """The event-writer threads of a torch ``SummaryWriter``, whose exceptions TensorBoard re-raises
+    on the next write but not at ``close``."""
+    file_writers = [getattr(writer, "file_writer", None), *(getattr(writer, "all_writers", None) or {}).values()]
+    threads = []
+    for file_writer in file_writers:
+        worker = getattr(getattr(getattr(file_writer, "event_writer", None), "_async_writer", None), "_worker", None)
+        if worker is not None and worker not in threads:
+            threads.append(worker)
+    return threads
+
+
+def _thread_error_is_reraised(args: threading.ExceptHookArgs) -> bool:
+    """Whether the exception that ends a thread is an OSError of TensorBoard's event writer thread
+    (which TensorBoard re-raises in the writing thread: printing it there too would be a bare traceback)."""
+    return type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)
+
+
+def _quiet_writer_threads() -> None:
+    """Install (once) a ``threading.excepthook`` that leaves the writer thread's OSError to the
+    writing thread, where :class:`NamedErrorsWriter` names it; every other thread's error is printed as before."""
+    if getattr(threading.excepthook, "_rarl_gym_quiet", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not _thread_error_is_reraised(args):
+            previous(args)
+
+    hook._rarl_gym_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
+def open_writer(folder: str | Path) -> NamedErrorsWriter:
+    """A TensorBoard ``SummaryWriter`` logging into ``folder`` with its errors named: a file in
+    the way of the folder, a read-only folder or a full disk is a :class:`~rarl_gym.errors.RarlGymError`
+    naming the fix, at once or at the write that meets it."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotWritableError(
+            f"{folder} is a file, not a folder: the run's TensorBoard logs go there",
+            f"remove or rename the file {folder}, or train into another --run-dir",
+        )
+    _quiet_writer_threads()
+    return NamedErrorsWriter(_named(SummaryWriter, folder)(str(folder)), folder)
+
+
+def name_sb3_writer_errors(logger: Any) -> None:
+    """Wrap the TensorBoard writer of an SB3 logger (``model.logger``) in :class:`NamedErrorsWriter`."""
+    from stable_baselines3.common.logger import TensorBoardOutputFormat
+
+    _quiet_writer_threads()
+    for fmt in getattr(logger, "output_formats", []):
+        if isinstance(fmt, TensorBoardOutputFormat) and not isinstance(fmt.writer, NamedErrorsWriter):
+            fmt.writer = NamedErrorsWriter(fmt.writer, Path(fmt.writer.log_dir))  # type: ignore[assignment]
 
 
 def fixed_indices(n: int, count: int = FIGURE_IMAGES) -> list[int]:
@@ -33,12 +169,20 @@ def fixed_indices(n: int, count: int = FIGURE_IMAGES) -> list[int]:
 
 
 def figure2_pictures(
-    dataset, classes: Sequence[str], indices: Sequence[int], boxes: np.ndarray, probs: np.ndarray, labels: np.ndarray
+    dataset,
+    classes: Sequence[str],
+    indices: Sequence[int],
+    boxes: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    label_boxes: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Figure 2 pictures ``[H, W, 3]`` uint8 of the images ``indices`` of ``dataset``.
 
     ``boxes [B, T, K, 4]`` in image coordinates ``[-1, 1]``; ``probs [B, L]``; ``labels [B, L]``
-    (1 / 0 / -1). The predicted labels are the ``k`` most probable, k = the number of true ones.
+    (1 / 0 / -1); ``label_boxes [B, L, 4]`` (image coordinates): per class the region that gave its
+    score, drawn as one labelled box per predicted label over the faint glimpse trail. The
+    predicted labels are the ``k`` most probable, k = the number of true ones.
     """
     from rarl_gym.render import figure2
 
@@ -49,7 +193,11 @@ def figure2_pictures(
         true = [c for c, y in zip(classes, labels[row].tolist()) if y == 1]
         pred = [classes[j] for j in np.argsort(-probs[row], kind="stable")[: max(1, len(true))]]
         pixels = boxes_to_pixels(torch.as_tensor(boxes[row]), w, h).numpy()
-        pictures.append(np.asarray(figure2(image, list(pixels), pred, true)))
+        where = None
+        if label_boxes is not None:
+            at = boxes_to_pixels(torch.as_tensor(label_boxes[row]), w, h).numpy()  # [L, 4]
+            where = {c: at[list(classes).index(c)] for c in pred}
+        pictures.append(np.asarray(figure2(image, list(pixels), pred, true, label_boxes=where)))
     return pictures
 
 
@@ -121,14 +269,17 @@ def rarl_figure2(writer, agent, store, settings: EnvSettings, step: int, device,
     t = out.centers.shape[1]
     boxes = anchor_boxes(out.centers.reshape(-1, 2).cpu(), settings.scales, settings.ratios).reshape(len(indices), t, -1, 4)
     dataset = _dataset(settings, store.meta["key"]["split"])
-    log_pictures(writer, figure2_pictures(dataset, store.classes, indices, boxes.numpy(), probs, labels.cpu().numpy()), step)
+    rows = torch.arange(len(indices), device=out.giver.device)[:, None]
+    label_boxes = out.regions[rows, out.giver].cpu().numpy()  # [B, L, 4]: the region that gave each class
+    pictures = figure2_pictures(dataset, store.classes, indices, boxes.numpy(), probs, labels.cpu().numpy(), label_boxes)
+    log_pictures(writer, pictures, step)
 
 
 def rarl_final(writer, agent, store, settings: EnvSettings, config, results: dict, step: int, device) -> None:
     """PR curves of the final evaluation (learned centres, the run's views) and the hyperparameters."""
-    from agents.rarl.trainer import predict
+    from agents.rarl.evaluate import predict
 
-    probs, _ = predict(agent, store, settings, views=config.eval_views, crop=config.augment_crop, device=device)
+    probs = predict(agent, store, settings, views=config.eval_views, crop=config.augment_crop, device=device).probs
     log_pr_curves(writer, probs, store.labels, store.classes, step)
     log_hparams(writer, {**dataclasses.asdict(config), **{f"env.{k}": v for k, v in settings.to_dict().items()}}, results)
 
@@ -186,7 +337,8 @@ def env_agent_final(writer, policy, config: dict, results: dict, step: int) -> N
 
 class Figure2Callback:
     """An SB3 callback (built lazily, so this module imports without SB3) that logs the Figure 2
-    pictures to the run's TensorBoard every ``every`` environment steps."""
+    pictures to the run's TensorBoard every ``every`` environment steps; it also names the errors
+    of SB3's TensorBoard writer (:func:`name_sb3_writer_errors`)."""
 
     def __new__(cls, env_id: str, env_kwargs: dict, every: int):
         from stable_baselines3.common.callbacks import BaseCallback
@@ -196,6 +348,9 @@ class Figure2Callback:
             def __init__(self):
                 super().__init__()
                 self.next = every
+
+            def _on_training_start(self) -> None:
+                name_sb3_writer_errors(self.logger)  # a full disk or read-only tb/: named, not the writer thread's traceback
 
             def _on_step(self) -> bool:
                 if self.num_timesteps >= self.next:
@@ -213,6 +368,7 @@ class Figure2Callback:
 __all__ = [
     "FIGURE_IMAGES",
     "Figure2Callback",
+    "NamedErrorsWriter",
     "env_agent_episodes",
     "env_agent_figure2",
     "env_agent_final",
@@ -221,6 +377,9 @@ __all__ = [
     "log_hparams",
     "log_pictures",
     "log_pr_curves",
+    "name_sb3_writer_errors",
+    "open_writer",
     "rarl_figure2",
     "rarl_final",
+    "writer_error",
 ]

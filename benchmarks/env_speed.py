@@ -9,16 +9,26 @@ a warm-up, autoresets included. "write limit" is the env-step rate at which mere
 observations would saturate memory: a plain ``buf[:] = 1.0`` on a ``[B, K, C, s, s]`` float32
 buffer, timed, divided by the bytes of one observation. ``% limit`` = env steps/s / write limit.
 
+``--device DEV`` adds, per B, the torch vector env (:class:`envs.torch_vector_env.TorchGlimpseVectorEnv`:
+episodes, observations and rewards as torch tensors on DEV; actions a tensor on DEV; on the CPU
+with and without ``preload``) and the "crop alone" limit: one :func:`rarl_gym.glimpse.crop` of the
+B x K regions with their means on random maps of the env's shape, i.e. the env steps/s if a step
+cost nothing but its crop. ``--vector-only`` skips the single-env, DummyVecEnv, SB3 and
+``copy=True`` rows; ``--json`` writes the rows.
+
 Examples:
     python benchmarks/env_speed.py
     python benchmarks/env_speed.py --env RARL-VOC07-v0 --env-kwargs '{"glimpse_size": 3}' --steps 300
     python benchmarks/env_speed.py \
         --env-kwargs '{"backbone": "tiny", "input_size": 64, "dataset_kwargs": {"num_images": 40, "image_size": 64}}'
+    python benchmarks/env_speed.py --device cuda --vector-only --batch-sizes 16 256 1024 \
+        --env RARL-VOC07-v0 --env-kwargs '{"root": "../shared/data/voc07"}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +42,7 @@ import torch
 
 import rarl_gym  # noqa: F401  (registers the ids)
 from rarl_gym.cli import env_overrides, run_cli
+from rarl_gym.device import pick_device
 
 
 def timed(step: Callable[[], object], calls: int, warmup: int = 12) -> float:
@@ -57,61 +68,115 @@ def write_limit(shape: tuple[int, ...], calls: int) -> float:
     return buf.nbytes / timed(fill, calls)
 
 
+def crop_limit(b: int, env, device: str, steps: int) -> float:
+    """Env steps/s if a step cost only its crop: :func:`rarl_gym.glimpse.crop` of B x K anchor boxes
+    (with the region means the env scorer reads) on B random maps of the env's shape and dtype,
+    into a reused output: the ceiling of any env built on it."""
+    from envs.episodes import GlimpseEpisodes
+    from rarl_gym.glimpse import anchor_boxes, crop
+
+    k, c, s, _ = env.observation_space["glimpses"].shape
+    dev = torch.device(device)
+    maps = torch.randn(b, c, *env.store.map_size, device=dev).to(GlimpseEpisodes.map_dtype(dev))
+    maps = maps.contiguous(memory_format=torch.channels_last)
+    boxes = anchor_boxes(torch.rand(b, 2, device=dev) * 2 - 1, env.episodes.scales, env.episodes.ratios)
+    out = torch.empty(b, k, c, s, s, device=dev)
+    means = torch.empty(b, k, c, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    return b / timed(lambda: (crop(maps, boxes, s, out=out, region_means=means), sync()), steps)
+
+
 def main(args: argparse.Namespace) -> None:
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
-    from agents.sb3.vec_env import to_sb3
-
     if args.threads:
         torch.set_num_threads(args.threads)
     kwargs = {**env_overrides(args.env_kwargs), "progress": False}
     rng = np.random.default_rng(0)
-    rows: list[tuple[str, int, float, float | None]] = []  # (name, B, env steps/s, write-limit steps/s)
+    rows: list[dict] = []  # kind, env, B, steps_per_s, write_limit (steps/s or None)
+
+    def add(kind: str, name: str, b: int, rate: float, limit: float | None = None) -> None:
+        rows.append(
+            {"kind": kind, "env": name, "B": b, "steps_per_s": round(rate, 1), "write_limit": limit and round(limit, 1)}
+        )
+        print(f"{name}: {rate:,.0f} env steps/s", flush=True)
 
     single = gym.make(args.env, disable_env_checker=True, **kwargs).unwrapped
     space = single.observation_space["glimpses"]
     obs_bytes = int(np.prod(space.shape)) * 4 + 8  # glimpses float32 + step int64
+    map_size = single.store.map_size
+    if not args.vector_only:
+        from stable_baselines3.common.vec_env import DummyVecEnv
 
-    single_action = rng.uniform(-1, 1, single.action_space.shape).astype(np.float32)
+        single_action = rng.uniform(-1, 1, single.action_space.shape).astype(np.float32)
 
-    def run_single(env=single, a=single_action) -> None:
-        if env.step(a)[2]:
-            env.reset()
+        def run_single(env=single, a=single_action) -> None:
+            if env.step(a)[2]:
+                env.reset()
 
-    single.reset(seed=0)
-    rows.append(("GlimpseEnv", 1, 1 / timed(run_single, args.steps), None))
+        single.reset(seed=0)
+        add("single", "GlimpseEnv", 1, 1 / timed(run_single, args.steps))
+        b = 16
+        dummy = DummyVecEnv([lambda: gym.make(args.env, disable_env_checker=True, **kwargs)] * b)
+        dummy.reset()
+        acts = rng.uniform(-1, 1, (b, *single.action_space.shape)).astype(np.float32)
+        add("dummy", f"DummyVecEnv({b} x GlimpseEnv)", b, b / timed(lambda: dummy.step(acts), max(args.steps // 4, 3)))
+        dummy.close()
 
-    b = 16
-    dummy = DummyVecEnv([lambda: gym.make(args.env, disable_env_checker=True, **kwargs)] * b)
-    dummy.reset()
-    acts = rng.uniform(-1, 1, (b, *single.action_space.shape)).astype(np.float32)
-    rows.append((f"DummyVecEnv({b} x GlimpseEnv)", b, b / timed(lambda: dummy.step(acts), max(args.steps // 4, 3)), None))
-    dummy.close()
-
-    for b, copy in [(b, False) for b in args.batch_sizes] + [(max(args.batch_sizes), True)]:
+    copies = [(b, False) for b in args.batch_sizes] + ([] if args.vector_only else [(max(args.batch_sizes), True)])
+    for b, copy in copies:
         venv = gym.make_vec(args.env, num_envs=b, vectorization_mode="vector_entry_point", copy=copy, **kwargs)
         venv.reset(seed=0)
         acts = rng.uniform(-1, 1, venv.action_space.shape).astype(np.float32)
         rate = b / timed(lambda venv=venv, acts=acts: venv.step(acts), args.steps)
         limit = write_limit((b, *space.shape), args.steps) / obs_bytes
-        rows.append((f"GlimpseVectorEnv(B={b}, copy={copy})", b, rate, limit))
-        if b == 16 and not copy:
+        add("numpy", f"GlimpseVectorEnv(B={b}, copy={copy})", b, rate, limit)
+        if b == 16 and not copy and not args.vector_only:
+            from agents.sb3.vec_env import to_sb3
+
             sb3 = to_sb3(venv)
             sb3.reset()
-            rows.append(
-                (f"SB3VecEnvAdapter(B={b})", b, b / timed(lambda sb3=sb3, acts=acts: sb3.step(acts), args.steps), limit)
-            )
+            add("sb3", f"SB3VecEnvAdapter(B={b})", b, b / timed(lambda sb3=sb3, acts=acts: sb3.step(acts), args.steps), limit)
         venv.close()
+        if args.device and not copy:
+            dev = str(pick_device(args.device))
+            sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+            for preload in (False, True) if dev == "cpu" else (True,):
+                tenv = gym.make_vec(
+                    args.env,
+                    num_envs=b,
+                    vectorization_mode="vector_entry_point",
+                    copy=copy,
+                    device=dev,
+                    preload=preload,
+                    **kwargs,
+                )
+                tenv.reset(seed=0)
+                tacts = torch.from_numpy(acts).to(dev)
+                rate = b / timed(lambda tenv=tenv, tacts=tacts, sync=sync: (tenv.step(tacts), sync()), args.steps)
+                add(
+                    f"torch {dev}" + (", preload" if preload else ""),
+                    f"TorchGlimpseVectorEnv(B={b}, {dev}, preload={preload})",
+                    b,
+                    rate,
+                )
+                tenv.close()
+        for dev in dict.fromkeys(["cpu", *([str(pick_device(args.device))] if args.device else [])]) if not copy else ():
+            add(f"crop {dev}", f"crop alone, B={b}, {dev} (the limit)", b, crop_limit(b, single, dev, args.steps))
 
     print(
         f"\n{args.env} {kwargs}: one observation = {space.shape} float32 "
-        f"= {obs_bytes} B; torch threads = {torch.get_num_threads()}\n"
+        f"= {obs_bytes} B; maps {map_size}; torch threads = {torch.get_num_threads()}\n"
     )
     print("| env | B | env steps/s | µs / env step | obs MB/s | write limit (steps/s) | % limit |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, b, rate, limit in rows:
+    for r in rows:
+        rate, limit = r["steps_per_s"], r["write_limit"]
         lim = f"{limit:,.0f} | {100 * rate / limit:.1f}%" if limit else "- | -"
-        print(f"| {name} | {b} | {rate:,.0f} | {1e6 / rate:.1f} | {rate * obs_bytes / 1e6:,.1f} | {lim} |")
+        print(f"| {r['env']} | {r['B']} | {rate:,.0f} | {1e6 / rate:.1f} | {rate * obs_bytes / 1e6:,.1f} | {lim} |")
+    single.close()
+    if args.json:
+        info = {"env": args.env, "env_kwargs": kwargs, "obs_bytes": obs_bytes, "threads": torch.get_num_threads()}
+        Path(args.json).write_text(json.dumps({**info, "rows": rows}, indent=1, default=str))
+        print(f"\nJSON: {args.json}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -121,6 +186,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300, help="timed step() calls per row (DummyVecEnv: a quarter)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256], help="B of the native vector env")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="also time the torch vector env (envs/torch_vector_env.py) on this device (cpu, cuda, auto) and the crop there",
+    )
+    p.add_argument("--vector-only", action="store_true", help="skip the GlimpseEnv, DummyVecEnv, SB3 and copy=True rows")
+    p.add_argument("--json", default=None, help="also write the rows as JSON here")
     return p.parse_args(argv)
 
 

@@ -255,7 +255,6 @@ def proposal_pipeline(bench: Bench) -> tuple[Callable[[Any], Any], Any, list]:
 
     from rarl_gym.features.backbones import Backbone
     from rarl_gym.features.inference import forward
-    from rarl_gym.features.store import FeatureStore
     from rarl_gym.scorer import fit_global_classifier, pooled_features, predict_global
 
     predictor, settings, size, bs = (
@@ -277,12 +276,25 @@ def proposal_pipeline(bench: Bench) -> tuple[Callable[[Any], Any], Any, list]:
                 for lo in range(0, len(crops), bs)
             ]
         )
-        store = FeatureStore(
-            path=Path("."), features=feats.numpy(), labels=np.zeros((len(crops), len(predictor.classes)), np.int8), meta={}
-        )
-        return predict_global(scorer, store).max(0)  # category-wise max over the windows
+        return predict_global(scorer, _InMemoryMaps(feats)).max(0)  # category-wise max over the windows
 
     return proposals, scorer, windows
+
+
+class _InMemoryMaps:
+    """The windows' maps ``[N, C, H, W]`` where :func:`rarl_gym.scorer.predict_global` reads a
+    :class:`FeatureStore` (``len`` and ``batch``): a store reads its rows from its file."""
+
+    def __init__(self, maps):
+        self.maps = maps
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def batch(self, index, device="cpu"):
+        import torch
+
+        return self.maps[torch.as_tensor(index)].to(device=device, dtype=torch.float32), None
 
 
 def speed_ratios(rows: dict[str, dict], num_windows: int) -> dict[str, float]:

@@ -73,6 +73,15 @@ class GlimpseVectorEnv(GlimpseEnvSetup, VectorEnv):
         "autoreset_mode": AutoresetMode.SAME_STEP,
     }
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        """``GlimpseVectorEnv(..., device=...)`` builds :class:`envs.torch_vector_env.TorchGlimpseVectorEnv`
+        (episodes and outputs as torch tensors on that device); without ``device``, this numpy env."""
+        if cls is GlimpseVectorEnv and kwargs.get("device") is not None:
+            from envs.torch_vector_env import TorchGlimpseVectorEnv
+
+            return super().__new__(TorchGlimpseVectorEnv)
+        return super().__new__(cls)
+
     def __init__(
         self, num_envs: int, render_mode: str | None = None, progress: bool = True, copy: bool = True, **env_kwargs: Any
     ):

@@ -95,13 +95,17 @@ def env_overrides(env_kwargs: str, **options: Any) -> dict[str, Any]:
 
 
 def comparison_table(policies: dict[str, dict]) -> str:
-    """One line per centre policy: mAP (area and VOC07), CF1, OF1, mean reward, in percent."""
-    cols = ("mAP_area", "mAP_voc07", "CF1", "OF1", "reward")
-    head = f"{'row':<10}" + "".join(f"{c:>11}" for c in cols)
-    rows = [head] + [
-        f"{name:<10}" + "".join(f"{100 * (row.get(c) or 0):>11.1f}" for c in cols) for name, row in policies.items()
-    ]
-    return "\n".join(rows)
+    """One line per row: mAP (area and VOC07), CF1, OF1, mean reward and, where the split has boxes,
+    pointing and CorLoc (``-`` for a row without regions), in percent."""
+    cols = ["mAP_area", "mAP_voc07", "CF1", "OF1", "reward"]
+    if any("pointing" in row for row in policies.values()):
+        cols += ["pointing", "corloc"]
+
+    def cell(row: dict, c: str) -> str:
+        return f"{'-':>11}" if row.get(c) is None else f"{100 * row[c]:>11.1f}"
+
+    head = f"{'row':<12}" + "".join(f"{c:>11}" for c in cols)
+    return "\n".join([head] + [f"{name:<12}" + "".join(cell(row, c) for c in cols) for name, row in policies.items()])
 
 
 def print_results(results: dict, json_path: Path | None = None) -> None:
@@ -110,8 +114,10 @@ def print_results(results: dict, json_path: Path | None = None) -> None:
     print(f"\nTest metrics on split {results['split']!r} ({results['views']} view(s), learned centres):")
     print(report.table())
     print(
-        "\nSame trained model with other centres; oracle: per image the best of N centre sequences (1 view, uses the labels);"
-        "\nglobal: the global-image linear classifier; windows: category-wise max over ~100 sliding windows (MIL):"
+        "\nSame trained model with other centres (peak: the t-th most likely class's map peak; xM: M sequences averaged);"
+        "\noracle: per image the best of N centre sequences (1 view, uses the labels); global: the global-image linear"
+        "\nclassifier; csra: mean + lambda max over the map cells; windows: max over ~100 sliding windows (MIL);"
+        "\npointing / corloc: does the region that gives each true label lie on its object (centre inside / IoU >= 0.5):"
     )
     print(comparison_table(results["policies"]))
     if json_path is not None:

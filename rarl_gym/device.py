@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from rarl_gym.errors import ConfigError
@@ -37,4 +39,20 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-__all__ = ["pick_device"]
+def distributed() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process: under ``torchrun`` (``WORLD_SIZE`` > 1) the process
+    group is initialised on first call (NCCL with CUDA, else Gloo); otherwise ``(0, 1)``.
+
+    The one torchrun set-up of the project: the trainer and the feature extraction both call it.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+__all__ = ["distributed", "pick_device"]

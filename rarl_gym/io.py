@@ -48,6 +48,11 @@ def _human(nbytes: float) -> str:
     return f"{nbytes} B"  # pragma: no cover
 
 
+def human_bytes(nbytes: float) -> str:
+    """``"1.5 GiB"``: a byte count for messages."""
+    return _human(nbytes)
+
+
 def free_bytes(path: str | os.PathLike) -> int | None:
     """Free bytes on the file system of ``path`` (or of its nearest existing parent); ``None`` if unknown."""
     path = Path(path).absolute()
@@ -91,7 +96,34 @@ def disk_full_error(
     )
 
 
+def file_too_large_error(path: str | os.PathLike, what: str, needed: int, err: BaseException | None = None) -> DiskFullError:
+    """A :class:`DiskFullError` for a file larger than the file system allows (``EFBIG``)."""
+    path = Path(path)
+    cause = f" ({err})" if err is not None else ""
+    return DiskFullError(
+        f"{what} {path} would hold {_human(needed)}, more than one file may hold on that file system{cause}",
+        "use fewer images (dataset_kwargs num_images) or a smaller input_size, or point $RARL_CACHE / cache_dir at "
+        "a file system that allows files this large",
+    )
+
+
+def is_file_too_large(err: BaseException | None) -> bool:
+    """Whether ``err`` (or an exception it was raised from) is ``EFBIG``: a file larger than the file system allows."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.EFBIG:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _not_writable(path: Path, what: str, err: OSError) -> NotWritableError:
+    if path.is_dir():  # e.g. scorer.pt replaced by a folder: the folder is in the way, not read-only
+        return NotWritableError(
+            f"cannot write {what} {path}: a folder of that name is in the way",
+            f"remove or rename the folder {path} (it is not one rarl-gym writes) and run again",
+        )
     return NotWritableError(
         f"cannot write {what} {path}: {err.strerror or err}",
         f"make {path.parent} writable, or write elsewhere ($RARL_CACHE / cache_dir for feature caches, --run-dir for runs)",
@@ -213,6 +245,9 @@ def reserve_space(path: str | os.PathLike, nbytes: int, what: str = "file") -> N
             if err.errno in DISK_FULL_ERRNOS:
                 os.ftruncate(fd, st.st_size)  # give back what the failed call may have allocated
                 raise disk_full_error(path, what, nbytes, err) from err
+            if err.errno == errno.EFBIG:
+                os.ftruncate(fd, st.st_size)
+                raise file_too_large_error(path, what, nbytes, err) from err
             if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
             allocated = st.st_blocks * 512
@@ -308,6 +343,37 @@ class FileLock:
         self.release()
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat ``SIGTERM`` (``kill``, a batch scheduler's or a container's stop) like Ctrl-C inside the block.
+
+    The first ``SIGTERM`` raises ``KeyboardInterrupt`` where the main thread is, so the trainers'
+    Ctrl-C path runs: save what was learnt, say so, exit with status 130. Further ``SIGTERM``s are
+    ignored until the block ends, so that a second one cannot cut that save short (``SIGKILL``
+    still ends the process at once; every file is written atomically). Outside the main thread,
+    or where ``SIGTERM`` is not at its default (a caller's own handler, or ignored), nothing changes.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 RUN_LOCK = ".lock"
 
 
@@ -358,10 +424,14 @@ __all__ = [
     "atomic_write_json",
     "describe_holder",
     "disk_full_error",
+    "file_too_large_error",
     "free_bytes",
+    "human_bytes",
     "is_disk_full",
+    "is_file_too_large",
     "reserve_space",
     "run_lock",
+    "sigterm_as_interrupt",
     "temp_path",
     "writable",
 ]

@@ -1,4 +1,5 @@
-"""Multi-label recognition metrics: per-class AP, mAP and the top-k CP/CR/CF1/OP/OR/OF1.
+"""Multi-label recognition metrics: per-class AP, mAP, the top-k CP/CR/CF1/OP/OR/OF1, and
+grounding (pointing game and CorLoc of the regions that give the labels).
 
 Labels follow the project's convention: an int array ``[N, L]`` with 1 = present, 0 = absent,
 -1 = difficult. A difficult entry is ignored *for its class only*: that (image, class) pair counts
@@ -173,6 +174,67 @@ def topk_prf(scores: Any, labels: Any, k: int = 3, threshold: float = 0.1) -> di
     return {"CP": cp, "CR": cr, "CF1": _f1(cp, cr), "OP": op, "OR": or_, "OF1": _f1(op, or_)}
 
 
+#: Keys of :func:`grounding`.
+GROUNDING_KEYS = ("pointing", "corloc")
+
+
+def grounding(
+    label_boxes: Any, labels: Any, objects: Sequence[tuple[np.ndarray, np.ndarray]], iou: float = 0.5
+) -> dict[str, Any]:
+    """Does the region that gives each true label lie on an object of that class?
+
+    For every (image ``i``, class ``c``) with ``labels[i, c] == 1`` and at least one ground-truth
+    box of class ``c`` in ``objects[i]`` (a *pair*):
+
+    * pointing game: a hit when the centre of ``label_boxes[i, c]`` lies inside (or on the edge of)
+      a box of class ``c``;
+    * CorLoc: a hit when ``label_boxes[i, c]`` overlaps a box of class ``c`` with IoU >= ``iou``.
+
+    Args:
+        label_boxes: ``[N, L, 4]`` per image and class the ``(x1, y1, x2, y2)`` region whose score
+            is the class's category-wise max (any coordinates, the same as ``objects``'s).
+        labels: ``[N, L]`` 1 / 0 / -1 (difficult).
+        objects: per image ``(boxes [n, 4], classes [n])``, the ground-truth boxes to point at
+            (difficult ones already left out; see :func:`rarl_gym.data.object_boxes`).
+
+    Returns:
+        ``{"pointing": fraction, "corloc": fraction, "pairs": count}``; NaN fractions without pairs.
+    """
+    boxes = _as_numpy(label_boxes, np.float64)
+    y = _as_numpy(labels, np.int64)
+    if y.ndim != 2 or boxes.shape != (*y.shape, 4) or len(objects) != y.shape[0]:
+        raise ConfigError(
+            f"grounding: label boxes {boxes.shape}, labels {y.shape} and {len(objects)} object lists do not match",
+            "pass label boxes [N, L, 4], labels [N, L] and one (boxes, classes) pair per image",
+        )
+    n, num_classes = y.shape
+    counts = [np.asarray(c).size for _, c in objects]
+    image = np.repeat(np.arange(n), counts)  # [M] the image of every object
+    gt = np.concatenate([np.asarray(b, np.float64).reshape(-1, 4) for b, _ in objects] + [np.zeros((0, 4))])
+    cls = np.concatenate([np.asarray(c, np.int64).reshape(-1) for _, c in objects] + [np.zeros(0, np.int64)])
+    keep = y[image, cls] == 1  # objects of a class the image is labelled with
+    image, gt, cls = image[keep], gt[keep], cls[keep]
+    region = boxes[image, cls]  # [M, 4] the region that gave the object's class
+    cx, cy = (region[:, 0] + region[:, 2]) / 2, (region[:, 1] + region[:, 3]) / 2
+    inside = (gt[:, 0] <= cx) & (cx <= gt[:, 2]) & (gt[:, 1] <= cy) & (cy <= gt[:, 3])
+    w = np.clip(np.minimum(region[:, 2], gt[:, 2]) - np.maximum(region[:, 0], gt[:, 0]), 0, None)
+    h = np.clip(np.minimum(region[:, 3], gt[:, 3]) - np.maximum(region[:, 1], gt[:, 1]), 0, None)
+    union = (region[:, 2] - region[:, 0]) * (region[:, 3] - region[:, 1]) + (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
+    overlap = w * h / np.maximum(union - w * h, 1e-12) >= iou
+    pair = image * num_classes + cls  # [M]: one pair per (image, class); any of its objects may be hit
+    pairs = np.unique(pair)
+    point_hit = np.zeros(n * num_classes, bool)
+    corloc_hit = np.zeros(n * num_classes, bool)
+    np.logical_or.at(point_hit, pair, inside)
+    np.logical_or.at(corloc_hit, pair, overlap)
+    count = len(pairs)
+    return {
+        "pointing": float(point_hit[pairs].mean()) if count else math.nan,
+        "corloc": float(corloc_hit[pairs].mean()) if count else math.nan,
+        "pairs": count,
+    }
+
+
 @dataclass(frozen=True)
 class MetricReport:
     """All metrics of one evaluation (fractions in ``[0, 1]``; NaN AP = class without positives).
@@ -288,10 +350,12 @@ def evaluate(
 
 __all__ = [
     "AP_MODES",
+    "GROUNDING_KEYS",
     "PRF_KEYS",
     "MetricReport",
     "average_precision",
     "evaluate",
+    "grounding",
     "mean_average_precision",
     "topk_prf",
 ]

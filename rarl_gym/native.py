@@ -20,7 +20,9 @@ the GIL). Without a compiler, or with ``RARL_NATIVE=0``, :func:`available` is Fa
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import hashlib
 import os
 import platform
@@ -30,17 +32,21 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy.typing as npt
 import torch
 
-from rarl_gym.io import atomic_path
+from rarl_gym.io import atomic_path, atomic_write_bytes
 from rarl_gym.paths import default_cache_dir
 
 SOURCE = Path(__file__).with_name("csrc") / "glimpse_crop.c"
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99")
+#: A build smaller than this is truncated (the kernel compiles to about 20 KB or more).
+MIN_LIBRARY_BYTES = 4096
+#: The first bytes of a shared library: ELF (Linux), Mach-O (macOS, 32 / 64 bit, fat).
+LIBRARY_MAGICS = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -67,12 +73,52 @@ def library_path(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir or default_cache_dir()) / "native" / f"glimpse_crop-{digest}.so"
 
 
+class NoCompilerError(RuntimeError):
+    """There is no C compiler to build the kernel with."""
+
+
+def checksum_path(path: Path) -> Path:
+    """The file beside a build that holds its SHA-256 (written by :func:`build`)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_library(path: Path) -> str | None:
+    """Why the build at ``path`` must not be loaded (``None``: it is intact).
+
+    Loading a truncated shared library is a ``SIGBUS`` inside ``ctypes.CDLL`` (the loader maps
+    pages past the end of the file), which no ``try`` catches, so a build is checked first: its
+    size, its first bytes (ELF / Mach-O) and the SHA-256 that :func:`build` wrote beside it.
+    """
+    try:
+        size = path.stat().st_size
+        if size < MIN_LIBRARY_BYTES:
+            return f"it holds {size} bytes, a build holds at least {MIN_LIBRARY_BYTES}"
+        with open(path, "rb") as f:
+            if f.read(4) not in LIBRARY_MAGICS:
+                return "it is not a shared library (no ELF / Mach-O header)"
+        try:
+            want = checksum_path(path).read_text().strip()
+        except FileNotFoundError:
+            return f"it has no checksum file {checksum_path(path).name} (an earlier version's build, or an interrupted one)"
+        if _sha256(path) != want:
+            return f"its SHA-256 differs from the one recorded at build time in {checksum_path(path).name}"
+    except OSError as err:
+        return f"it cannot be read ({err})"
+    return None
+
+
 def build(path: Path) -> Path:
-    """Compile the kernel to ``path`` (atomically, :func:`rarl_gym.io.atomic_path`); raise ``RuntimeError``
-    with the compiler's message on failure, a ``PermissionError`` where ``path``'s folder is read-only."""
+    """Compile the kernel to ``path`` (atomically, :func:`rarl_gym.io.atomic_path`), its SHA-256 beside it
+    (:func:`checksum_path`, checked by :func:`check_library`); raise :class:`NoCompilerError` without a
+    compiler, ``RuntimeError`` with the compiler's message on failure, an ``OSError`` (``PermissionError``,
+    ``EROFS``) where ``path``'s folder is read-only."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
-        raise RuntimeError("no C compiler found (cc, gcc or clang; or set $CC)")
+        raise NoCompilerError("no C compiler found (cc, gcc or clang; or set $CC)")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, what="compiled kernel") as tmp:
         tmp.touch()  # a read-only folder fails here, as a PermissionError (NotWritableError), before compiling
@@ -81,7 +127,29 @@ def build(path: Path) -> Path:
         )
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-2000:]}")
+        digest = _sha256(tmp)
+        # the checksum goes first: a process that sees the new build also sees its checksum
+        atomic_write_bytes(checksum_path(path), (digest + "\n").encode(), what="compiled kernel checksum")
     return path
+
+
+def _read_only(err: BaseException) -> bool:
+    """Whether ``err`` means the folder cannot be written (permissions, or a read-only file system)."""
+    return isinstance(err, PermissionError) or (isinstance(err, OSError) and err.errno in (errno.EROFS, errno.EACCES))
+
+
+def _valid_build(path: Path) -> Path:
+    """``path``, (re)built first when it is missing or fails :func:`check_library` (with a warning then)."""
+    if path.exists():
+        problem = check_library(path)
+        if problem is None:
+            return path
+        if not checksum_path(path).exists() and path.stat().st_size >= MIN_LIBRARY_BYTES:
+            return build(path)  # an earlier version's build (no checksum yet): replaced without a warning
+        warnings.warn(
+            f"rarl_gym: the compiled kernel {path} is damaged ({problem}); building it again", RuntimeWarning, stacklevel=4
+        )
+    return build(path)
 
 
 def _open(path: Path) -> ctypes.CDLL:
@@ -108,33 +176,43 @@ def load() -> ctypes.CDLL | None:
             _tried = True
             return None
         try:
-            path = library_path()
-            if not path.exists():
-                try:
-                    build(path)
-                except PermissionError:  # a read-only cache: build into the temp folder instead
-                    path = library_path(Path(tempfile.gettempdir()) / "rarl_gym")
-                    if not path.exists():
-                        build(path)
+            try:
+                path = _valid_build(library_path())
+            except OSError as err:  # a read-only cache ($RARL_CACHE on a read-only mount too): the temp folder
+                if not _read_only(err):
+                    raise
+                path = _valid_build(library_path(Path(tempfile.gettempdir()) / "rarl_gym"))
             try:
                 lib = _open(path)
-            except (OSError, AttributeError) as err:  # a damaged or truncated build: compile it again, once
+            except (OSError, AttributeError) as err:  # intact on disk yet not loadable: compile it again, once
                 warnings.warn(
                     f"rarl_gym: the compiled kernel {path} is damaged ({err}); building it again", RuntimeWarning, stacklevel=3
                 )
                 build(path)
                 lib = _open(path)
             _lib = lib
+        except NoCompilerError as err:
+            _warn_fallback(f"{err}", "install a C compiler (e.g. apt install gcc)")
+            _lib = None
         except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as err:
-            warnings.warn(
-                f"rarl_gym: the CPU glimpse-crop kernel could not be built ({err}); using the slower pure-torch crop. "
-                "Install a C compiler (e.g. apt install gcc) or set RARL_NATIVE=0 to silence this.",
-                RuntimeWarning,
-                stacklevel=3,
+            fix = (
+                "make $RARL_CACHE (or the temp folder) writable"
+                if _read_only(err)
+                else "see the compiler's message; install a working C compiler (e.g. apt install gcc)"
             )
+            _warn_fallback(f"{err}", fix)
             _lib = None
         _tried = True
         return _lib
+
+
+def _warn_fallback(reason: str, fix: str) -> None:
+    warnings.warn(
+        f"rarl_gym: the CPU glimpse-crop kernel could not be built ({reason}); using the slower pure-torch crop. "
+        f"Fix: {fix}, or set RARL_NATIVE=0 to silence this.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def available() -> bool:
@@ -235,7 +313,16 @@ def _parallel(call: Callable[[int, int], int], n: int) -> list[int]:
     if _pool is None or _pool._max_workers < threads or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rarl-native")
         _pool_pid = os.getpid()
-    return list(_pool.map(lambda i: call(bounds[i], bounds[i + 1]), range(threads)))
+    futures = [_pool.submit(call, bounds[i], bounds[i + 1]) for i in range(threads)]
+    try:
+        return [f.result() for f in futures]
+    except BaseException:
+        # Ctrl-C / SIGTERM in the main thread: the workers still write into the caller's tensors, which
+        # unwinding would free under them (a segfault at exit). Let them finish first, whatever comes.
+        while not all(f.done() for f in futures):
+            with contextlib.suppress(BaseException):
+                wait(futures)
+        raise
 
 
-__all__ = ["available", "build", "crop_nhwc", "library_path", "load", "read_maps_nhwc"]
+__all__ = ["available", "build", "check_library", "checksum_path", "crop_nhwc", "library_path", "load", "read_maps_nhwc"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -30,16 +30,60 @@ def draw_glimpses(image: Image.Image, boxes_per_step: Sequence[np.ndarray], *, w
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def figure2(
-    image: Image.Image, boxes_per_step: Sequence[np.ndarray], predicted: Sequence[str], true: Sequence[str] | None = None
-) -> Image.Image:
-    """The paper's Figure 2 for one image: the regions of each step in that step's colour
-    (:func:`draw_glimpses`) with the predicted labels underneath (and the true ones, when known).
+def draw_label_boxes(
+    image: Image.Image, label_boxes: Mapping[str, np.ndarray], boxes_per_step: Sequence[np.ndarray] = (), *, width: int = 3
+) -> np.ndarray:
+    """The image with one labelled box per label (the region that gave it), each in its own
+    colour, over the glimpse trail drawn faint (the centres of the steps, joined in order).
 
-    Used by ``scripts/visualize.py``, ``scripts/predict.py --draw`` and the trainers' TensorBoard
+    Args:
+        label_boxes: label -> pixel box ``(x1, y1, x2, y2)``.
+        boxes_per_step: one ``[K, 4]`` array of pixel boxes per step (the trail; may be empty).
+
+    Returns:
+        ``[H, W, 3]`` uint8 RGB array.
+    """
+    canvas = image.convert("RGB").copy()
+    trail = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    faint = ImageDraw.Draw(trail)
+    centres = [np.asarray(b, dtype=float).reshape(-1, 4)[0] for b in boxes_per_step]
+    points = [((x1 + x2) / 2, (y1 + y2) / 2) for x1, y1, x2, y2 in centres]
+    if len(points) > 1:
+        faint.line(points, fill=(255, 255, 255, 110), width=1)
+    for t, (x, y) in enumerate(points):
+        faint.ellipse([x - 3, y - 3, x + 3, y + 3], outline=(255, 255, 255, 150), fill=(*STEP_COLOURS[t % 7], 90))
+    canvas = Image.alpha_composite(canvas.convert("RGBA"), trail).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, box) in enumerate(label_boxes.items()):
+        colour = STEP_COLOURS[i % len(STEP_COLOURS)]
+        x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=float).reshape(4))
+        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=colour, width=width)
+        tw = 6 * len(label) + 4
+        ty = y1 if y1 >= 12 else y1 + width
+        draw.rectangle([x1, ty - 12 if y1 >= 12 else ty, x1 + tw, ty if y1 >= 12 else ty + 12], fill=colour)
+        draw.text((x1 + 2, (ty - 12 if y1 >= 12 else ty) + 1), label, fill=(0, 0, 0))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def figure2(
+    image: Image.Image,
+    boxes_per_step: Sequence[np.ndarray],
+    predicted: Sequence[str],
+    true: Sequence[str] | None = None,
+    label_boxes: Mapping[str, np.ndarray] | None = None,
+) -> Image.Image:
+    """The paper's Figure 2 for one image with the predicted labels underneath (and the true ones,
+    when known): with ``label_boxes`` (label -> pixel box), one labelled box per label over the
+    faint glimpse trail (:func:`draw_label_boxes`); without, the regions of each step in that step's
+    colour (:func:`draw_glimpses`).
+
+    Used by ``rarl-gym visualize``, ``rarl-gym predict --draw`` and the trainers' TensorBoard
     images, so the three pictures are the same.
     """
-    drawn = draw_glimpses(image, boxes_per_step)
+    if label_boxes is not None:
+        drawn = draw_label_boxes(image, label_boxes, boxes_per_step)
+    else:
+        drawn = draw_glimpses(image, boxes_per_step)
     h, w = drawn.shape[:2]
     lines = ["pred: " + ", ".join(predicted)] + ([] if true is None else ["true: " + ", ".join(true)])
     canvas = Image.new("RGB", (w, h + 2 + 13 * len(lines) + 2), "white")
@@ -50,4 +94,4 @@ def figure2(
     return canvas
 
 
-__all__ = ["STEP_COLOURS", "draw_glimpses", "figure2"]
+__all__ = ["STEP_COLOURS", "draw_glimpses", "draw_label_boxes", "figure2"]

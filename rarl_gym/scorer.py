@@ -14,6 +14,8 @@ It serves two purposes:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -206,7 +208,7 @@ def fit_region_scorer(
 def pooled_features(store: FeatureStore, batch_size: int = 256) -> torch.Tensor:
     """``[N, C]`` global average of every feature map of a :class:`FeatureStore` (batched reads)."""
     parts = [
-        torch.from_numpy(store.features[i : i + batch_size].astype("float32")).mean(dim=(2, 3))
+        store.batch(np.arange(i, min(i + batch_size, len(store))))[0].mean(dim=(2, 3))  # checked reads (store.batch)
         for i in range(0, len(store), batch_size)
     ]
     return torch.cat(parts)
@@ -259,37 +261,88 @@ def predict_global(
     return torch.cat(probs).numpy()
 
 
+def scorer_checksum(states: Sequence[dict[str, torch.Tensor]], cross_fit: bool, meta: dict) -> str:
+    """SHA-256 over a scorer's tensors (names, dtypes, shapes, bytes), its kind and its metadata:
+    what :func:`save_scorer` writes beside them and :func:`load_scorer` checks."""
+    h = hashlib.sha256(f"cross_fit={bool(cross_fit)}\n{json.dumps(meta, sort_keys=True, default=repr)}\n".encode())
+    for state in states:
+        for name in sorted(state):
+            t = state[name].detach().cpu().contiguous()
+            h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_scorer(scorer: RegionScorer | CrossFitScorer, path: str | Path, meta: dict) -> None:
-    """Write a scorer (one, or the F of a :class:`CrossFitScorer`) atomically (:func:`rarl_gym.io.atomic_torch_save`)."""
+    """Write a scorer (one, or the F of a :class:`CrossFitScorer`) atomically (:func:`rarl_gym.io.atomic_torch_save`),
+    with the SHA-256 of what it holds (:func:`scorer_checksum`), which :func:`load_scorer` checks."""
     parts = list(scorer.scorers) if isinstance(scorer, CrossFitScorer) else [scorer]
-    blob = {"scorers": [p.state_dict() for p in parts], "cross_fit": isinstance(scorer, CrossFitScorer), "meta": meta}
+    states = [p.state_dict() for p in parts]
+    cross_fit = isinstance(scorer, CrossFitScorer)
+    blob = {"scorers": states, "cross_fit": cross_fit, "meta": meta, "sha256": scorer_checksum(states, cross_fit, meta)}
     atomic_torch_save(blob, path, what="region scorer")
 
 
-def load_scorer(path: str | Path) -> tuple[RegionScorer | CrossFitScorer, dict]:
-    """The scorer :func:`save_scorer` wrote (files of an earlier version hold one ``state_dict``).
+def load_scorer(
+    path: str | Path, *, channels: int | None = None, num_classes: int | None = None
+) -> tuple[RegionScorer | CrossFitScorer, dict]:
+    """The scorer :func:`save_scorer` wrote (files of an earlier version hold one ``state_dict``) and its
+    metadata; :func:`read_scorer` with the same checks."""
+    scorer, meta, _ = read_scorer(path, channels=channels, num_classes=num_classes)
+    return scorer, meta
+
+
+def read_scorer(
+    path: str | Path, *, channels: int | None = None, num_classes: int | None = None
+) -> tuple[RegionScorer | CrossFitScorer, dict, str | None]:
+    """The scorer :func:`save_scorer` wrote, its metadata and the SHA-256 it was verified against
+    (``None`` for a file written before checksums existed: it cannot be verified).
+
+    Args:
+        channels, num_classes: when given, the feature channels and classes the scorer must fit
+            (those of the feature cache it scores).
 
     Raises:
-        CorruptFileError: the file is truncated, damaged or not a scorer (the message names it).
+        CorruptFileError: the file is truncated, damaged (its tensors do not match the checksum
+            written with them), not a scorer, or of other shapes than ``channels`` / ``num_classes``
+            (the message names it and the fix).
     """
+    fix = f"delete {path}; the env fits it again"
+    if Path(path).is_dir():
+        raise CorruptFileError(
+            f"the region scorer {path} is a folder, not a file",
+            f"remove the folder {path}; the env then fits the scorer again",
+        )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         states = blob["scorers"] if "scorers" in blob else [blob["state_dict"]]
+        digest = blob.get("sha256")
+        if digest is not None and digest != scorer_checksum(states, bool(blob.get("cross_fit")), blob["meta"]):
+            raise ValueError("its weights differ from the SHA-256 written with them")
         parts = []
         for state in states:
             weight = state["linear.weight"]
+            if weight.ndim != 2:
+                raise ValueError(f"linear.weight has shape {tuple(weight.shape)}, not [classes, channels]")
             part = RegionScorer(weight.shape[1], weight.shape[0])
             part.load_state_dict(state)
             parts.append(part.eval().requires_grad_(False))
+        if len({tuple(p.linear.weight.shape) for p in parts}) != 1:
+            raise ValueError("its folds have different shapes")
         scorer = CrossFitScorer(parts).eval() if blob.get("cross_fit") else parts[0]
         meta = blob["meta"]
         if not isinstance(meta, dict):
             raise TypeError(f"its metadata is a {type(meta).__name__}")
     except Exception as err:  # unpickling, zip, key and shape errors all mean a damaged file
+        raise CorruptFileError(f"the region scorer {path} is damaged ({type(err).__name__}: {err})", fix) from err
+    got_classes, got_channels = parts[0].linear.weight.shape
+    if (channels is not None and got_channels != channels) or (num_classes is not None and got_classes != num_classes):
         raise CorruptFileError(
-            f"the region scorer {path} is damaged ({type(err).__name__}: {err})", f"delete {path}; the env fits it again"
-        ) from err
-    return scorer, meta
+            f"the region scorer {path} scores {got_channels} feature channels x {got_classes} classes, the feature "
+            f"cache it belongs to has {channels} channels x {num_classes} classes (a scorer of another cache)",
+            fix,
+        )
+    return scorer, meta, digest
 
 
 __all__ = [
@@ -302,6 +355,8 @@ __all__ = [
     "masked_bce",
     "pooled_features",
     "predict_global",
+    "read_scorer",
     "save_scorer",
+    "scorer_checksum",
     "training_regions",
 ]

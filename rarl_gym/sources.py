@@ -17,11 +17,11 @@ import torch
 from rarl_gym.data import make_dataset
 from rarl_gym.data.base import MultiLabelDataset
 from rarl_gym.data.files import dataset_root
-from rarl_gym.errors import ConfigError, CorruptFileError, NotWritableError, check_choice
-from rarl_gym.features.store import FeatureStore, extract_features
+from rarl_gym.errors import ConfigError, CorruptFileError, DatasetNotFoundError, NotWritableError, check_choice
+from rarl_gym.features.store import FeatureStore, extract_features, resolve_entry
 from rarl_gym.glimpse import DEFAULT_RATIOS, DEFAULT_SCALES
 from rarl_gym.io import writable
-from rarl_gym.scorer import CrossFitScorer, fit_cross_fitted_scorer, load_scorer, save_scorer
+from rarl_gym.scorer import CrossFitScorer, fit_cross_fitted_scorer, load_scorer, read_scorer, save_scorer
 
 #: COCO: each split's counterpart in the other release (taken when only that one is on disk).
 COCO_RELEASES = {"train2014": "train2017", "train2017": "train2014", "val2014": "val2017", "val2017": "val2014"}
@@ -83,6 +83,28 @@ class FeatureSource:
             return self._present(same, COCO_RELEASES[same]) if self._coco_has(same) else self.train_split
         return self.train_split
 
+    def _check_scorer_split(self, split: str | None, train_split: str) -> None:
+        """COCO in ``locate`` mode needs a training split on disk to fit its scorer on: name the one of
+        the env's own release (``train2017`` for ``val2017``) and the splits that are there, not the
+        default ``instances_train2014.json`` the dataset would report."""
+        if self.dataset != "coco" or self._coco_has(train_split):
+            return
+        try:
+            root = dataset_root(self.root, "coco", "coco")
+        except Exception:  # no root known: the dataset reports it when opened
+            return
+        if not (root / "annotations").is_dir():
+            return  # no COCO layout at all: the dataset's own message says what is missing
+        present = sorted(p.name[len("instances_") : -len(".json")] for p in (root / "annotations").glob("instances_*.json"))
+        year = split[-4:] if split and split[-4:] in ("2014", "2017") else train_split[-4:]
+        raise DatasetNotFoundError(
+            f"mode='locate' fits the env's region scorer on a COCO training split, and {root} has none: no "
+            f"annotations/instances_train{year}.json (nor the other release's); "
+            f"splits present: {', '.join(present) or 'none'}",
+            f"download train{year}.zip and annotations_trainval{year}.zip from https://cocodataset.org/#download into "
+            f"{root}, or use mode='joint' (the agent scores the regions itself; no training split needed)",
+        )
+
     def _coco_has(self, split: str) -> bool:
         try:
             root = dataset_root(self.root, "coco", "coco")
@@ -121,6 +143,15 @@ class FeatureSource:
             workers=workers,
         )
 
+    def data_key(self, split: str) -> str:
+        """The key of the data of ``split`` as it is on disk now (image ids, labels, every image file's size
+        and modification time: :meth:`rarl_gym.data.base.MultiLabelDataset.cache_key`), as the feature
+        cache it is read from records it (``FeatureStore.meta["key"]["dataset"]``); nothing is extracted.
+        A trainer compares it with the one a checkpoint saved to notice a dataset changed on disk."""
+        dataset = self.make_dataset(split)
+        _, key = resolve_entry(dataset, self.backbone, self.size, pretrained=self.pretrained, cache_dir=self.cache_dir)
+        return str(key["dataset"])
+
     def open_split(
         self, split: str, *, device: torch.device | str = "cpu", progress: bool = True
     ) -> tuple[MultiLabelDataset, FeatureStore]:
@@ -140,15 +171,22 @@ class FeatureSource:
                 before the fit, which takes minutes on a large split).
         """
         train_split = self.scorer_split(split)
+        self._check_scorer_split(split, train_split)
         _, store = self.open_split(train_split, device=device, progress=progress)
         path = Path(store.path) / "scorer.pt"
         if path.exists():
             try:
-                scorer, meta = load_scorer(path)
-                if meta.get("fit") == SCORER_FIT and isinstance(scorer, CrossFitScorer):
+                scorer, meta, digest = read_scorer(path, channels=store.channels, num_classes=len(store.classes))
+                # a file without a checksum (an earlier version's) cannot be verified: fitted again, like a
+                # stale one, where the cache is writable
+                verified = digest is not None or not writable(store.path)
+                if meta.get("fit") == SCORER_FIT and isinstance(scorer, CrossFitScorer) and verified:
                     store.close()
                     return scorer
             except CorruptFileError as err:
+                if path.is_dir():  # in the way of the fitted scorer too: say so before a fit of minutes
+                    store.close()
+                    raise
                 warnings.warn(f"{err.problem}; fitting it again", RuntimeWarning, stacklevel=2)
         if len(store) < SCORER_FIT["folds"]:
             raise ConfigError(

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from agents.rarl import RARLAgent, rollout
-from agents.rarl.rollout import _mixture_step, candidate_centers, label_log_likelihood, rarl_loss
+from agents.rarl.loss import label_log_likelihood, rarl_loss
+from agents.rarl.policies import candidate_centers, mixture_step
 from rarl_gym.glimpse import crop, whole_image_boxes
 from rarl_gym.windows import predict_windows, sliding_windows
 
@@ -54,14 +55,14 @@ def test_mixture_log_prob_is_the_mixture_density():
     positions = candidate_centers(3)
     assert positions.shape == (9, 2) and positions[0].tolist() == pytest.approx([-2 / 3, -2 / 3])
     logits = torch.tensor([[2.0, 0.0, -1.0, 0.5, 0.0, 0.0, 1.0, -2.0, 0.3]])
-    loc, log_prob = _mixture_step(logits, positions, 0.11, True, torch.Generator().manual_seed(0))
+    loc, log_prob = mixture_step(logits, positions, 0.11, True, torch.Generator().manual_seed(0))
     weights = torch.softmax(logits[0], 0)
     density = sum(
         float(w) * math.exp(-((loc[0] - c) ** 2).sum().item() / (2 * 0.11**2)) / (2 * math.pi * 0.11**2)
         for w, c in zip(weights, positions)
     )
     assert log_prob.item() == pytest.approx(math.log(density), rel=1e-5)
-    mode, zero = _mixture_step(logits, positions, 0.11, False, None)
+    mode, zero = mixture_step(logits, positions, 0.11, False, None)
     assert mode[0].tolist() == positions[0].tolist() and zero.item() == 0.0
 
 
@@ -70,7 +71,7 @@ def test_map_locator_samples_follow_the_attention():
     positions = candidate_centers(4)
     logits = torch.full((2000, 16), -30.0)
     logits[:, 5] = 30.0
-    loc, _ = _mixture_step(logits, positions, 0.11, True, torch.Generator().manual_seed(1))
+    loc, _ = mixture_step(logits, positions, 0.11, True, torch.Generator().manual_seed(1))
     assert torch.allclose(loc.mean(0), positions[5], atol=0.01)
     assert loc.std(0).tolist() == pytest.approx([0.11, 0.11], rel=0.1)
 
@@ -95,7 +96,7 @@ def test_cross_fitted_heads_learn_only_out_of_fold_and_give_the_reward():
     folds = torch.tensor([0, 1, 0, 1])
     out = rollout(agent, feats, labels, glimpse_size=3, generator=torch.Generator().manual_seed(0))
     assert out.fold_fused.shape == (4, 2, 4)
-    losses = rarl_loss(out, labels, output="sigmoid", reward="likelihood", folds=folds)
+    losses = rarl_loss(out, labels, output="sigmoid", rl_return="likelihood", fold_of=folds)
     oof = out.fold_fused[torch.arange(4), folds].detach()
     assert losses["return"].item() == pytest.approx(label_log_likelihood(oof, labels, "sigmoid").mean().item())
     g1 = torch.autograd.grad(losses["cls"], agent.region_head.weight, retain_graph=True)[0][8:12]
@@ -111,7 +112,7 @@ def test_fold_head_gradient_ignores_its_own_fold():
     def head1_grad(index):
         agent.zero_grad()
         out = rollout(agent, feats[index], labels[index], glimpse_size=3, centers="grid")
-        rarl_loss(out, labels[index], output="sigmoid", reward="likelihood", folds=folds[index])["cls"].backward()
+        rarl_loss(out, labels[index], output="sigmoid", rl_return="likelihood", fold_of=folds[index])["cls"].backward()
         return agent.region_head.weight.grad[8:12].clone() * len(
             index
         )  # the loss averages over (image, other-fold head) pairs
@@ -128,9 +129,15 @@ def test_leave_one_out_baseline():
     labels = torch.tensor([[1, 0]] * 3)
     log_prob = torch.ones(3, 2, requires_grad=True)
     out = Rollout(
-        fused=fused, reward=torch.zeros(3), log_prob=log_prob, baseline=torch.zeros(3, 2), centers=torch.zeros(3, 2, 2)
+        fused=fused,
+        reward=torch.zeros(3),
+        log_prob=log_prob,
+        baseline=torch.zeros(3, 2),
+        centers=torch.zeros(3, 2, 2),
+        regions=torch.zeros(3, 18, 4),
+        giver=torch.zeros(3, 2, dtype=torch.long),
     )
-    losses = rarl_loss(out, labels, output="sigmoid", reward="likelihood", samples=3)
+    losses = rarl_loss(out, labels, output="sigmoid", rl_return="likelihood", samples=3)
     ret = label_log_likelihood(fused, labels, "sigmoid")
     advantage = ret - (ret.sum() - ret) / 2
     losses["reinforce"].backward()
@@ -238,7 +245,7 @@ def test_map_locator_reads_the_out_of_fold_head_in_training():
         agent.loc_gain[0] = 10.0
     labels = torch.tensor([[1, 0, 0, 0]])
     test = rollout(agent, feats, labels, glimpse_size=3, sample=False, num_steps=1).centers[0, 0]
-    train = rollout(agent, feats, labels, glimpse_size=3, sample=False, num_steps=1, folds=torch.tensor([1])).centers[0, 0]
+    train = rollout(agent, feats, labels, glimpse_size=3, sample=False, num_steps=1, fold_of=torch.tensor([1])).centers[0, 0]
     assert test.tolist() == pytest.approx([-0.75, -0.75]) and train.tolist() == pytest.approx([0.75, 0.75])
 
 
@@ -259,60 +266,19 @@ def test_map_locator_with_the_grid_prior_starts_as_the_grid():
     assert torch.allclose(out.centers[0], torch.tensor(nearest), atol=1e-6)
 
 
-def test_teacher_forcing_gives_the_policy_log_prob_of_the_given_centres():
-    """``centers="learned"`` with ``given_centers`` looks at them and scores them as the policy would have."""
-    agent = _agent(folds=2)
-    feats, labels = torch.randn(3, 6, 6, 6), torch.tensor([[1, 0, 0, 1]] * 3)
-    sampled = rollout(agent, feats, labels, glimpse_size=3, num_steps=3, generator=torch.Generator().manual_seed(0))
-    forced = rollout(agent, feats, labels, glimpse_size=3, num_steps=3, given_centers=sampled.centers)
-    assert torch.equal(forced.centers, sampled.centers)
-    assert torch.allclose(forced.fused, sampled.fused, atol=1e-5)
-    # a sample outside the image is clamped after its log-probability was taken: compare the others
-    inside = (sampled.centers.abs() < 1).all(-1)  # [B, T]
-    assert inside.sum() >= 5
-    assert torch.allclose(forced.log_prob[inside], sampled.log_prob[inside], atol=1e-5)
-    # the linear (paper's) locator too: the Gaussian log-density around its mean
-    torch.manual_seed(0)
-    paper = RARLAgent(6, 4, glimpse_size=3, embed_dim=8, hidden_dim=8, head="lstm", locator="linear", location_prior="none")
-    sampled = rollout(paper, feats, labels, glimpse_size=3, num_steps=3, generator=torch.Generator().manual_seed(1))
-    forced = rollout(paper, feats, labels, glimpse_size=3, num_steps=3, given_centers=sampled.centers)
-    inside = (sampled.centers.abs() < 1).all(-1)
-    assert inside.sum() >= 5
-    assert torch.allclose(forced.log_prob[inside], sampled.log_prob[inside], atol=1e-5)
-
-
-def test_imitation_moves_the_map_locator_to_the_targets():
-    """A few steps on -log pi(target) put the locator's mode on a corner it did not pick before."""
-    agent = _agent()
-    feats, labels = torch.randn(8, 6, 6, 6), torch.tensor([[1, 0, 0, 1]] * 8)
-    target = torch.tensor([0.75, 0.75]).expand(8, 2, 2)  # the bottom-right candidate of the 4 x 4 grid, twice
-    before = rollout(agent, feats, labels, glimpse_size=3, num_steps=2, sample=False).centers
-    assert not torch.allclose(before, target)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=0.05)
-    for _ in range(30):
-        loss = -rollout(agent, feats, labels, glimpse_size=3, num_steps=2, given_centers=target).log_prob.sum(1).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    after = rollout(agent, feats, labels, glimpse_size=3, num_steps=2, sample=False).centers
-    assert torch.allclose(after, target)
-
-
-def test_oracle_keeps_the_best_sequence_scored_by_the_out_of_fold_head():
+def test_oracle_keeps_the_most_likely_sequence():
     from agents.rarl.oracle import _best_of
     from rarl_gym.env_settings import EnvSettings
 
     settings = EnvSettings.from_env_id("RARL-Shapes-v0", {"num_steps": 3, "glimpse_size": 3})
     agent = _agent(folds=2).eval()
     feats, labels = torch.randn(4, 6, 6, 6), torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1]])
-    folds = torch.tensor([0, 1, 0, 1])
-    fused, best = _best_of(agent, feats, labels, settings, 16, torch.Generator().manual_seed(0), folds)
+    fused, best = _best_of(agent, feats, labels, settings, 16, torch.Generator().manual_seed(0))
     assert best.shape == (4, 3, 2) and fused.shape == (4, 4)
     kw = {**settings.rollout_kwargs(), "sample": False}
     chosen = rollout(agent, feats, labels, centers="given", given_centers=best, **kw)
     assert torch.allclose(chosen.fused, fused, atol=1e-5)  # head 0's scores of the kept sequence
-    rows = torch.arange(4)
-    own = label_log_likelihood(chosen.fold_fused[rows, folds], labels, "sigmoid")
+    own = label_log_likelihood(chosen.fused, labels, "sigmoid")
     for other in ("grid", "learned"):  # both are among the candidates: the kept one is at least as likely
         alt = rollout(agent, feats, labels, centers=other, **kw)
-        assert (own >= label_log_likelihood(alt.fold_fused[rows, folds], labels, "sigmoid") - 1e-5).all()
+        assert (own >= label_log_likelihood(alt.fused, labels, "sigmoid") - 1e-5).all()

@@ -1,9 +1,15 @@
-"""The scripts' shared pieces: rarl_gym.cli (env overrides, JSON options, argparse types, exit
-statuses and messages) and rarl_gym.device.pick_device (the --device option)."""
+"""The ``rarl-gym`` command (agents.cli: the dispatcher, every subcommand's --help, the scripts
+that wrap it), its shared pieces in rarl_gym.cli (env overrides, JSON options, argparse types,
+exit statuses and messages) and rarl_gym.device.pick_device (the --device option)."""
 
 import argparse
+import importlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from rarl_gym.cli import (
@@ -113,24 +119,123 @@ def test_run_cli_on_ctrl_c_says_what_the_script_says(capsys):
 
 
 @pytest.mark.parametrize(
-    "script, body, hint",
+    "command, body, hint",
     [
-        ("train_agent", "_train", "continue it with --resume"),
-        ("extract_features", "extract", "the same command continues"),
+        ("train", "_train", "continue it with --resume"),
+        ("extract", "extract", "the same command continues"),
         ("ablate", "ablate", "the same command continues"),
     ],
 )
-def test_a_script_that_can_continue_says_how_on_ctrl_c(script, body, hint, monkeypatch, tmp_path, capsys):
-    import importlib
-    from pathlib import Path
+def test_a_command_that_can_continue_says_how_on_ctrl_c(command, body, hint, monkeypatch, tmp_path, capsys):
+    from agents.cli import main
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
-    module = importlib.import_module(script)
+    module = importlib.import_module(f"agents.cli.{command}")
     monkeypatch.setattr(module, body, _raise(KeyboardInterrupt()))
-    assert module.main(["--out", str(tmp_path)] if script == "ablate" else []) == 130
+    assert main([command, "--out", str(tmp_path)] if command == "ablate" else [command]) == 130
     err = capsys.readouterr().err
     assert err.startswith("interrupted: ") and hint in err
-    assert "--resume" not in err or script == "train_agent"
+    assert "--resume" not in err or command == "train"
+
+
+# -- the rarl-gym command --------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ["train", "evaluate", "predict", "extract", "visualize", "ablate"]
+#: subcommand -> its wrapper in scripts/
+SCRIPTS = {
+    "train": "train_agent",
+    "evaluate": "evaluate",
+    "predict": "predict",
+    "extract": "extract_features",
+    "visualize": "visualize",
+    "ablate": "ablate",
+}
+
+
+def test_the_entry_point_is_the_dispatcher():
+    """``pip install .`` makes ``rarl-gym`` call ``agents.cli:main`` (in an installed package, not scripts/)."""
+    from agents.cli import SUBCOMMANDS, main
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    target = project["project"]["scripts"]["rarl-gym"]
+    module, _, name = target.partition(":")
+    assert getattr(importlib.import_module(module), name) is main
+    assert any(
+        module.startswith(pattern.rstrip("*")) for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    )
+    assert list(SUBCOMMANDS) == COMMANDS
+
+
+def test_rarl_gym_help_lists_every_command(capsys):
+    from agents.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rarl-gym ")
+    for command in COMMANDS:
+        assert f"\n  {command} " in out and f"rarl-gym {command}" in out  # listed, and an example of it
+    assert main([]) == 0 and capsys.readouterr().out == out  # no command: the same help
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("rarl-gym ")
+
+
+def test_an_unknown_command_is_a_usage_error(capsys):
+    from agents.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["trian"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'trian'" in err and "'train'" in err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(command, capsys):
+    from agents.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: rarl-gym {command} ")
+    examples = out.split("Examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert examples and all(line.strip().startswith(("rarl-gym ", "torchrun ", "#", "--")) for line in examples), examples
+    assert sum(line.strip().startswith(f"rarl-gym {command}") for line in examples) >= 1
+    assert f"python scripts/{SCRIPTS[command]}.py" in out  # the clone's spelling of the same command
+
+
+def test_the_arguments_reach_the_command(capsys):
+    """``rarl-gym train --epochs 0``: the train parser's own message, under the command's name."""
+    from agents.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--epochs", "0"])
+    assert done.value.code == 2
+    assert "rarl-gym train: error: argument --epochs: must be a positive integer, got '0'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_script_is_the_command_itself(command, monkeypatch):
+    """``import train_agent`` (what tests and users of a clone do) gives agents.cli.train itself, so
+    patching one patches the other."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    monkeypatch.delitem(sys.modules, SCRIPTS[command], raising=False)
+    assert importlib.import_module(SCRIPTS[command]) is importlib.import_module(f"agents.cli.{command}")
+    source = (ROOT / "scripts" / f"{SCRIPTS[command]}.py").read_text()
+    assert len(source.splitlines()) < 25 and f"agents.cli.{command}" in source  # a thin wrapper
+
+
+def test_the_scripts_and_python_m_run_the_command():
+    """``python scripts/predict.py --help`` and ``python -m agents.cli predict --help`` (what torchrun -m takes)."""
+    for cmd in (
+        [sys.executable, str(ROOT / "scripts" / "predict.py"), "--help"],
+        [sys.executable, "-m", "agents.cli", "predict", "--help"],
+    ):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "Examples:" in done.stdout and "--top-k" in done.stdout
 
 
 # -- pick_device ---------------------------------------------------------------------------------

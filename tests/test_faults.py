@@ -570,11 +570,11 @@ def test_a_checkpoint_from_before_a_new_training_option_resumes():
 
     config = TrainConfig(run_dir="runs/x")
     settings = EnvSettings.from_env_id(config.env_id, {})
-    old = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("imitate", "imitate_weight")}
+    old = {k: v for k, v in dataclasses.asdict(config).items() if k != "rl_return"}
     ckpt = {"config": old, "settings": settings.to_dict(), "optimizer": {}, "rng": {}, "step": 0}
     _check_resume(ckpt, config, settings)
-    with pytest.raises(CheckpointError, match="imitate: checkpoint 0 vs now 64"):
-        _check_resume(ckpt, dataclasses.replace(config, imitate=64), settings)
+    with pytest.raises(CheckpointError, match="rl_return: checkpoint 'likelihood' vs now 'topk'"):
+        _check_resume(ckpt, dataclasses.replace(config, rl_return="topk"), settings)
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,10 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "scripts": frozenset({"benchmarks", "tests"}),
 }
 
+#: The top of a layer: a package of it that the rest of the layer must not import (it may import
+#: the rest). ``agents/cli`` (the ``rarl-gym`` command) sits above every other part of ``agents/``.
+TOPS: dict[str, str] = {"agents": "agents.cli"}
+
 
 def module_name(path: Path) -> str:
     """``agents/sb3/train.py`` -> ``agents.sb3.train``; a package's ``__init__.py`` -> the package."""
@@ -66,14 +70,28 @@ def layer_of(imported: str) -> str:
     return "scripts" if top in SCRIPT_MODULES else top
 
 
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def forbidden(layer: str, module: str, imported: str) -> bool:
+    """Whether ``module`` (of ``layer``) may not import ``imported``: a layer above it, or the top
+    of its own layer (:data:`TOPS`) from outside that top."""
+    top = TOPS.get(layer)
+    if top is not None and _within(imported, top) and not _within(module, top):
+        return True
+    return layer_of(imported) in FORBIDDEN[layer]
+
+
 def violations(layer: str) -> list[str]:
     """``"file:line imports name"`` for every import of ``layer`` that the map forbids."""
     bad = []
     for path in sorted((ROOT / layer).rglob("*.py")):
         if ".venv" in path.parts or "__pycache__" in path.parts:
             continue
-        for line, name in imports(path.read_text(), module_name(path), path.name == "__init__.py"):
-            if layer_of(name) in FORBIDDEN[layer]:
+        module = module_name(path)
+        for line, name in imports(path.read_text(), module, path.name == "__init__.py"):
+            if forbidden(layer, module, name):
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
     return bad
 
@@ -82,9 +100,21 @@ def violations(layer: str) -> list[str]:
 def test_imports_point_one_way(layer):
     assert (ROOT / layer).is_dir() and list((ROOT / layer).rglob("*.py"))
     bad = violations(layer)
-    assert not bad, f"{layer}/ may not import {', '.join(sorted(FORBIDDEN[layer]))} (docs/design.md, 'Layers'):\n" + "\n".join(
-        bad
+    tops = f" (nor {TOPS[layer]} outside it)" if layer in TOPS else ""
+    assert not bad, (
+        f"{layer}/ may not import {', '.join(sorted(FORBIDDEN[layer]))}{tops} (docs/design.md, 'Layers'):\n" + "\n".join(bad)
     )
+
+
+def test_the_command_is_the_top_of_agents():
+    """agents/cli may import every other part of agents/; nothing else in agents/ may import it."""
+    assert forbidden("agents", "agents.predict", "agents.cli")
+    assert forbidden("agents", "agents.rarl.trainer", "agents.cli.train")
+    assert not forbidden("agents", "agents.cli.train", "agents.rarl.trainer")
+    assert not forbidden("agents", "agents.cli", "agents.cli.predict")
+    assert not forbidden("agents", "agents.predict", "agents.client")  # a name that only starts alike
+    assert forbidden("agents", "agents.cli.train", "benchmarks.x") and forbidden("agents", "agents.cli", "train_agent")
+    assert (ROOT / "agents" / "cli" / "__init__.py").is_file()
 
 
 def test_the_checker_sees_every_kind_of_import():

@@ -222,3 +222,36 @@ def test_invalid_arguments():
         topk_prf(scores, labels, threshold=float("nan"))
     with pytest.raises(ConfigError, match="class names"):
         evaluate(scores, labels, classes=["a", "b"])
+
+
+def test_grounding_hand_worked():
+    """Pointing game and CorLoc of the label-giving regions, worked by hand.
+
+    Image 0 (labels: class 0 and class 1 present, class 2 absent):
+      class 0: region (0, 0, 2, 2), centre (1, 1); the cat box (0.5, 0.5, 3, 3) holds the centre: a point hit;
+               IoU = overlap 1.5^2 = 2.25 / (4 + 6.25 - 2.25) = 0.28: no CorLoc hit.
+      class 1: region (4, 4, 6, 6), centre (5, 5); boxes (0, 0, 1, 1) (missed) and (4, 4, 6, 7)
+               (holds the centre, IoU 4 / 6 = 0.67): both hits (either box may be hit).
+      class 2: absent, its box (and region) do not count.
+    Image 1: class 0 present (difficult boxes already left out: no box), class 1 present with the box
+      (0, 0, 1, 1) and region (2, 2, 3, 3): a miss of both. Class 2 difficult (-1): not a pair.
+    Pairs: (0, 0), (0, 1), (1, 1) -> pointing 2/3, CorLoc 1/3.
+    """
+    from rarl_gym.metrics import grounding
+
+    boxes = np.zeros((2, 3, 4))
+    boxes[0, 0], boxes[0, 1], boxes[0, 2] = (0, 0, 2, 2), (4, 4, 6, 6), (0, 0, 9, 9)
+    boxes[1, 1], boxes[1, 2] = (2, 2, 3, 3), (0, 0, 1, 1)
+    labels = np.array([[1, 1, 0], [1, 1, -1]])
+    objects = [
+        (np.array([[0.5, 0.5, 3, 3], [0, 0, 1, 1], [4, 4, 6, 7], [0, 0, 9, 9]]), np.array([0, 1, 1, 2])),
+        (np.array([[0, 0, 1, 1], [0, 0, 1, 1]]), np.array([1, 2])),
+    ]
+    out = grounding(boxes, labels, objects)
+    assert out["pairs"] == 3
+    assert out["pointing"] == pytest.approx(2 / 3) and out["corloc"] == pytest.approx(1 / 3)
+    assert grounding(boxes, labels, objects, iou=0.25)["corloc"] == pytest.approx(2 / 3)  # class 0's IoU 0.28 now counts
+    empty = grounding(boxes, np.zeros((2, 3)), objects)
+    assert empty["pairs"] == 0 and math.isnan(empty["pointing"])
+    with pytest.raises(ConfigError, match="do not match"):
+        grounding(boxes[:, :2], labels, objects)

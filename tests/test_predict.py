@@ -1,7 +1,7 @@
-"""agents.predict and scripts/predict.py: new images in, labels out, equal to the evaluation on the cache."""
+"""agents.predict and ``rarl-gym predict`` (agents/cli/predict.py): new images in, labels out, equal to the
+evaluation on the cache."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,15 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+from agents.cli import predict as predict_script
+from agents.cli import train as train_agent
 from agents.predict import Predictor
 from rarl_gym.env_settings import EnvSettings, settings_kwargs
 from rarl_gym.errors import CheckpointError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import predict as predict_script  # noqa: E402
-import train_agent  # noqa: E402
 
 INDICES = [0, 3, 5, 6, 11]
 
@@ -49,7 +47,7 @@ def cached_probs(run: Path, views: int) -> np.ndarray:
     ckpt = load_checkpoint(run)
     settings = EnvSettings.from_kwargs(**ckpt["settings"])
     _, store = settings.source.open_split("test", progress=False)
-    probs, _ = predict(agent_from_checkpoint(ckpt), store, settings, views=views, crop=ckpt["config"]["augment_crop"])
+    probs = predict(agent_from_checkpoint(ckpt), store, settings, views=views, crop=ckpt["config"]["augment_crop"]).probs
     return probs[INDICES]
 
 
@@ -65,8 +63,11 @@ def test_predict_equals_the_evaluation_on_the_cache(rarl_run, test_images, views
     assert p.boxes.shape == (views, settings.num_steps, settings.num_regions, 4)
     assert (p.boxes >= -1e-4).all() and (p.boxes <= 64 + 1e-4).all()
     assert (p.boxes[..., 2] > p.boxes[..., 0]).all() and (p.boxes[..., 3] > p.boxes[..., 1]).all()
-    assert p.labels == [c for c, q in p.top(3) if q >= 0.1]
-    json.dumps(p.to_dict())
+    assert p.labels == [c for c, q in p.top(5) if q >= 0.1]  # the default: top 5 with probability >= 0.1
+    assert [e["label"] for e in p.scores] == p.labels
+    assert [e["score"] for e in p.scores] == sorted((e["score"] for e in p.scores), reverse=True)
+    row = json.loads(json.dumps(p.to_dict()))
+    assert row["labels"] == p.scores and set(row["probs"]) == set(p.classes)  # probabilities by class kept
     # PIL images and a tensor batch give the same numbers as the files
     pil = [Image.open(path).convert("RGB") for path in test_images]
     tensor = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in pil])
@@ -188,3 +189,106 @@ def test_the_script_refuses_what_it_cannot_do(rarl_run, tmp_path, capsys):
     (tmp_path / "junk.bin").write_bytes(b"\x00" * 10)
     assert predict_script.main([str(tmp_path / "junk.bin"), "--run", str(rarl_run), "--no-progress"]) == 2
     assert "no image could be read" in capsys.readouterr().err
+
+
+# -- predict like the ecosystem: [{"label", "score"}] by score, top_k / threshold checked, formats --
+def test_labels_as_the_ecosystem_gives_them(rarl_run, test_images):
+    """Hugging Face's convention: per image ``[{"label", "score"}]`` sorted by score, at most top_k;
+    the threshold cuts the list; ``predictor(images)`` gives the lists; every class's probability is kept."""
+    predictor = Predictor.from_run(rarl_run, device="cpu")
+    lists = predictor(test_images[:2], top_k=4, threshold=None)
+    assert len(lists) == 2 and all(len(labels) == 4 for labels in lists)
+    for labels, pred in zip(lists, predictor.predict(test_images[:2], top_k=4, threshold=None)):
+        assert [{k: e[k] for k in ("label", "score")} for e in labels] == [
+            {"label": c, "score": round(q, 6)} for c, q in pred.top(4)
+        ]
+        assert [e["score"] for e in labels] == sorted((e["score"] for e in labels), reverse=True)
+    every = predictor.predict(test_images[:1], top_k=None, threshold=None)[0]
+    assert len(every.scores) == len(every.classes)
+    cut = predictor.predict(test_images[:1], top_k=None, threshold=0.5)[0]
+    assert all(e["score"] >= 0.5 for e in cut.scores) and len(cut.scores) == int((every.probs >= 0.5).sum())
+
+
+def test_each_label_has_the_box_of_the_region_that_gave_it(rarl_run, test_images):
+    """A RARL run tells where each predicted label is: the region (one of the glimpses' T x K regions)
+    whose score is the label's max, in pixels, in ``label_boxes``, as ``"box"`` in the label's entry and
+    in the JSON; the picture draws one labelled box per label."""
+    pred = Predictor.from_run(rarl_run, device="cpu").predict(test_images[:1], top_k=2, threshold=None)[0]
+    assert set(pred.label_boxes) == set(pred.labels)
+    regions = pred.boxes[0].reshape(-1, 4)  # [T * K, 4] pixels
+    for entry in pred.scores:
+        box = np.asarray(pred.label_boxes[entry["label"]])
+        assert np.abs(regions - box).max(1).min() < 1e-3  # one of the regions looked at
+        assert entry["box"] == pytest.approx(box.tolist(), abs=0.051)
+    assert pred.to_dict()["label_boxes"] == {e["label"]: e["box"] for e in pred.scores}
+    picture = np.asarray(pred.figure2())
+    assert picture.shape[1] == pred.size[0] and picture.shape[0] > pred.size[1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"top_k": 0}, "top_k must be a positive int"),
+        ({"top_k": -1}, "top_k must be a positive int"),
+        ({"top_k": 2.5}, "top_k must be a positive int"),
+        ({"top_k": True}, "top_k must be a positive int"),
+        ({"threshold": float("nan")}, "threshold must be a probability"),
+        ({"threshold": -0.1}, "threshold must be a probability"),
+        ({"threshold": 1.5}, "threshold must be a probability"),
+        ({"threshold": "0.1"}, "threshold must be a probability"),
+        ({"batch_size": 0}, "batch_size must be a positive int"),
+        ({"batch_size": -3}, "batch_size must be a positive int"),
+    ],
+)
+def test_the_predictor_refuses_a_bad_label_rule(rarl_run, test_images, kwargs, word):
+    predictor = Predictor.from_run(rarl_run, device="cpu")
+    with pytest.raises(ConfigError, match=word):
+        predictor.predict(test_images[:1], **kwargs)
+    with pytest.raises(ConfigError, match=word):
+        next(iter(predictor.predict_files(test_images[:1], **kwargs)))
+    with pytest.raises(ConfigError, match="workers must be"):
+        next(iter(predictor.predict_files(test_images[:1], workers=-1)))
+
+
+def test_the_script_writes_jsonl_and_csv_and_prints_either(rarl_run, test_images, tmp_path, capsys):
+    import csv
+
+    base = [str(p) for p in test_images[:3]] + ["--run", str(rarl_run), "--device", "cpu", "--no-progress", "--top-k", "2"]
+    assert predict_script.main([*base, "--out", str(tmp_path / "p.csv"), "--threshold", "0"]) == 0
+    table = capsys.readouterr().out
+    assert "labels (probability)" in table and "3 image(s) labelled" in table
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert [r["image"] for r in rows] == [str(p) for p in test_images[:3]]
+    assert list(rows[0])[:7] == ["image", "width", "height", "label_1", "score_1", "label_2", "score_2"]
+    assert len(rows[0]) == 7 + 12 and float(rows[0]["score_1"]) >= float(rows[0]["score_2"])
+    assert float(rows[0][rows[0]["label_1"]]) == pytest.approx(float(rows[0]["score_1"]))  # probs by class
+    # --format jsonl: one JSON object per image on stdout and nothing else there (the summary goes to stderr)
+    assert predict_script.main([*base, "--format", "jsonl"]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines() if line.strip()]
+    assert len(lines) == 3 and all(1 <= len(r["labels"]) <= 2 and set(r["labels"][0]) == {"label", "score", "box"} for r in lines)
+    assert "3 image(s) labelled" in captured.err
+    assert predict_script.main([*base, "--format", "csv"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("image,width,height,label_1,score_1") and len(out) == 4
+
+
+def test_the_script_never_draws_one_picture_over_another(rarl_run, test_images, tmp_path, capsys):
+    """ok.jpg, ok.tiff and ok.webp (and OK.png on a case-insensitive disk) give a picture each."""
+    folder = tmp_path / "same-stem"
+    folder.mkdir()
+    image = Image.open(test_images[0]).convert("RGB")
+    for name, fmt in (("ok.jpg", "JPEG"), ("ok.tiff", "TIFF"), ("ok.webp", "WEBP"), ("OK.png", "PNG")):
+        image.save(folder / name, format=fmt)
+    out, draw = tmp_path / "p.jsonl", tmp_path / "fig"
+    argv = [str(folder), "--run", str(rarl_run), "--device", "cpu", "--no-progress", "--out", str(out), "--draw", str(draw)]
+    assert predict_script.main(argv) == 0
+    pictures = sorted(p.name for p in draw.iterdir())
+    assert len(pictures) == 4 and len({p.lower() for p in pictures}) == 4, pictures
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(Path(r["picture"]).name for r in rows) == pictures  # each line names its picture
+    assert predict_script.picture_names([Path("a/x.jpg"), Path("b/x.jpg"), Path("x.JPG")]) == [
+        "x.png",
+        "x_jpg.png",
+        "x_jpg_2.png",
+    ]

@@ -1,4 +1,5 @@
-"""The command-line scripts end to end, on the small tiny-backbone Shapes split."""
+"""The commands (``rarl-gym train`` / ``evaluate`` / ``visualize`` / ``ablate``, agents/cli, which
+scripts/*.py wrap) end to end, on the small tiny-backbone Shapes split."""
 
 import contextlib
 import io
@@ -12,14 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from agents.cli import evaluate, visualize
+from agents.cli import train as train_agent
 from rarl_gym.env_settings import settings_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import evaluate  # noqa: E402
-import train_agent  # noqa: E402
-import visualize  # noqa: E402
 
 
 def _train_argv(small_kwargs: dict, folder: Path, run: str, *extra: str) -> list[str]:
@@ -73,7 +71,7 @@ def test_train_writes_the_checkpoint_logs_and_metrics(trained):
     assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "rng", "step", "config", "settings"}
     assert list((trained.run / "tb").glob("events.out.tfevents.*"))
     policies = trained.metrics["policies"]
-    assert set(policies) == {"learned", "random", "center", "grid", "oracle", "global", "windows"}
+    assert set(policies) == {"learned", "random", "center", "grid", "peak", "oracle", "global", "csra", "windows"}
     assert len(trained.metrics["reward_curve"]) == 2
     # the oracle keeps, per image, the best of its centre sequences (the learned mode and the grid among them)
     assert policies["oracle"]["mAP_area"] >= min(policies[c]["mAP_area"] for c in ("learned", "grid"))
@@ -159,7 +157,7 @@ def test_clean_errors(train_args, tmp_path, capsys):
 
 
 def test_ablate_prints_the_papers_tables(small_kwargs, tmp_path, capsys):
-    import ablate
+    from agents.cli import ablate
 
     kwargs = json.dumps(settings_kwargs(small_kwargs))
     args = [

@@ -25,6 +25,26 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+#: The run's TensorBoard folder.
+LOGS = "tb"
+
+
+def check_run_folder(run_dir: str | Path) -> None:
+    """Refuse (:class:`NotWritableError`) a run folder that is a file, or that holds a file where
+    the run's TensorBoard folder ``tb/`` goes, before anything is trained into it."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotWritableError(
+            f"the run folder {run_dir} is a file, not a folder", "pass --run-dir a new folder or one that holds a run"
+        )
+    logs = run_dir / LOGS
+    if logs.exists() and not logs.is_dir():
+        raise NotWritableError(
+            f"{logs} is a file, not a folder: the run's TensorBoard logs go there",
+            f"remove or rename the file {logs}, or pass --run-dir another folder",
+        )
+
+
 def open_run(run_dir: str | Path, defaults: dict, explicit: dict, *, resume: bool, model_file: str) -> dict:
     """The configuration of a new or resumed run in ``run_dir``.
 
@@ -35,10 +55,7 @@ def open_run(run_dir: str | Path, defaults: dict, explicit: dict, *, resume: boo
     """
     run_dir = Path(run_dir)
     explicit = _jsonable({k: v for k, v in explicit.items() if v is not None})
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotWritableError(
-            f"the run folder {run_dir} is a file, not a folder", "pass --run-dir a new folder or one that holds a run"
-        )
+    check_run_folder(run_dir)
     if not resume:
         found = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
         if found:
@@ -89,7 +106,7 @@ def save_run_config(run_dir: str | Path, config: dict) -> None:
     atomic_write_json(Path(run_dir) / RUN_CONFIG, config, what="run configuration")
 
 
-def write_metrics(run_dir: str | Path, results: dict, **extra) -> Path:
+def write_metrics(run_dir: str | Path, results: dict, **extra: Any) -> Path:
     """``run_dir/metrics.json``: ``results`` (of :func:`agents.common.evaluation.evaluate_run`) without
     the report objects, plus ``extra``; written atomically (:func:`rarl_gym.io.atomic_write_json`)."""
     path = Path(run_dir) / "metrics.json"
@@ -97,4 +114,13 @@ def write_metrics(run_dir: str | Path, results: dict, **extra) -> Path:
     return path
 
 
-__all__ = ["RUN_CONFIG", "RUN_FILES", "load_run_config", "open_run", "save_run_config", "write_metrics"]
+__all__ = [
+    "LOGS",
+    "RUN_CONFIG",
+    "RUN_FILES",
+    "check_run_folder",
+    "load_run_config",
+    "open_run",
+    "save_run_config",
+    "write_metrics",
+]

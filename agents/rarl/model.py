@@ -132,16 +132,16 @@ class RARLAgent(nn.Module):
         self.location_prior = location_prior
         for name, value, allowed in (
             ("head", head, ("lstm", "linear")),
-            ("locator", locator, ("linear", "map")),
+            ("locator", locator, ("linear", "map", "peak")),
             ("output", output, ("softmax", "sigmoid")),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if folds and head != "linear":
             raise ValueError("folds (cross-fitted reward heads) need head='linear'")
-        if locator == "map" and head != "linear":
+        if locator in ("map", "peak") and head != "linear":
             raise ValueError(
-                "the map locator reads the linear head's logit maps: it needs head='linear' (or locator='linear')"
+                f"the {locator} locator reads the linear head's logit maps: it needs head='linear' (or locator='linear')"
             )
         self.head, self.folds, self.locator_kind, self.candidates, self.output = (
             head,
@@ -174,6 +174,8 @@ class RARLAgent(nn.Module):
             self.region_head = nn.Conv2d(channels, (1 + self.folds) * num_classes, 1)
         if self.context:
             self.context_head = nn.Conv2d(channels, (1 + self.folds) * num_classes, 1)
+        if locator == "peak":
+            self._init_peak_locator(num_classes, hidden_dim)
         if locator == "map":
             # attention over candidates: sum_l gain[j, l] * (w_l + u_l * p_l + (V h_t)_l) + pos(c_j) . q
             self.loc_gain = nn.Parameter(torch.zeros(num_classes))
@@ -185,9 +187,32 @@ class RARLAgent(nn.Module):
             nn.init.zeros_(self.loc_state.weight)
             nn.init.zeros_(self.loc_state.bias)
 
+    def peak_logits(self, heights: torch.Tensor, belief: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+        """The peak locator's choice among the classes' peaks (``locator="peak"``).
+
+        Args:
+            heights: ``[B, L]`` each class's peak logit (smoothed map), detached.
+            belief: ``[B, L]`` the fused logits so far (detached).
+            h_t: ``[B, H]`` the LSTM state.
+
+        Returns:
+            ``[B, L]`` logits ``w_h * heights + b_l + w_b * sigmoid(belief) + (V h_t)_l`` (the policy
+            masks the classes already looked at); untrained (``w_h = 4``, the rest 0) the most likely
+            class wins.
+        """
+        return self.loc_height * heights + self.loc_class + self.loc_belief * torch.sigmoid(belief) + self.loc_state(h_t)
+
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         zeros = torch.zeros(batch, self.hidden_dim, device=device)
         return zeros, zeros.clone()
+
+    def _init_peak_locator(self, num_classes: int, hidden_dim: int) -> None:
+        self.loc_height = nn.Parameter(torch.tensor(4.0))
+        self.loc_class = nn.Parameter(torch.zeros(num_classes))
+        self.loc_belief = nn.Parameter(torch.zeros(1))
+        self.loc_state = nn.Linear(hidden_dim, num_classes)
+        nn.init.zeros_(self.loc_state.weight)
+        nn.init.zeros_(self.loc_state.bias)
 
     def center_mean(self, loc_mean: torch.Tensor, t: int) -> torch.Tensor:
         """Mean ``[B, 2]`` of the centre chosen at step ``t`` (for step ``t + 1``), in [-1, 1]."""

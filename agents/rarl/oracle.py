@@ -1,14 +1,10 @@
 """The oracle of placement: for each image, the best of many centre sequences under a trained model.
 
 "Best" means the highest log-likelihood of the image's true labels
-(:func:`agents.rarl.rollout.label_log_likelihood`), so the oracle needs the labels. It serves twice:
-
-* on the evaluation split, :func:`oracle`'s probabilities are the headroom row of the comparison table:
-  what any policy could get from this classifier by looking in the right places;
-* on the training split, its sequences (``out_of_fold=True``) are the imitation targets of the map locator
-  (``TrainConfig.imitate``): each training image's best sequence, scored by the cross-fitted head
-  that never saw the image, so the target is what helps on unseen images, not what the
-  classifier remembers.
+(:func:`agents.rarl.loss.label_log_likelihood`), so the oracle needs the labels: its probabilities
+are the headroom row of the comparison table, what any policy could get from this classifier by
+looking in the right places (an upper bound, not a method). Imitating its sequences on the training
+images was tried and measured worse (docs/design.md, lever G).
 """
 
 from __future__ import annotations
@@ -16,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from agents.rarl.loss import label_log_likelihood
 from agents.rarl.model import RARLAgent
-from agents.rarl.rollout import label_log_likelihood, rollout
+from agents.rarl.rollout import rollout
 from rarl_gym.env_settings import EnvSettings
 from rarl_gym.features.store import FeatureStore
 from rarl_gym.glimpse import FIXED_GRID
@@ -42,10 +39,9 @@ def _best_of(
     settings: EnvSettings,
     samples: int,
     generator,
-    folds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each image of the batch: the fused scores ``[B, L]`` of head 0 and the centres ``[B, T, 2]``
-    of its best sequence; ``folds [B]`` scores each image with the cross-fitted head that never saw it."""
+    of its best sequence."""
     given = _candidate_sequences(agent, feats, labels, settings, samples, generator)  # [B, S, T, 2]
     b, s = given.shape[:2]
     repeated = labels.repeat_interleave(s, 0)
@@ -59,10 +55,7 @@ def _best_of(
         sample=False,
         repeat=s,
     )
-    scores = out.fused
-    if folds is not None and out.fold_fused is not None:
-        scores = out.fold_fused[torch.arange(b * s, device=feats.device), folds.repeat_interleave(s, 0)]
-    ll = label_log_likelihood(scores, repeated, agent.output).view(b, s)
+    ll = label_log_likelihood(out.fused, repeated, agent.output).view(b, s)
     best = ll.argmax(1)
     return out.fused.view(b, s, -1)[torch.arange(b), best], given[torch.arange(b), best]
 
@@ -77,7 +70,6 @@ def oracle(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     seed: int = 0,
-    out_of_fold: bool = False,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Each image's best of ``samples`` centre sequences (whole image, one view): the label
     probabilities of head 0 there ``[N, L]`` and the sequence ``[N, T, 2]``.
@@ -85,8 +77,7 @@ def oracle(
     The candidates are the learned policy's mode, the fixed grid and ``samples - 2`` uniformly
     random sequences. "Best" needs the labels, so the probabilities are the headroom row of the
     comparison table (an upper bound on what any policy could get from this classifier, not a
-    method). ``out_of_fold`` (the imitation targets of training images) scores image ``i`` with
-    the cross-fitted head that never saw it (fold ``i % F``, as in training) instead of head 0.
+    method).
     """
     was_training = agent.training
     agent.eval()
@@ -95,8 +86,7 @@ def oracle(
     for lo in range(0, len(store), batch_size):
         index = torch.arange(lo, min(lo + batch_size, len(store)), device=device)
         feats, labels = store.batch(index.cpu().numpy(), device)
-        folds = index % agent.folds if out_of_fold and agent.folds else None
-        fused, best = _best_of(agent, feats, labels, settings, samples, generator, folds)
+        fused, best = _best_of(agent, feats, labels, settings, samples, generator)
         probs.append(agent.probabilities(fused).cpu())
         centres.append(best.cpu())
     agent.train(was_training)

@@ -17,10 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
+import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,33 +28,27 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from agents.rarl.evaluate import evaluate_agent, feature_batches, predict
+from agents.rarl.loss import rarl_loss
 from agents.rarl.model import RARLAgent
-from agents.rarl.oracle import oracle
-from agents.rarl.rollout import RolloutModule, rarl_loss, rollout
-from agents.tb_logging import rarl_figure2, rarl_final
-from rarl_gym import metrics
+from agents.rarl.rollout import RolloutModule
+from agents.tb_logging import open_writer, rarl_figure2, rarl_final
 from rarl_gym.cli import json_object
-from rarl_gym.device import pick_device
+from rarl_gym.data import object_boxes
+from rarl_gym.device import distributed, pick_device
 from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError, check_names
-from rarl_gym.features.backbones import TAILS, build_tail
+from rarl_gym.features.backbones import TAILS
 from rarl_gym.features.store import FeatureStore
-from rarl_gym.glimpse import CENTER_POLICIES, random_views, ten_views
-from rarl_gym.glimpse import crop as crop_regions
-from rarl_gym.io import atomic_torch_save, run_lock
-from rarl_gym.reward import topk_overlap
+from rarl_gym.glimpse import random_views
+from rarl_gym.io import atomic_torch_save, run_lock, sigterm_as_interrupt
 from rarl_gym.scorer import (
-    RegionScorer,
     fit_cross_fitted_scorer,
     fit_global_classifier,
     fit_region_scorer,
-    masked_bce,
     pooled_features,
-    predict_global,
-    seeded_scorer,
 )
 from rarl_gym.sources import SCORER_FIT
-from rarl_gym.windows import fit_windows_classifier, predict_windows
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -85,7 +78,7 @@ class TrainConfig:
     locator: str = "map"  # a Gaussian mixture over candidate centres; "linear": the paper's (RARLAgent)
     candidates: int = 7  # side of the map locator's candidate grid
     output: str = "sigmoid"  # per-class BCE; "softmax": the paper's loss
-    reward: str = "likelihood"  # what REINFORCE maximises: "topk" (the paper) or "likelihood" of the true labels
+    rl_return: str = "likelihood"  # what REINFORCE maximises: "topk" (the paper's reward) or "likelihood" of the true labels
     samples: int = 4  # episodes per image and batch; > 1: leave-one-out baseline
     fuse_whole_image: bool = False  # the whole image's scores (step 0) join the category-wise max
     context: bool = True  # a whole-image linear head whose logits are added to the regions' max (RARLAgent)
@@ -96,36 +89,83 @@ class TrainConfig:
     finetune_lr: float = 1e-4  # Adam learning rate of the fine-tuned tail
     augment_crop: float = 0.875  # side of the random training crop (the paper: (N - 64) / N); 1 = off
     eval_views: int = 1  # 1 (whole image) or 10 (4 corners + centre, mirrored)
+    eval_samples: int = 1  # > 1: the table gains the M-sequence ensembles "learned xM" and "random xM"
     oracle_samples: int = 64  # the oracle row: best of N centre sequences per image (0: no row)
-    imitate: int = 0  # > 0: the locator also imitates each training image's best of N centre sequences (agents/rarl/oracle.py)
-    imitate_weight: float = 1.0  # weight of the imitation loss -log pi(oracle sequence)
     eval_split: str | None = None  # default: the dataset's evaluation split
     seed: int = 0
     device: str = "auto"
     progress: bool = True
 
 
-#: The paper's formulation as TrainConfig overrides (``train_agent.py --paper``): classification
-#: from the LSTM state with the softmax loss, a linear Gaussian locator on absolute centres, the
-#: top-k reward with a learned baseline, one episode per image, no exploration episodes.
-PAPER: dict = {
-    "head": "lstm",
-    "locator": "linear",
-    "location_prior": "none",
-    "explore": 0.0,
-    "output": "softmax",
-    "reward": "topk",
-    "samples": 1,
-    "folds": 0,
-    "fuse_whole_image": False,
-    "context": False,
-    "head_init": "random",
-    "locator_lr": None,
-    "head_lr": None,
-    "embed_dim": 256,
-    "hidden_dim": 256,
-    "epochs": 15,
+#: Named presets, each a set of TrainConfig overrides (``train_agent.py --preset NAME``,
+#: :func:`preset_config`); documented in README.md ("Presets") and docs/design.md.
+#:
+#: * ``default``: the field defaults above: a frozen linear region head warm-started by
+#:   multiple-instance fits, a whole-image context head added to the regions' max, and the peak
+#:   locator (every glimpse on a class's smoothed map peak, the order learned by REINFORCE on the
+#:   out-of-fold likelihood, 4 episodes per image with a leave-one-out baseline).
+#: * ``paper``: the paper's formulation: classification from the LSTM state with the softmax loss,
+#:   a linear Gaussian locator on absolute centres, the top-k reward with a learned baseline, one
+#:   episode per image, no exploration episodes, 15 epochs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {
+        "head": "lstm",
+        "locator": "linear",
+        "location_prior": "none",
+        "explore": 0.0,
+        "output": "softmax",
+        "rl_return": "topk",
+        "samples": 1,
+        "folds": 0,
+        "fuse_whole_image": False,
+        "context": False,
+        "head_init": "random",
+        "locator_lr": None,
+        "head_lr": None,
+        "embed_dim": 256,
+        "hidden_dim": 256,
+        "epochs": 15,
+    },
 }
+PAPER = PRESETS["paper"]
+
+#: Fields of saved configurations that were renamed (old -> new), and removed ones with the value
+#: that meant "off" (a saved run that used one cannot be rebuilt: see :func:`config_from_dict`).
+RENAMED_FIELDS = {"reward": "rl_return"}
+REMOVED_FIELDS: dict[str, Any] = {"imitate": 0, "imitate_weight": None}
+
+
+def preset_config(name: str, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of preset ``name`` (:data:`PRESETS`) with ``overrides`` on top."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}", f"use one of {', '.join(map(repr, PRESETS))}")
+    return TrainConfig(**{**PRESETS[name], **overrides})
+
+
+def config_from_dict(saved: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields of a configuration saved by an earlier version (a checkpoint's
+    ``config``): renamed fields under their new names, removed ones dropped (when they were off),
+    fields added since then at their defaults.
+
+    Raises:
+        CheckpointError: the run used an option that has been removed (e.g. ``imitate > 0``).
+    """
+    out = dict(saved)
+    for old, new in RENAMED_FIELDS.items():
+        if old in out:
+            out.setdefault(new, out.pop(old))
+    for name, off in REMOVED_FIELDS.items():
+        if name in out:
+            value = out.pop(name)
+            if off is not None and value != off:
+                raise CheckpointError(
+                    f"this run used {name}={value!r}, an option removed since (it measured worse, docs/design.md)",
+                    "train a new run, or use the rarl-gym version that wrote it (git history)",
+                )
+    defaults = dataclasses.asdict(TrainConfig())
+    return {**defaults, **{k: v for k, v in out.items() if k in defaults}}
+
 
 #: TrainConfig fields a command line sets with its own options, not through ``--hyperparams``.
 RUN_FIELDS = ("run_dir", "device", "progress", "env_id", "env_kwargs")
@@ -137,27 +177,6 @@ def hyperparams_from_json(text: str, example: str = '{"samples": 2}') -> dict:
     fields = [f for f in TrainConfig.__dataclass_fields__ if f not in RUN_FIELDS]
     check_names(hyper, fields, "unknown RARL training option(s)", f"valid options: {', '.join(fields)}")
     return hyper
-
-
-def distributed() -> tuple[int, int]:
-    """``(rank, world_size)``; initialises the process group when run under ``torchrun``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def feature_batches(
-    store: FeatureStore, batch_size: int, generator: torch.Generator, device, *, rank: int = 0, world: int = 1
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled ``(feature_maps [B, C, H, W], labels [B, L], index [B])``; rank r
-    takes every world-th batch."""
-    order = torch.randperm(len(store), generator=generator).numpy()
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if world > 1:  # every rank must take the same number of steps (gradients are all-reduced)
-        batches = batches[: max(world, len(batches) // world * world)]
-    for idx in batches[rank::world]:
-        yield (*store.batch(idx, device), torch.as_tensor(idx, device=device))
 
 
 def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: TrainConfig) -> RARLAgent:
@@ -243,79 +262,10 @@ def parameter_groups(agent: RARLAgent, config: TrainConfig) -> list[dict]:
     return groups
 
 
-@torch.no_grad()
-def predict(
-    agent: RARLAgent,
-    store: FeatureStore,
-    settings: EnvSettings,
-    *,
-    centers: str = "learned",
-    views: int = 1,
-    crop: float = 0.875,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Label probabilities ``[N, L]`` and rewards ``[N]`` of a whole split (test-time policy: the mean).
-
-    ``views=10`` averages the probabilities of the ten views (4 corner crops of side ``crop`` and
-    the centre crop, and their mirrors), cropped on the feature map.
-    """
-    agent.eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    batch_size = max(1, batch_size // views)  # ten views repeat each map ten times
-    probs, rewards = [], []
-    for lo in range(0, len(store), batch_size):
-        feats, labels = store.batch(np.arange(lo, min(lo + batch_size, len(store))), device)
-        b = feats.shape[0]
-        if views == 1:
-            view = None
-        elif views == 10:
-            v, f = ten_views(crop, device=device)
-            view = (v.repeat(b, 1), f.repeat(b))
-            labels = labels.repeat_interleave(10, 0)
-        else:
-            raise ConfigError(f"views must be 1 or 10, got {views}", "use --views 1 or --views 10")
-        out = rollout(
-            agent,
-            feats,
-            labels,
-            **settings.rollout_kwargs(),
-            centers=centers,
-            sample=False,
-            generator=generator,
-            view=view,
-            repeat=views,
-        )
-        p = agent.probabilities(out.fused)
-        probs.append(p.reshape(b, -1, p.shape[-1]).mean(1).cpu())
-        rewards.append(out.reward.reshape(b, -1).mean(1).cpu())
-    return torch.cat(probs).numpy(), torch.cat(rewards).numpy()
-
-
-def finetune_global(
-    train_store: FeatureStore, config: TrainConfig, tail_name: str, device
-) -> tuple[torch.nn.Module, RegionScorer]:
-    """The global-image linear classifier with the same fine-tuning as the agent: the tail of
-    ``tail_name`` and a linear layer on the mean of its map over a random crop (+ flip) of the
-    image, trained together by BCE with the agent's epochs, batch size and learning rates."""
-    generator = torch.Generator().manual_seed(config.seed)
-    tail = build_tail(tail_name).to(device).to(memory_format=torch.channels_last)
-    scorer = seeded_scorer(TAILS[tail_name][0], len(train_store.classes), config.seed).to(device)
-    groups = [{"params": scorer.parameters()}, {"params": tail.parameters(), "lr": config.finetune_lr}]
-    optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    tail.eval()  # frozen batch-norm statistics, as the agent's tail
-    for _ in range(config.epochs):
-        for feats, labels, _ in feature_batches(train_store, config.batch_size, generator, device):
-            maps = tail(feats.contiguous(memory_format=torch.channels_last)).contiguous()
-            windows, _ = random_views(
-                maps.shape[0], config.augment_crop, generator=generator, device=device
-            )  # a flip leaves the mean as it is
-            loss = masked_bce(scorer(crop_regions(maps, windows[:, None], 1))[:, 0], labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return tail.requires_grad_(False), scorer.eval().requires_grad_(False)
+def split_objects(settings: EnvSettings, split: str) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The ground-truth boxes of ``split`` for the grounding columns (:func:`rarl_gym.data.object_boxes`;
+    ``None`` where the dataset has none)."""
+    return object_boxes(settings.source.make_dataset(split))
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -380,9 +330,7 @@ def _check_resume(ckpt: dict, config: TrainConfig, settings: EnvSettings) -> Non
             f"the checkpoint in {config.run_dir} cannot be resumed (it has no {', '.join(missing)})",
             "start a new run with another --run-dir",
         )
-    # a field added after the checkpoint was written ran with that field's default then
-    defaults = dataclasses.asdict(TrainConfig())
-    saved = {k: ckpt["config"].get(k, defaults[k]) for k in defaults}
+    saved = config_from_dict(ckpt["config"])  # a field added after the checkpoint was written ran with its default
     now = dataclasses.asdict(config)
     ignore = {"epochs", "progress", "device", "run_dir"}
     diff = {k: (saved.get(k), now[k]) for k in now if k not in ignore and saved.get(k) != now[k]}
@@ -394,6 +342,54 @@ def _check_resume(ckpt: dict, config: TrainConfig, settings: EnvSettings) -> Non
             f"the checkpoint in {config.run_dir} comes from another configuration ({lines})",
             "resume with the same options, or start a new run with another --run-dir",
         )
+
+
+def _data_keys(run: _Run) -> dict[str, str]:
+    """Checkpoint entry ``data``: per split read (training, evaluation), the key of its data on disk
+    (:meth:`rarl_gym.sources.FeatureSource.data_key`), checked by :func:`_check_data` on ``--resume``."""
+    return {store.meta["key"]["split"]: store.meta["key"]["dataset"] for store in (run.train_store, run.eval_store)}
+
+
+def _check_data(config: TrainConfig, allow_change: bool) -> None:
+    """Before a resume opens (or extracts) anything: the dataset on disk must be the one the checkpoint
+    was trained on (an image replaced, a split file edited change its key); refused unless
+    ``allow_change``, said either way. A checkpoint from before this check (no ``data``) is not checked."""
+    saved = load_checkpoint(Path(config.run_dir) / CHECKPOINT).get("data")
+    if not isinstance(saved, dict):
+        return
+    source = EnvSettings.from_env_id(config.env_id, config.env_kwargs).source
+    changed = []
+    for split, key in saved.items():
+        now = source.data_key(split)
+        if now != key:
+            counts = [k.rsplit("-", 2)[1] if k.count("-") >= 2 else "?" for k in (key, now)]
+            sizes = f", {counts[0]} images then, {counts[1]} now" if all(c.isdigit() for c in counts) else ""
+            changed.append(f"split {split!r} ({key} then, {now} now{sizes})")
+    if not changed:
+        return
+    problem = f"the dataset on disk changed since the checkpoint in {config.run_dir} was written: " + "; ".join(changed)
+    if not allow_change:
+        raise CheckpointError(
+            problem + " (an image replaced, added or removed, or a split file edited)",
+            "restore the data the run was trained on, or pass --allow-data-change (train(..., allow_data_change=True)) "
+            "to continue on the data as it is now, or start a new run with another --run-dir",
+        )
+    print(f"warning: {problem}; continuing on the data as it is now (--allow-data-change)", file=sys.stderr)
+
+
+def _interrupted(config: TrainConfig) -> None:
+    """Say what an interrupted run (Ctrl-C, SIGTERM) kept: the checkpoint of its last finished epoch (rank 0)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    try:
+        epoch = load_checkpoint(Path(config.run_dir) / CHECKPOINT)["epoch"]
+    except CheckpointError:
+        print(f"interrupted before the first epoch ended: {config.run_dir} holds no checkpoint", file=sys.stderr)
+        return
+    print(
+        f"interrupted: {Path(config.run_dir) / CHECKPOINT} keeps epoch {epoch} of {config.epochs}; continue with --resume",
+        file=sys.stderr,
+    )
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -430,11 +426,19 @@ def _check_numbers(config: TrainConfig) -> None:
         "seed": (is_int(config.seed) and config.seed >= 0, "an int >= 0"),
         "explore": (is_real(config.explore) and 0 <= config.explore <= 1, "a fraction in [0, 1], e.g. 0.5"),
         "augment_crop": (is_real(config.augment_crop) and 0 < config.augment_crop <= 1, "a fraction in (0, 1], e.g. 0.875"),
-        "imitate": (
-            is_int(config.imitate) and config.imitate >= 0,
-            "an int >= 0: 0 (off) or the sequences per image, e.g. 64",
-        ),
-        "imitate_weight": (is_real(config.imitate_weight) and config.imitate_weight >= 0, "a finite number >= 0, e.g. 1.0"),
+        "samples": (is_int(config.samples) and config.samples >= 1, "a positive int, e.g. 4"),
+        "hidden_dim": (is_int(config.hidden_dim) and config.hidden_dim >= 1, "a positive int, e.g. 128"),
+        "embed_dim": (is_int(config.embed_dim) and config.embed_dim >= 1, "a positive int, e.g. 128"),
+        "proj_dim": (config.proj_dim is None or (is_int(config.proj_dim) and config.proj_dim >= 1), "null or a positive int"),
+        "dropout": (is_real(config.dropout) and 0 <= config.dropout < 1, "a fraction in [0, 1), e.g. 0.2"),
+        "rl_weight": (is_real(config.rl_weight) and config.rl_weight >= 0, "a finite number >= 0, e.g. 1.0"),
+        "folds": (is_int(config.folds) and config.folds >= 0, "an int >= 0, e.g. 2"),
+        "candidates": (is_int(config.candidates) and config.candidates >= 1, "a positive int, e.g. 7"),
+        "locator_lr": (config.locator_lr is None or (is_real(config.locator_lr) and config.locator_lr >= 0), "null or >= 0"),
+        "head_lr": (config.head_lr is None or (is_real(config.head_lr) and config.head_lr >= 0), "null or a number >= 0"),
+        "finetune_lr": (is_real(config.finetune_lr) and config.finetune_lr >= 0, "a finite number >= 0, e.g. 1e-4"),
+        "eval_views": (is_int(config.eval_views) and config.eval_views in (1, 10), "1 or 10"),
+        "oracle_samples": (is_int(config.oracle_samples) and config.oracle_samples >= 0, "an int >= 0, e.g. 64"),
     }
     for name, (ok, want) in checks.items():
         if not ok:
@@ -444,18 +448,28 @@ def _check_numbers(config: TrainConfig) -> None:
             )
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> dict:
+def train(config: TrainConfig, *, resume: bool = False, allow_data_change: bool = False) -> dict:
     """Train (or resume) a run; returns the final evaluation (see :func:`evaluate_agent`).
 
     The run folder is locked meanwhile (:func:`rarl_gym.io.run_lock`): a second process training
-    into it fails at once with :class:`rarl_gym.errors.InUseError` naming the holder.
+    into it fails at once with :class:`rarl_gym.errors.InUseError` naming the holder. A resume
+    whose dataset changed on disk since the checkpoint is refused unless ``allow_data_change``
+    (:func:`_check_data`). SIGTERM is treated like Ctrl-C: the checkpoint of the last finished
+    epoch is kept, and a line says which.
     """
     _check_numbers(config)
     EnvSettings.from_env_id(config.env_id, config.env_kwargs)  # a wrong env fails before the folder is made
-    if distributed()[0] != 0:
-        return _train(config, resume=resume)
-    with run_lock(config.run_dir):
-        return _train(config, resume=resume)
+    if resume and (Path(config.run_dir) / CHECKPOINT).exists():
+        _check_data(config, allow_data_change)
+    try:
+        with sigterm_as_interrupt():
+            if distributed()[0] != 0:
+                return _train(config, resume=resume)
+            with run_lock(config.run_dir):
+                return _train(config, resume=resume)
+    except KeyboardInterrupt:
+        _interrupted(config)
+        raise
 
 
 def _train(config: TrainConfig, *, resume: bool = False) -> dict:
@@ -501,7 +515,6 @@ class _Run:
     earlier_seconds: float = 0.0  # training time of the run's earlier sessions
     writer: Any = None  # TensorBoard's SummaryWriter (rank 0)
     bar: Any = None  # the epochs' progress bar (rank 0)
-    targets: torch.Tensor | None = None  # [N, T, 2] the imitation targets of the training images (config.imitate)
 
 
 def _check_run_folder(run_dir: Path, resume: bool) -> None:
@@ -559,19 +572,13 @@ def _setup(config: TrainConfig, *, resume: bool) -> _Run:
     )
     if resume:
         _restore(run, config)
-    if config.imitate:  # after the warm start / restore: the targets are scored by the frozen heads
-        _, run.targets = oracle(
-            agent, train_store, settings, samples=config.imitate, device=device, seed=config.seed, out_of_fold=True
-        )
-        run.targets = run.targets.to(device)
     if world > 1:  # after the restore: DDP starts every rank from rank 0's parameters
         run.model = torch.nn.parallel.DistributedDataParallel(run.model)
     if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        run.writer = SummaryWriter(str(run_dir / "tb"))
+        run.writer = open_writer(run_dir / "tb")
         run.bar = tqdm(
             total=config.epochs, initial=run.start_epoch, desc="train RARL", unit="epoch", disable=not config.progress
         )
@@ -597,8 +604,6 @@ def _train_epoch(run: _Run, config: TrainConfig) -> dict[str, float]:
     the losses (``loss``, ``cls``, ``reinforce``, ``baseline``), the ``return`` and the ``reward``."""
     run.agent.train()
     sums = {"loss": 0.0, "cls": 0.0, "reinforce": 0.0, "baseline": 0.0, "reward": 0.0, "return": 0.0}
-    if run.targets is not None:
-        sums["imitation"] = 0.0
     batches = 0
     for feats, labels, index in feature_batches(
         run.train_store, config.batch_size, run.generator, run.device, rank=run.rank, world=run.world
@@ -615,16 +620,14 @@ def _train_step(
     run: _Run, config: TrainConfig, feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], float]:
     """One Adam step on a batch (``feats [B, C, H, W]``, ``labels [B, L]``, ``index [B]``): the
-    rollout of ``samples`` episodes per image, the hybrid loss (plus, with ``config.imitate``, the
-    imitation of the images' oracle sequences), clipped gradients. Returns the losses and the
+    rollout of ``samples`` episodes per image, the hybrid loss, clipped gradients. Returns the losses and the
     mean reward of the episodes."""
-    imitation = _imitation_loss(run, config, feats, labels, index) if run.targets is not None else None
     if config.samples > 1:  # M consecutive episodes of each image (leave-one-out baseline)
         labels, index = (x.repeat_interleave(config.samples, 0) for x in (labels, index))
     view = None
     if config.augment_crop < 1.0:
         view = random_views(labels.shape[0], config.augment_crop, generator=run.device_gen, device=run.device)
-    folds = index % config.folds if config.folds else None
+    fold_of = index % config.folds if config.folds else None
     out = run.model(
         feats,
         labels,
@@ -633,42 +636,24 @@ def _train_step(
         view=view,
         explore=config.explore,
         repeat=config.samples,
-        folds=folds,
+        fold_of=fold_of,
     )
     losses = rarl_loss(
         out,
         labels,
         rl_weight=config.rl_weight,
         output=config.output,
-        reward=config.reward,
-        folds=folds,
+        rl_return=config.rl_return,
+        fold_of=fold_of,
         samples=config.samples,
         k=run.settings.k,
     )
-    if imitation is not None:
-        losses["imitation"] = imitation
-        losses["loss"] = losses["loss"] + config.imitate_weight * imitation
     run.optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     torch.nn.utils.clip_grad_norm_(run.agent.parameters(), 5.0)
     run.optimizer.step()
     run.step += 1
     return losses, float(out.reward.mean())
-
-
-def _imitation_loss(run: _Run, config: TrainConfig, feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor):
-    """``-log pi(oracle sequence)`` summed over the steps, averaged over the batch's images: the
-    locator, teacher-forced along each image's oracle centres (whole image, the out-of-fold head's
-    reading, as in the targets' scoring)."""
-    forced = rollout(  # the agent itself: its gradients join the DDP step's all-reduce on backward
-        run.agent,
-        feats,
-        labels,
-        **run.settings.rollout_kwargs(),
-        given_centers=run.targets[index],
-        folds=index % config.folds if config.folds else None,
-    )
-    return -forced.log_prob.sum(1).mean()
 
 
 def _log_epoch(run: _Run, means: dict[str, float]) -> None:
@@ -694,13 +679,22 @@ def _save_run(run: _Run, config: TrainConfig, *, epoch: int, train_seconds: floa
         agent_config=run.agent.config(),
         train_seconds=train_seconds,
         reward_curve=run.reward_curve,
+        data=_data_keys(run),
     )
 
 
 def _final_evaluation(run: _Run, config: TrainConfig, train_seconds: float) -> dict:
     """The comparison table on the evaluation split (:func:`evaluate_agent`) with the training
     time and reward curve; logged to TensorBoard and written to ``metrics.json``."""
-    results = evaluate_agent(run.agent, run.eval_store, run.settings, config, device=run.device, train_store=run.train_store)
+    results = evaluate_agent(
+        run.agent,
+        run.eval_store,
+        run.settings,
+        config,
+        device=run.device,
+        train_store=run.train_store,
+        objects=split_objects(run.settings, config.eval_split or run.settings.source.eval_split),
+    )
     results["train_seconds"] = round(train_seconds, 1)
     results["reward_curve"] = [round(r, 4) for r in run.reward_curve]
     for name, row in results["policies"].items():
@@ -713,49 +707,15 @@ def _final_evaluation(run: _Run, config: TrainConfig, train_seconds: float) -> d
     return results
 
 
-def evaluate_agent(
-    agent: RARLAgent,
-    store: FeatureStore,
-    settings: EnvSettings,
-    config: TrainConfig,
-    *,
-    device,
-    train_store: FeatureStore | None = None,
-) -> dict:
-    """Metrics on ``store`` of the learned policy, of the same model with random, fixed (image
-    middle) and fixed-grid centres, and (given ``train_store``) of the global-image linear
-    classifier fitted on the training split's features.
-
-    Returns a JSON-ready dict (``split``, ``views``, ``policies``: one metrics dict per row)
-    plus ``reports``: the :class:`rarl_gym.metrics.MetricReport` objects.
-    """
-    policies, reports = {}, {}
-    for centers in CENTER_POLICIES:
-        probs, rewards = predict(
-            agent, store, settings, centers=centers, views=config.eval_views, crop=config.augment_crop, device=device
-        )
-        reports[centers] = metrics.evaluate(probs, store.labels, classes=store.classes)
-        policies[centers] = {**reports[centers].to_dict(), "reward": float(rewards.mean())}
-
-    def add_row(name: str, probs: np.ndarray) -> None:
-        reports[name] = metrics.evaluate(probs, store.labels, classes=store.classes)
-        reward = topk_overlap(torch.from_numpy(probs), torch.from_numpy(store.labels).long()).mean()
-        policies[name] = {**reports[name].to_dict(), "reward": float(reward)}
-
-    if config.oracle_samples > 0:
-        add_row("oracle", oracle(agent, store, settings, samples=config.oracle_samples, device=device, seed=config.seed)[0])
-    if train_store is not None:
-        if agent.tail is not None:  # the same fine-tuning for the global classifier, so the rows stay comparable
-            tail, scorer = finetune_global(train_store, config, agent.tail_name, device)
-            add_row("global", predict_global(scorer, store, views=config.eval_views, crop=config.augment_crop, tail=tail))
-        else:
-            scorer = fit_global_classifier(
-                pooled_features(train_store), torch.from_numpy(train_store.labels), seed=config.seed
-            )
-            add_row("global", predict_global(scorer, store, views=config.eval_views, crop=config.augment_crop))
-        windows = fit_windows_classifier(train_store, seed=config.seed, device=device)
-        add_row("windows", predict_windows(windows, store, views=config.eval_views, crop=config.augment_crop))
-    return {"split": store.meta["key"]["split"], "views": config.eval_views, "policies": policies, "reports": reports}
-
-
-__all__ = ["PAPER", "TrainConfig", "agent_from_checkpoint", "evaluate_agent", "load_checkpoint", "predict", "train"]
+__all__ = [
+    "PAPER",
+    "PRESETS",
+    "TrainConfig",
+    "agent_from_checkpoint",
+    "config_from_dict",
+    "evaluate_agent",
+    "load_checkpoint",
+    "predict",
+    "preset_config",
+    "train",
+]

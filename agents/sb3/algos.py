@@ -29,6 +29,8 @@ channels: 2.3 MB each).
 from __future__ import annotations
 
 import inspect
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,7 @@ from stable_baselines3.common.preprocessing import get_obs_shape
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.sb3.extractor import GlimpseExtractor
-from rarl_gym.errors import check_choice, check_names
+from rarl_gym.errors import ConfigError, check_choice, check_names
 
 #: The algorithms by ``--algo`` name.
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "recurrentppo": RecurrentPPO}
@@ -54,14 +56,24 @@ MAX_BUFFER = 100_000
 
 def observation_bytes(space: spaces.Dict) -> int:
     """Bytes of one observation as SB3's buffers store it."""
-    return sum(int(np.prod(get_obs_shape(s))) * np.dtype(s.dtype).itemsize for s in space.spaces.values())
+    total = 0
+    for s in space.spaces.values():
+        shape = get_obs_shape(s)
+        assert isinstance(shape, tuple)  # the glimpse env's spaces are flat (Box, Discrete)
+        total += int(np.prod(shape)) * np.dtype(s.dtype).itemsize
+    return total
 
 
 def default_hyperparams(algo: str, env: VecEnv) -> dict[str, Any]:
     """The constructor kwargs of ``algo`` on ``env`` (see the module docstring)."""
     check_choice("algo", algo, tuple(ALGOS))
-    ep_len = int(env.observation_space["step"].n)  # E = T + 1 steps per episode
-    obs_bytes = observation_bytes(env.observation_space)
+    space = env.observation_space
+    if not isinstance(space, spaces.Dict):
+        raise ConfigError(f"an SB3 agent here plays the glimpse env's Dict observations, not {space}", "pass a rarl-gym env")
+    step = space["step"]
+    assert isinstance(step, spaces.Discrete)
+    ep_len = int(step.n)  # E = T + 1 steps per episode
+    obs_bytes = observation_bytes(space)
     policy_kwargs: dict[str, Any] = {
         "features_extractor_class": GlimpseExtractor,
         "features_extractor_kwargs": {"features_dim": 256},
@@ -94,6 +106,97 @@ def default_hyperparams(algo: str, env: VecEnv) -> dict[str, Any]:
     }
 
 
+def _int_at_least(lo: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _real(ok: Callable[[float], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
+
+
+def _or_none(rule: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or rule(v)
+
+
+def _train_freq(v: Any) -> bool:  # n, or (n, "step" | "episode")
+    if isinstance(v, (list, tuple)):
+        return len(v) == 2 and _int_at_least(1)(v[0]) and v[1] in ("step", "episode")
+    return _int_at_least(1)(v)
+
+
+def _ent_coef(v: Any) -> bool:  # a number >= 0, or SAC's "auto" / "auto_0.1"
+    if isinstance(v, str):
+        head, _, init = v.partition("_")
+        return head == "auto" and (not init or _real(lambda x: x > 0)(_float_or_none(init)))
+    return _real(lambda x: x >= 0)(v)
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+_FRACTION: tuple[Callable[[Any], bool], str] = (_real(lambda v: 0 <= v <= 1), "a number in [0, 1]")
+_POSITIVE: tuple[Callable[[Any], bool], str] = (_real(lambda v: v > 0), "a finite number > 0")
+_NON_NEGATIVE: tuple[Callable[[Any], bool], str] = (_real(lambda v: v >= 0), "a finite number >= 0")
+#: The numeric constructor arguments of the algorithms: name -> (valid?, what it must be). SB3
+#: checks few of them (with bare ``AssertionError``s, or not at all: ``buffer_size=-5`` is taken).
+HYPERPARAM_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "learning_rate": (_POSITIVE[0], "a finite number > 0, e.g. 3e-4"),
+    "n_steps": (_int_at_least(1), "a positive int, e.g. 96 (a multiple of the episode's 6 steps)"),
+    "batch_size": (_int_at_least(1), "a positive int, e.g. 64"),
+    "n_epochs": (_int_at_least(1), "a positive int, e.g. 10"),
+    "buffer_size": (_int_at_least(1), "a positive int, e.g. 100000"),
+    "learning_starts": (_int_at_least(0), "an int >= 0, e.g. 600"),
+    "train_freq": (_train_freq, 'a positive int, or [n, "step"] / [n, "episode"]'),
+    "gradient_steps": (_int_at_least(-1), "an int >= -1 (-1: as many as env steps)"),
+    "policy_delay": (_int_at_least(1), "a positive int, e.g. 2"),
+    "target_update_interval": (_int_at_least(1), "a positive int, e.g. 1"),
+    "sde_sample_freq": (_int_at_least(-1), "an int >= -1"),
+    "stats_window_size": (_int_at_least(1), "a positive int, e.g. 100"),
+    "gamma": (_FRACTION[0], "a number in [0, 1], e.g. 1.0"),
+    "gae_lambda": (_FRACTION[0], "a number in [0, 1], e.g. 0.95"),
+    "tau": (_FRACTION[0], "a number in [0, 1], e.g. 0.005"),
+    "clip_range": (_POSITIVE[0], "a finite number > 0, e.g. 0.2"),
+    "clip_range_vf": (_or_none(_POSITIVE[0]), "null or a finite number > 0"),
+    "ent_coef": (_ent_coef, 'a number >= 0 (SAC: or "auto", "auto_0.1")'),
+    "vf_coef": _NON_NEGATIVE,
+    "max_grad_norm": _POSITIVE,
+    "target_kl": (_or_none(_POSITIVE[0]), "null or a finite number > 0"),
+    "rms_prop_eps": _POSITIVE,
+    "alpha": _FRACTION,
+    "target_policy_noise": _NON_NEGATIVE,
+    "target_noise_clip": _NON_NEGATIVE,
+}
+
+
+def check_hyperparams(algo: str, overrides: dict[str, Any]) -> None:
+    """Refuse, with a :class:`ConfigError` that names it, a hyperparameter ``algo`` does not have or
+    a value it cannot take (``n_steps=0``, ``learning_rate="x"``, ``buffer_size=-5``), before
+    anything is built; ``policy_kwargs`` must be a JSON object."""
+    check_choice("algo", algo, tuple(ALGOS))
+    accepted = sorted(
+        set(inspect.signature(ALGOS[algo].__init__).parameters)
+        - {"self", "policy", "env", "seed", "tensorboard_log", "device", "verbose"}
+    )
+    check_names(overrides, accepted, f"{ALGOS[algo].__name__} has no hyperparameter", f"use some of: {', '.join(accepted)}")
+    for name, value in overrides.items():
+        ok, want = HYPERPARAM_RULES.get(name, (lambda _v: True, ""))
+        if name == "policy_kwargs":
+            ok, want = (lambda v: v is None or isinstance(v, dict)), 'a JSON object, e.g. {"net_arch": [64]}'
+        if not ok(value):
+            raise ConfigError(
+                f"{ALGOS[algo].__name__} hyperparameter {name}={value!r} is invalid", f"use {want} (--hyperparams)"
+            )
+    if algo in ("ppo", "recurrentppo") and overrides.get("batch_size") == 1 and overrides.get("normalize_advantage", True):
+        raise ConfigError(
+            f"{ALGOS[algo].__name__} hyperparameter batch_size=1 cannot normalise advantages",
+            'use a batch_size >= 2, or add "normalize_advantage": false (--hyperparams)',
+        )
+
+
 def make_agent(
     algo: str,
     env: VecEnv,
@@ -102,23 +205,27 @@ def make_agent(
     tensorboard_log: str | None = None,
     device: str = "auto",
     verbose: int = 0,
-    **overrides,
+    **overrides: Any,
 ) -> BaseAlgorithm:
     """A new SB3 model of ``algo`` (a key of :data:`ALGOS`) on ``env``.
 
-    ``overrides`` replace the defaults of :func:`default_hyperparams`; ``policy_kwargs`` is merged
-    key by key (e.g. ``policy_kwargs={"net_arch": [64]}`` keeps the :class:`GlimpseExtractor`).
+    ``overrides`` (checked by :func:`check_hyperparams`) replace the defaults of
+    :func:`default_hyperparams`; ``policy_kwargs`` is merged key by key (e.g.
+    ``policy_kwargs={"net_arch": [64]}`` keeps the :class:`GlimpseExtractor`).
     """
+    check_hyperparams(algo, overrides)
     kwargs = default_hyperparams(algo, env)
-    accepted = sorted(
-        set(inspect.signature(ALGOS[algo].__init__).parameters)
-        - {"self", "policy", "env", "seed", "tensorboard_log", "device", "verbose"}
-    )
-    check_names(overrides, accepted, f"{ALGOS[algo].__name__} has no hyperparameter", f"use some of: {', '.join(accepted)}")
+    if algo in ON_POLICY and overrides.get("n_steps", kwargs["n_steps"]) * env.num_envs < 2:
+        raise ConfigError(
+            f"{ALGOS[algo].__name__} needs a rollout of 2 steps or more (n_steps x n_envs = 1)",
+            "use a larger n_steps (--hyperparams) or --n-envs",
+        )
     policy_kwargs = {**kwargs.pop("policy_kwargs"), **(overrides.pop("policy_kwargs", None) or {})}
     kwargs.update(overrides)
     if algo == "td3" and "action_noise" not in kwargs:
-        dim = env.action_space.shape[0]
+        shape = env.action_space.shape
+        assert shape is not None  # a Box
+        dim = shape[0]
         kwargs["action_noise"] = NormalActionNoise(np.zeros(dim), 0.1 * np.ones(dim))
     policy = "MultiInputLstmPolicy" if algo == "recurrentppo" else "MultiInputPolicy"
     return ALGOS[algo](
@@ -133,4 +240,14 @@ def make_agent(
     )
 
 
-__all__ = ["ALGOS", "MEMORY_BUDGET", "OFF_POLICY", "ON_POLICY", "default_hyperparams", "make_agent", "observation_bytes"]
+__all__ = [
+    "ALGOS",
+    "HYPERPARAM_RULES",
+    "MEMORY_BUDGET",
+    "OFF_POLICY",
+    "ON_POLICY",
+    "check_hyperparams",
+    "default_hyperparams",
+    "make_agent",
+    "observation_bytes",
+]

@@ -8,6 +8,7 @@ centres, and the global-image classifier) and writes ``run_dir/metrics.json``.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +23,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 from agents.common.evaluation import evaluate_run, log_eval
 from agents.common.run import load_run_config, open_run, save_run_config, write_metrics
 from agents.sb3.algos import ALGOS, OFF_POLICY, make_agent
-from agents.tb_logging import Figure2Callback, env_agent_final
+from agents.tb_logging import Figure2Callback, env_agent_final, open_writer
 from rarl_gym.device import pick_device
 from rarl_gym.env_settings import settings_kwargs
 from rarl_gym.errors import CheckpointError, ConfigError, check_choice
-from rarl_gym.io import atomic_path, run_lock
+from rarl_gym.io import atomic_path, run_lock, sigterm_as_interrupt
 
 MODEL = "model.zip"
 REPLAY = "replay_buffer.pkl"
@@ -80,22 +81,26 @@ def make_vec(env_id: str, env_kwargs: dict, n_envs: int, seed: int, progress: bo
     return env
 
 
-def save_model(model: BaseAlgorithm, run_dir: Path, config: dict, *, train_seconds: float | None = None) -> None:
+def save_model(model: BaseAlgorithm, run_dir: Path, config: dict, *, train_seconds: float | None = None) -> list[str]:
     """``model.zip`` and ``run.json`` (with ``num_timesteps`` and the run's ``train_seconds``), each atomically.
 
     The replay buffer of SAC / TD3 is saved too (``replay_buffer.pkl``) when it holds at most
     :data:`REPLAY_SAVE_LIMIT` bytes; a larger one is not (SB3 pickles it whole, as allocated, up to
     :data:`agents.sb3.algos.MEMORY_BUDGET`) and a resumed run refills it first (see :func:`train_sb3`).
-    A full disk is a :class:`rarl_gym.errors.DiskFullError` and keeps the previous files.
+    A full disk is a :class:`rarl_gym.errors.DiskFullError` and keeps the previous files. Returns
+    the names of the files written.
     """
     with atomic_path(run_dir / MODEL, what="SB3 model") as tmp:
         model.save(tmp)
+    written = [MODEL]
     buffer = getattr(model, "replay_buffer", None)
     if buffer is not None and replay_bytes(buffer) <= REPLAY_SAVE_LIMIT:
         with atomic_path(run_dir / REPLAY, what="replay buffer") as tmp:
             model.save_replay_buffer(tmp)
+        written.append(REPLAY)
     extra = {} if train_seconds is None else {"train_seconds": round(train_seconds, 1)}
     save_run_config(run_dir, {**config, "num_timesteps": int(model.num_timesteps), **extra})
+    return [*written, "run.json"]
 
 
 def replay_bytes(buffer) -> int:
@@ -168,7 +173,7 @@ def train_sb3(
     ones must then agree with it). ``total_timesteps`` is the run's total (default 300 000, or
     the resumed run's): a resumed run trains ``total_timesteps - num_timesteps`` more steps (none
     if that is not positive: it is only evaluated again). The run is saved every
-    ``checkpoint_every`` env steps (and at the end, and on Ctrl-C), so ``resume`` continues from the
+    ``checkpoint_every`` env steps (and at the end, and on Ctrl-C or SIGTERM), so ``resume`` continues from the
     last save after a crash; the run folder is locked meanwhile (a second process training into it
     fails with :class:`rarl_gym.errors.InUseError`).
     """
@@ -187,9 +192,10 @@ def train_sb3(
         "n_envs": n_envs,
         "overrides": overrides or None,
     }
-    config = open_run(run_dir, DEFAULTS, explicit, resume=resume, model_file=MODEL)
-    with run_lock(run_dir):
-        return _train_sb3(algo, run_dir, config, total_timesteps, device, progress, resume, checkpoint_every)
+    with sigterm_as_interrupt():  # from here on SIGTERM is Ctrl-C: the setup too, not only the training
+        config = open_run(run_dir, DEFAULTS, explicit, resume=resume, model_file=MODEL)
+        with run_lock(run_dir):
+            return _train_sb3(algo, run_dir, config, total_timesteps, device, progress, resume, checkpoint_every)
 
 
 def _train_sb3(
@@ -225,8 +231,8 @@ def _train_sb3(
     earlier_seconds = float(config.get("train_seconds", 0.0)) if resume else 0.0  # the run's earlier sessions
     config.pop("train_seconds", None)
 
-    def save() -> None:
-        save_model(model, run_dir, config, train_seconds=earlier_seconds + time.perf_counter() - start)
+    def save() -> list[str]:
+        return save_model(model, run_dir, config, train_seconds=earlier_seconds + time.perf_counter() - start)
 
     if remaining > 0:
         callbacks = [PeriodicSave(checkpoint_every, save)] + ([TqdmCallback(f"train {algo}")] if progress else [])
@@ -236,21 +242,25 @@ def _train_sb3(
         if refill:
             starts, model.learning_starts = model.learning_starts, model.num_timesteps + model.learning_starts
         interrupted = False
-        try:
-            model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=not resume, tb_log_name=algo)
-        except KeyboardInterrupt:  # keep what was learnt (continue with --resume)
-            interrupted = True
-        if refill:
-            model.learning_starts = starts
-        save()
+        with sigterm_as_interrupt():  # kill / a scheduler's stop: the same save as Ctrl-C (a second one is ignored)
+            try:
+                model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=not resume, tb_log_name=algo)
+            except KeyboardInterrupt:  # keep what was learnt (continue with --resume)
+                interrupted = True
+            if refill:
+                model.learning_starts = starts
+            saved = save()
         if interrupted:
+            print(
+                f"interrupted at {int(model.num_timesteps)} env steps: saved {', '.join(saved)} in {run_dir}; "
+                "continue with --resume",
+                file=sys.stderr,
+            )
             raise KeyboardInterrupt
     train_seconds = earlier_seconds + time.perf_counter() - start  # every session of the run
     env.close()
     results = evaluate_run(model, config["env_id"], config["env_kwargs"], seed=config["seed"])
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(tb) as writer:
+    with open_writer(tb) as writer:  # a full disk or read-only tb/ is named
         log_eval(writer, results, model.num_timesteps)
         env_agent_final(writer, model, config, results, model.num_timesteps)  # TensorBoard: PR curves, Figure 2, hparams
     results.update(algo=algo, num_timesteps=int(model.num_timesteps), train_seconds=round(train_seconds, 1))

@@ -10,6 +10,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from rarl_gym.data.base import ABSENT, DIFFICULT, PRESENT, MultiLabelDataset
 from rarl_gym.data.coco import COCODataset
 from rarl_gym.data.voc import VOC07Dataset
@@ -65,6 +67,30 @@ def make_dataset(name: str, split: str, root: str | os.PathLike | None = None, *
     return construct(root=root, split=split, **kwargs)
 
 
+def object_boxes(dataset: MultiLabelDataset) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Per image of ``dataset`` its ground-truth objects in image coordinates: ``(boxes [n, 4]``
+    ``(x1, y1, x2, y2)`` in ``[-1, 1]`` (the glimpses' coordinates, :mod:`rarl_gym.glimpse`),
+    ``classes [n])``, difficult objects left out; ``None`` for a dataset without boxes.
+
+    For evaluation only (grounding, :func:`rarl_gym.metrics.grounding`): training stays weakly
+    supervised, on image-level labels.
+    """
+    boxes_of = getattr(dataset, "boxes", None)
+    if boxes_of is None:
+        return None
+    out = []
+    for i in range(len(dataset)):
+        found = boxes_of(i)
+        boxes, classes = np.asarray(found[0], np.float32).reshape(-1, 4), np.asarray(found[1], np.int64)
+        if len(found) > 2:  # VOC's difficult flag
+            easy = ~np.asarray(found[2], bool)
+            boxes, classes = boxes[easy], classes[easy]
+        width, height = dataset.image_size(i)
+        scale = np.array([width, height, width, height], np.float32)
+        out.append((boxes / scale * 2 - 1, classes))
+    return out
+
+
 __all__ = [
     "ABSENT",
     "DATASET_NAMES",
@@ -74,4 +100,5 @@ __all__ = [
     "MultiLabelDataset",
     "VOC07Dataset",
     "make_dataset",
+    "object_boxes",
 ]

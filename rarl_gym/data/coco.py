@@ -125,10 +125,15 @@ class COCODataset(FileStampsMixin, MultiLabelDataset):
         ):
             raise CorruptFileError(
                 f"annotation file {self.annotation_file} is not a COCO instances file "
-                "(a JSON object with 'images' and 'categories' lists)",
+                "(a JSON object with 'images', 'annotations' and 'categories' lists)",
                 fix,
             )
-        data.setdefault("annotations", [])
+        if "annotations" not in data:  # an image-info file (test splits) or a cut one: every label would read 0
+            raise CorruptFileError(
+                f"annotation file {self.annotation_file} has no 'annotations': without them every image would be "
+                "labelled all-negative (an image-info file such as image_info_test2017.json, or a damaged copy)",
+                fix,
+            )
         self._validate(data, fix)
         coco = COCO()
         coco.dataset = data
@@ -150,6 +155,8 @@ class COCODataset(FileStampsMixin, MultiLabelDataset):
             _lists_problem(data)
             or _first_problem(data["images"], _image_problem)
             or _first_problem(data["categories"], _category_problem)
+            or _duplicate_problem(data["images"], "images")
+            or _duplicate_problem(data["categories"], "categories")
             or _first_problem(data["annotations"], _annotation_problem)
         )
         if problem is not None:
@@ -174,9 +181,10 @@ class COCODataset(FileStampsMixin, MultiLabelDataset):
         for ann in coco.dataset["annotations"]:  # not coco.anns: that dict drops duplicate annotation ids
             i, c = row.get(ann["image_id"]), col.get(ann["category_id"])
             if i is None or c is None:
+                unknown = f"image id {ann['image_id']}" if i is None else f"category id {ann['category_id']}"
                 raise CorruptFileError(
-                    f"annotation file {self.annotation_file}: annotation {ann.get('id')} refers to an unknown "
-                    f"image id {ann['image_id']} or category id {ann['category_id']}",
+                    f"annotation file {self.annotation_file}: annotation {ann.get('id')} refers to {unknown}, "
+                    f"which is not in its '{'images' if i is None else 'categories'}'",
                     f"replace the file with an intact copy ({_source(self.split)})",
                 )
             labels[i, c] = PRESENT
@@ -269,6 +277,17 @@ def _category_problem(i: int, cat: object) -> str | None:
         return f"categories[{i}] has no integer 'id' (got {cat.get('id')!r})"
     if not isinstance(cat.get("name"), str) or not cat["name"]:
         return f"categories[{i}] (id {cat['id']}) has no 'name'"
+    return None
+
+
+def _duplicate_problem(entries: list, what: str) -> str | None:
+    """``"images[3] and images[7] have the same id 12"`` for the first repeated id (pycocotools would
+    keep the last silently), or None."""
+    first: dict[int, int] = {}
+    for i, entry in enumerate(entries):
+        j = first.setdefault(entry["id"], i)
+        if j != i:
+            return f"{what}[{j}] and {what}[{i}] have the same id {entry['id']} (each id must be unique)"
     return None
 
 

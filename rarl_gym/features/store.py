@@ -19,10 +19,14 @@ it checks ``meta.json`` against the files (a hand-edited or damaged entry is a n
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import io
 import json
+import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -35,10 +39,18 @@ from tqdm.auto import tqdm
 
 from rarl_gym import native
 from rarl_gym.data.base import MultiLabelDataset
-from rarl_gym.errors import ConfigError, CorruptFileError, DatasetNotFoundError, NotWritableError
+from rarl_gym.errors import ConfigError, CorruptFileError, DatasetNotFoundError, DiskFullError, NotWritableError
 from rarl_gym.features.backbones import Backbone, build_backbone
 from rarl_gym.features.inference import PixelRows, forward, pixel_loader, stack_pixels
-from rarl_gym.io import FileLock, atomic_save_npy, atomic_write_bytes, disk_full_error, is_disk_full, reserve_space
+from rarl_gym.io import (
+    FileLock,
+    atomic_save_npy,
+    atomic_write_bytes,
+    disk_full_error,
+    is_disk_full,
+    is_file_too_large,
+    reserve_space,
+)
 from rarl_gym.paths import default_cache_dir
 
 STORE_VERSION = 1
@@ -97,9 +109,18 @@ class FeatureStore:
         return tuple(self.meta["classes"])
 
     def batch(self, index: npt.ArrayLike, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Feature maps ``[B, C, H, W]`` float32 and labels ``[B, L]`` of the images ``index``."""
+        """Feature maps ``[B, C, H, W]`` float32 and labels ``[B, L]`` of the images ``index``.
+
+        Raises:
+            CorruptFileError: the features file is shorter than ``meta.json`` says (cut short after
+                it was opened), or the maps read hold NaN / inf; the message names the file and the fix.
+        """
         index = np.atleast_1d(np.asarray(index))
-        feats = torch.from_numpy(np.ascontiguousarray(self.features[index])).to(device=device, dtype=torch.float32)
+        rows = np.empty((len(index), *self.features.shape[1:]), dtype=np.float16)
+        self._read_rows(index, rows)
+        half = torch.from_numpy(rows)
+        self._check_finite(index, half)
+        feats = half.to(device=device, dtype=torch.float32)
         labels = torch.from_numpy(self.labels[index]).to(device)
         return feats, labels
 
@@ -125,16 +146,71 @@ class FeatureStore:
                 native.read_maps_nhwc(self._file().fileno(), index, out)
             except OSError as err:
                 raise CorruptFileError(
-                    f"feature cache {self.path} could not be read ({err})", f"delete {self.path} and extract again"
+                    f"feature cache {self.path}: {FEATURES_FILE} could not be read ({err})",
+                    f"delete {self.path} and extract again",
                 ) from err
+            self._check_finite(index, out)
             return out, labels
         shape = (len(index), *self.features.shape[1:])
         staging = self.__dict__.get("_staging")
         if staging is None or staging.shape != shape:
             staging = self.__dict__["_staging"] = np.empty(shape, dtype=self.features.dtype)
-        np.take(self.features, index, axis=0, out=staging)
+        self._read_rows(index, staging)
+        self._check_finite(index, torch.from_numpy(staging))
         out.copy_(torch.from_numpy(staging))
         return out, labels
+
+    def _read_rows(self, index: np.ndarray, out: np.ndarray) -> None:
+        """Read rows ``index`` of the features file into ``out [B, C, H, W]`` float16 with ``pread``
+        (one call per run of consecutive rows), as the compiled reader does.
+
+        Not through the memory map: reading a page of a file cut short after it was mapped is a
+        ``SIGBUS`` that kills the process; a short ``pread`` is a :class:`CorruptFileError` here.
+        """
+        n = self.features.shape[0]
+        if len(index) and (int(index.min()) < -n or int(index.max()) >= n):
+            raise IndexError(f"image index out of range for a feature cache of {n} images")
+        index = np.where(index < 0, index + n, index)
+        row_bytes = int(np.prod(self.features.shape[1:])) * 2
+        fd = self._file().fileno()
+        flat = out.reshape(len(index), -1)
+        for first, at, count in _runs(index):
+            buf = memoryview(flat[at : at + count].data).cast("B")
+            got = _pread_into(fd, buf, first * row_bytes)
+            if got != len(buf):
+                size = os.fstat(fd).st_size
+                raise CorruptFileError(
+                    f"feature cache {self.path}: {FEATURES_FILE} is shorter than its metadata says ({size} bytes, "
+                    f"{n * row_bytes} expected): it was cut short after it was opened",
+                    f"delete {self.path} and extract again",
+                )
+
+    def _check_finite(self, index: np.ndarray, maps: torch.Tensor) -> None:
+        """Raise :class:`CorruptFileError` when the maps just read (rows ``index``) hold NaN or inf.
+
+        One float32 sum over the batch (NaN and inf survive it; float16 maps cannot overflow it),
+        the per-image search only when it is not finite.
+        """
+        if math.isfinite(float(maps.sum(dtype=torch.float32))):
+            return
+        bad = [int(index[j]) for j in range(len(index)) if not bool(torch.isfinite(maps[j]).all())]
+        ids = [self.image_ids[i] for i in bad[:5]]
+        raise CorruptFileError(
+            f"feature cache {self.path}: {FEATURES_FILE} holds NaN or inf in the maps of {len(bad)} image(s) of this "
+            f"batch (rows {bad[:5]}, image ids {ids}): the file was damaged after its extraction",
+            f"delete {self.path} and extract again",
+        )
+
+    def __getstate__(self) -> dict:
+        """Pickling (``pickle``, ``copy.deepcopy``, a vector env's workers): the entry's folder, not its
+        open file or memory map; unpickling opens the entry again."""
+        return {"path": str(self.path), "closed": len(self.features) == 0 and self.meta["shape"][0] > 0}
+
+    def __setstate__(self, state: dict) -> None:
+        other = FeatureStore.open(state["path"])
+        self.__dict__.update(path=other.path, features=other.features, labels=other.labels, meta=other.meta)
+        if state["closed"]:
+            self.close()
 
     def close(self) -> None:
         """Release the store's open files (the features file and the memory map); idempotent.
@@ -252,6 +328,22 @@ def _legacy_entry(dataset: MultiLabelDataset, key: dict, cache_dir: str | Path |
     return old if (old / "meta.json").exists() and newest() <= started else None
 
 
+def resolve_entry(
+    dataset: MultiLabelDataset, backbone: str, input_size: int, *, pretrained: bool = True, cache_dir: str | Path | None = None
+) -> tuple[Path, dict]:
+    """The entry :func:`extract_features` opens for these arguments (or extracts into) and its key,
+    without extracting anything: this version's entry, or a still valid one written under an
+    earlier version's key (its ``key["dataset"]`` is then that older key)."""
+    key = cache_key(dataset, backbone, pretrained, input_size)
+    path = entry_path(key, cache_dir)
+    if not (path / "meta.json").exists():
+        legacy = _legacy_entry(dataset, key, cache_dir)
+        if legacy is not None:
+            legacy_key = getattr(dataset, "legacy_cache_key")  # noqa: B009 (_legacy_entry checked it exists)
+            return legacy, {**key, "dataset": legacy_key()}
+    return path, key
+
+
 def _make_entry_dir(path: Path) -> None:
     """Create a cache entry's folder; a read-only or non-folder cache root is a named error."""
     try:
@@ -297,18 +389,15 @@ def extract_features(
         raise ConfigError(
             f"input_size must be an int of at least {MIN_INPUT_SIZE} pixels, got {input_size!r}", "use e.g. 224, 256 or 320"
         )
-    key = cache_key(dataset, backbone, pretrained, input_size)
-    path = entry_path(key, cache_dir)
-    if (path / "meta.json").exists():
+    path, key = resolve_entry(dataset, backbone, input_size, pretrained=pretrained, cache_dir=cache_dir)
+    if (path / "meta.json").exists():  # this version's entry, or a valid one of an earlier version's key
         return FeatureStore.open(path)
-    legacy = _legacy_entry(dataset, key, cache_dir)
-    if legacy is not None:
-        return FeatureStore.open(legacy)
     if len(dataset) == 0:
         raise DatasetNotFoundError(
             f"split {dataset.split!r} of {dataset.name} has no images", "check the dataset's split files or annotation file"
         )
     net = build_backbone(backbone, pretrained=pretrained, device=device)
+    created = not path.exists()
     _make_entry_dir(path)
 
     def waiting(holder: str) -> None:
@@ -320,15 +409,28 @@ def extract_features(
         if _shard_group()[1] == 1
         else contextlib.nullcontext()
     )
-    with lock:
-        if (path / "meta.json").exists():  # finished by the process we waited for
-            return FeatureStore.open(path)
-        # on forked generators (the DataLoader draws its base seed from the global one): the caller's
-        # random state afterwards is the same whether the entry was extracted now or found finished
-        with torch.random.fork_rng(devices=[]):
-            return _extract(
-                dataset, net, key, path, input_size, batch_size=batch_size, device=device, progress=progress, workers=workers
-            )
+    try:
+        with lock:
+            if (path / "meta.json").exists():  # finished by the process we waited for
+                return FeatureStore.open(path)
+            # on forked generators (the DataLoader draws its base seed from the global one): the caller's
+            # random state afterwards is the same whether the entry was extracted now or found finished
+            with torch.random.fork_rng(devices=[]):
+                return _extract(
+                    dataset,
+                    net,
+                    key,
+                    path,
+                    input_size,
+                    batch_size=batch_size,
+                    device=device,
+                    progress=progress,
+                    workers=workers,
+                )
+    except DiskFullError as err:
+        if created and is_file_too_large(err):  # it can never fit there: leave no folder behind
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _extract(
@@ -439,6 +541,22 @@ def _runs(rows: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(rows[a]), int(a), int(b - a)) for a, b in zip(starts, ends)]
 
 
+def _pread_into(fd: int, buf: memoryview, offset: int) -> int:
+    """``pread`` into ``buf`` from ``offset`` until it is full or the file ends; the bytes read."""
+    done = 0
+    while done < len(buf):
+        if hasattr(os, "preadv"):
+            got = os.preadv(fd, [buf[done:]], offset + done)
+        else:  # pragma: no cover (no preadv: older macOS)
+            data = os.pread(fd, len(buf) - done, offset + done)
+            buf[done : done + len(data)] = data
+            got = len(data)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
 def _write_rows(fd: int, rows: np.ndarray, block: np.ndarray) -> None:
     """Write ``block [len(rows), ...]`` float16 at ``rows`` of the features file: one ``pwrite``
     per run of consecutive rows (not a memory-map assignment: no page faults on the way)."""
@@ -513,9 +631,14 @@ def _extract_rows(
             failed = next((err for _, err, size in items if size is None), None)
             good = [item for item in items if item[2] is not None]
             if good:
-                pending.append(forward(net, stack_pixels(good, device), device).numpy())
-                pending_rows.append(rows[[i for i, _, _ in good]])
+                maps = forward(net, stack_pixels(good, device), device).numpy()
+                positions = [i for i, _, _ in good]
+                finite = np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
+                pending.append(maps[finite])
+                pending_rows.append(rows[positions][finite])
                 bar.update(len(good))
+                if not finite.all():  # the rows before it are kept (committed below)
+                    failed = _non_finite_error(dataset, net, rows[positions][~finite], device)
             if failed is not None:
                 raise failed
             if sum(len(r) for r in pending_rows) >= chunk_rows or time.monotonic() - last > CHUNK_SECONDS:
@@ -529,16 +652,27 @@ def _extract_rows(
         bar.close()
 
 
-def _shard_group() -> tuple[int, int]:
-    """``(rank, world)`` of a ``torchrun`` extraction (initialising a process group if needed), else ``(0, 1)``."""
-    import torch.distributed as dist
+def _non_finite_error(
+    dataset: MultiLabelDataset, net: Backbone, rows: np.ndarray, device: torch.device | str
+) -> CorruptFileError:
+    """The error for images whose backbone maps hold NaN or inf (nothing of them is written)."""
+    first = [int(r) for r in rows[:5]]
+    path_of = getattr(dataset, "image_path", None)
+    where = [str(path_of(r)) if path_of is not None else dataset.image_id(r) for r in first]
+    cuda = " (on CUDA, float16 autocast can overflow: try device='cpu')" if torch.device(device).type == "cuda" else ""
+    return CorruptFileError(
+        f"the backbone {getattr(net, 'name', type(net).__name__)!r} gave NaN or inf feature maps for "
+        f"{dataset.name}/{dataset.split} image(s) {', '.join(where)}{cuda}; nothing of them was written to the cache",
+        "check those images (replace a damaged one with an intact copy) and the backbone's weights "
+        "(pretrained=False runs without them); then run again: the extraction resumes",
+    )
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+
+def _shard_group() -> tuple[int, int]:
+    """``(rank, world)`` of a ``torchrun`` extraction (:func:`rarl_gym.device.distributed`), else ``(0, 1)``."""
+    from rarl_gym.device import distributed
+
+    return distributed()
 
 
 def _barrier() -> None:
@@ -576,4 +710,131 @@ def _sharded_progress(
     return np.load(progress_file)
 
 
-__all__ = ["FeatureStore", "cache_key", "entry_path", "extract_features"]
+# -- listing and pruning the cache ---------------------------------------------------------------
+@dataclass
+class CacheEntry:
+    """One entry (folder) of a feature cache, as :func:`cache_entries` finds it.
+
+    Attributes:
+        path: the entry's folder.
+        key: its key (``meta.json``'s, or ``key.json``'s while unfinished; ``{}`` if unreadable).
+        finished: whether ``meta.json`` is there (the entry is valid).
+        nbytes: the bytes its files take on disk.
+        modified: when it was finished (``meta.json``'s modification time) or started (``key.json``'s).
+        in_use: a process holds its lock (it is being extracted now).
+    """
+
+    path: Path
+    key: dict
+    finished: bool
+    nbytes: int
+    modified: float
+    in_use: bool
+
+    @property
+    def family(self) -> tuple:
+        """What entries of successive versions of the same data share: the dataset's name and
+        split (without its image count and fingerprint), backbone, weights and input size. The
+        key of a dataset read from files ends in ``-<N>-<16 hex digits>``; Shapes' names its
+        parameters, so each Shapes configuration is a family of its own."""
+        dataset = str(self.key.get("dataset", self.path.name))
+        parts = dataset.rsplit("-", 2)
+        if len(parts) == 3 and parts[1].isdigit() and len(parts[2]) == 16 and all(c in "0123456789abcdef" for c in parts[2]):
+            dataset = parts[0]
+        return (dataset, self.key.get("split"), self.key.get("backbone"), self.key.get("weights"), self.key.get("input_size"))
+
+
+def _lock_held(path: Path) -> bool:
+    """Whether some process holds the ``flock`` of ``path`` (probed without writing to it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        return err.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)  # also releases the probe's lock
+    return False
+
+
+def _disk_bytes(folder: Path) -> int:
+    total = 0
+    for p in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            st = p.lstat()
+            total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+    return total
+
+
+def cache_entries(cache_dir: str | Path | None = None) -> list[CacheEntry]:
+    """Every entry of the feature cache ``cache_dir`` (default ``$RARL_CACHE`` or ``~/.cache/rarl_gym``),
+    oldest first. Folders without ``key.json`` or ``meta.json`` (the compiled kernel's ``native/``)
+    are not entries."""
+    root = Path(cache_dir or default_cache_dir())
+    if not root.is_dir():
+        return []
+    entries = []
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        meta, key_file = path / "meta.json", path / "key.json"
+        if not meta.exists() and not key_file.exists():
+            continue
+        finished = meta.exists()
+        try:
+            info = json.loads((meta if finished else key_file).read_text())
+            key = info.get("key", {}) if finished else {k: v for k, v in info.items() if k != "shape"}
+            key = key if isinstance(key, dict) else {}
+        except (OSError, ValueError, AttributeError):
+            key = {}
+        try:
+            modified = (meta if finished else key_file).stat().st_mtime
+        except OSError:
+            modified = 0.0
+        entries.append(CacheEntry(path, key, finished, _disk_bytes(path), modified, _lock_held(path / LOCK_FILE)))
+    return sorted(entries, key=lambda e: e.modified)
+
+
+def stale_entries(entries: list[CacheEntry], keep: int = 1) -> list[CacheEntry]:
+    """The entries :func:`prune_cache` removes: in each :attr:`CacheEntry.family`, every finished
+    entry but the ``keep`` newest (they were extracted from an earlier version of the data: an image
+    replaced, a split file edited), and every unfinished one older than the newest finished one
+    (an interrupted extraction of such an earlier version). Entries in use are never stale."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ConfigError(f"keep must be a positive int, got {keep!r}", "keep at least the newest entry: keep=1")
+    families: dict[tuple, list[CacheEntry]] = {}
+    for entry in entries:
+        families.setdefault(entry.family, []).append(entry)
+    stale = []
+    for members in families.values():
+        done = sorted((e for e in members if e.finished), key=lambda e: e.modified, reverse=True)
+        newest = done[0].modified if done else math.inf
+        stale += done[keep:]
+        stale += [e for e in members if not e.finished and e.modified < newest]
+    return sorted((e for e in stale if not e.in_use), key=lambda e: e.modified)
+
+
+def prune_cache(cache_dir: str | Path | None = None, *, keep: int = 1, dry_run: bool = False) -> list[CacheEntry]:
+    """Remove the :func:`stale_entries` of the feature cache ``cache_dir``; return them (``dry_run``: only that).
+
+    ``python -m rarl_gym.cache prune`` runs it from the command line (``list`` shows every entry).
+    """
+    stale = stale_entries(cache_entries(cache_dir), keep)
+    if not dry_run:
+        for entry in stale:
+            if not _lock_held(entry.path / LOCK_FILE):  # taken since it was listed: leave it
+                shutil.rmtree(entry.path, ignore_errors=True)
+    return stale
+
+
+__all__ = [
+    "CacheEntry",
+    "FeatureStore",
+    "cache_entries",
+    "cache_key",
+    "entry_path",
+    "extract_features",
+    "prune_cache",
+    "resolve_entry",
+    "stale_entries",
+]

@@ -1,0 +1,349 @@
+"""Where the glimpses look: one object per centre source, all driven by the same rollout loop.
+
+A centre policy is built once per batch of episodes from an :class:`EpisodeBatch` (the maps the
+rollout crops, the views, the random generator, ...) and then called once per step::
+
+    loc, log_prob = policy(t, out, context)   # centres [B, 2] of step t + 1, log pi [B] (0 if not sampled)
+
+``out`` is the agent's :class:`~agents.rarl.model.AgentOutput` of step ``t`` and ``context`` the
+whole-image context logits ``[B, 1+F, L]`` (or ``None``). :data:`POLICIES` maps each name of
+:data:`rarl_gym.glimpse.CENTER_POLICIES` (and ``"given"``) to its class; ``"learned"`` is the
+agent's own locator (:class:`LinearLocator`, :class:`MapLocator` or :class:`PeakLocator`, by
+``agent.locator_kind``).
+
+Coordinates are the episode's view coordinates (``[-1, 1]``, see :mod:`rarl_gym.glimpse`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from agents.rarl.model import AgentOutput, RARLAgent
+from rarl_gym.glimpse import CENTER_POLICIES, FIXED_GRID, anchor_boxes, crop, fuse, view_to_image
+
+
+@dataclass
+class EpisodeBatch:
+    """What a centre policy may read about the B episodes of one rollout."""
+
+    agent: RARLAgent
+    logit_maps: torch.Tensor | None  # [B, (1+F)L (+ (1+F)L context), H, W] the linear heads' maps (head="linear")
+    windows: torch.Tensor | None  # [B, 4] each episode's view of its image (None: the whole image)
+    fold_of: torch.Tensor | None  # [B] the cross-fitted head that never saw each image (training), None: head 0
+    glimpse_size: int
+    scales: Sequence[float]
+    ratios: Sequence[float]
+    fuse_whole_image: bool
+    sample: bool  # draw from the policy (training) or take its mode (test)
+    generator: torch.Generator | None
+    given_centers: torch.Tensor | None  # [B, T, 2] for "given"
+    batch: int  # B
+    device: torch.device
+
+    def heads(self) -> torch.Tensor:
+        """``[B]`` the head each episode's locator reads (0, or ``1 + fold`` in training)."""
+        if self.fold_of is None or not self.agent.folds:
+            return torch.zeros(self.batch, dtype=torch.long, device=self.device)
+        return 1 + self.fold_of.long() % self.agent.folds
+
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros(self.batch, device=self.device)
+
+
+class CenterPolicy:
+    """A source of glimpse centres for one batch of episodes (see the module docstring)."""
+
+    def __init__(self, ep: EpisodeBatch):
+        self.ep = ep
+
+    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class RandomCenters(CenterPolicy):
+    """Uniform in ``[-1, 1]^2`` (seeded by the episode's generator)."""
+
+    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        ep = self.ep
+        return torch.rand(ep.batch, 2, generator=ep.generator, device=ep.device) * 2 - 1, ep.zeros()
+
+
+class MiddleCenters(CenterPolicy):
+    """Always the view's middle."""
+
+    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor((0.0, 0.0), device=self.ep.device).expand(self.ep.batch, 2), self.ep.zeros()
+
+
+class GridCenters(CenterPolicy):
+    """:data:`rarl_gym.glimpse.FIXED_GRID` (step t: ``FIXED_GRID[t % 5]``)."""
+
+    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = torch.tensor(FIXED_GRID[t % len(FIXED_GRID)], device=self.ep.device)
+        return grid.expand(self.ep.batch, 2), self.ep.zeros()
+
+
+class GivenCenters(CenterPolicy):
+    """The centres ``given_centers [B, T, 2]`` of the episode batch (the oracle's candidates)."""
+
+    def __init__(self, ep: EpisodeBatch):
+        if ep.given_centers is None:
+            raise ValueError("centers='given' needs given_centers [B, T, 2]")
+        super().__init__(ep)
+
+    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.ep.given_centers is not None
+        return self.ep.given_centers[:, t], self.ep.zeros()
+
+
+class LinearLocator(CenterPolicy):
+    """The paper's locator: a Gaussian (std ``agent.sigma``) around a linear function of ``h_t``
+    (plus the t-th grid centre with ``location_prior="grid"``); its mean at test."""
+
+    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        ep, agent = self.ep, self.ep.agent
+        mean = agent.center_mean(out.loc_mean, t)
+        if not ep.sample:
+            return mean.detach(), ep.zeros()
+        noise = torch.randn(mean.shape, generator=ep.generator, device=ep.device)
+        loc = (mean + agent.sigma * noise).detach()  # REINFORCE: no gradient through the sample
+        return loc, torch.distributions.Normal(mean, agent.sigma).log_prob(loc).sum(-1)
+
+
+def candidate_centers(side: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``[side * side, 2]`` the centres of a ``side x side`` grid of cells over ``[-1, 1]^2`` (x fastest)."""
+    c = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side * 2 - 1
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], dim=-1)
+
+
+def candidate_region_logits(ep: EpisodeBatch, positions: torch.Tensor) -> torch.Tensor:
+    """``[B, J, K, L]``: the logits of the K anchors around each candidate ``positions [J, 2]`` (view
+    coordinates) under each episode's locator head (:meth:`EpisodeBatch.heads`), cropped from the
+    logit maps (the head is linear, so the crop of its map is its logit on the crop)."""
+    agent, maps = ep.agent, ep.logit_maps
+    assert maps is not None
+    b, j = maps.shape[0], positions.shape[0]
+    boxes = anchor_boxes(positions.repeat(b, 1), ep.scales, ep.ratios).reshape(b, -1, 4)  # [B, J*K, 4]
+    if ep.windows is not None:
+        boxes = view_to_image(boxes, ep.windows)
+    n_heads = 1 + agent.folds
+    heads = maps[:, : n_heads * agent.num_classes].detach()
+    region = crop(heads, boxes, ep.glimpse_size).mean(dim=(-2, -1)) + agent.region_head.bias.detach()  # [B, J*K, (1+F)*L]
+    head = ep.heads()
+    return region.reshape(b, j, -1, n_heads, agent.num_classes)[torch.arange(b, device=head.device), :, :, head]
+
+
+def mixture_step(
+    logits: torch.Tensor, positions: torch.Tensor, sigma: float, sample: bool, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A centre from the mixture of Gaussians (std ``sigma``) at ``positions [J, 2]`` weighted by
+    ``softmax(logits [B, J])``, and its log-probability ``[B]`` (the mode and 0 if not ``sample``)."""
+    b = logits.shape[0]
+    if not sample:
+        return positions[logits.argmax(1)], logits.new_zeros(b)
+    with torch.no_grad():
+        pick = torch.multinomial(torch.softmax(logits, 1), 1, generator=generator)[:, 0]
+        noise = torch.randn(b, 2, generator=generator, device=logits.device)
+        loc = positions[pick] + sigma * noise
+    component = torch.distributions.Normal(positions, sigma).log_prob(loc[:, None, :]).sum(-1)  # [B, J]
+    return loc, torch.logsumexp(torch.log_softmax(logits, 1) + component, dim=1)
+
+
+class MapLocator(CenterPolicy):
+    """The map locator: a mixture of Gaussians over the ``agent.candidates``-sided grid of centres,
+    weighted by the gains of looking there given what the locator's head has seen so far (fused)
+    and the context (:meth:`RARLAgent.candidate_logits`)."""
+
+    def __init__(self, ep: EpisodeBatch):
+        super().__init__(ep)
+        self.head = ep.heads()  # [B]
+        self.positions = candidate_centers(ep.agent.candidates, ep.device)  # [J, 2]
+        self.best = candidate_region_logits(ep, self.positions).amax(2)  # [B, J, L]
+        self.seen_scores: list[torch.Tensor] = []  # [B, K, L] per step: the locator's head's region scores
+        self.rows = torch.arange(ep.batch, device=ep.device)
+
+    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        ep, agent, rows, head = self.ep, self.ep.agent, self.rows, self.head
+        heads = (
+            out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)
+        )  # [B,K,1+F,L]
+        now = heads[rows, :, head].detach()  # [B, K, L]
+        if t >= 1 or ep.fuse_whole_image:
+            self.seen_scores.append(now)
+        seen = (
+            fuse(torch.stack(self.seen_scores, 1), dims=(1, 2)) if self.seen_scores else now.amax(1)
+        )  # step 0 stands in until something is fused
+        belief = seen + context[rows, head].detach() if context is not None else seen  # the fused logits so far
+        gains = torch.relu(self.best - seen[:, None, :])  # [B, J, L]
+        logits = agent.candidate_logits(gains, belief, out.state[0], self.positions, t)  # [B, J]
+        return mixture_step(logits, self.positions, agent.sigma, ep.sample, ep.generator)
+
+
+def class_peaks(ep: EpisodeBatch, smooth: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class's peak on its logit map under the locator's head: ``(positions [B, L, 2]`` of the
+    peak cell's centre in view coordinates, ``heights [B, L]`` the logit there, bias included).
+
+    The map is read through the view: every cell of an ``H x W`` grid over the view is cropped
+    (one cell's box, so for the whole image the value is the cell's own logit). ``smooth=3``
+    first averages each cell with its 3 x 3 neighbourhood: the peak of the smoothed map lies on the
+    object more often than the single most telling cell (docs/design.md, "Where the labels are").
+    """
+    agent, maps = ep.agent, ep.logit_maps
+    assert maps is not None
+    side = maps.shape[-1]
+    positions = candidate_centers(side, ep.device)  # [J, 2]
+    b, j = maps.shape[0], positions.shape[0]
+    half = positions.new_tensor([1.0 / side, 1.0 / side])
+    boxes = torch.cat([positions - half, positions + half], -1).repeat(b, 1).reshape(b, j, 4)  # [B, J, 4]
+    if ep.windows is not None:
+        boxes = view_to_image(boxes, ep.windows)
+    n_heads = 1 + agent.folds
+    cells = crop(maps[:, : n_heads * agent.num_classes].detach(), boxes, 1)[..., 0, 0]  # [B, J, (1+F)L]
+    cells = cells + agent.region_head.bias.detach()
+    head = ep.heads()
+    cells = cells.reshape(b, j, n_heads, agent.num_classes)[torch.arange(b, device=ep.device), :, head]  # [B, J, L]
+    if smooth > 1:
+        grid = cells.transpose(1, 2).reshape(b, agent.num_classes, side, side)  # [B, L, H, W] (J: x fastest)
+        grid = torch.nn.functional.avg_pool2d(grid, smooth, 1, smooth // 2, count_include_pad=False)
+        cells = grid.flatten(2).transpose(1, 2)  # [B, J, L]
+    heights, at = cells.max(1)  # [B, L]
+    return positions[at], heights
+
+
+class PeakCenters(CenterPolicy):
+    """Training-free and label-free: glimpse ``t`` looks at the peak of the class ranked ``t`` by
+    its peak height (:func:`class_peaks`): the t-th most likely class's most telling cell."""
+
+    def __init__(self, ep: EpisodeBatch):
+        if ep.logit_maps is None:
+            raise ValueError("centers='peak' reads the linear head's logit maps: the agent needs head='linear'")
+        super().__init__(ep)
+        self.positions, heights = class_peaks(ep)  # [B, L, 2], [B, L]
+        self.order = heights.argsort(1, descending=True)  # [B, L]
+        self.rows = torch.arange(ep.batch, device=ep.device)
+
+    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        cls = self.order[:, t % self.order.shape[1]]
+        return self.positions[self.rows, cls], self.ep.zeros()
+
+
+class PeakLocator(CenterPolicy):
+    """The peak locator: a mixture of Gaussians (std ``agent.sigma``) centred on the classes'
+    smoothed peaks (:func:`class_peaks`, ``smooth=3``), one component per class, weighted by
+    :meth:`RARLAgent.peak_logits` (the peak's height, what has been seen of the class so far, the
+    LSTM state, a learned per-class bias), with inhibition of return: a class whose peak lies
+    within :data:`INHIBITION` of an earlier centre is masked. Untrained, its mode looks at the
+    most likely class not yet looked at; REINFORCE learns which classes are worth a glimpse. Every
+    glimpse lands on a class's peak, so the regions that give the labels lie where the classifier
+    locates the objects.
+    """
+
+    def __init__(self, ep: EpisodeBatch):
+        if ep.logit_maps is None:
+            raise ValueError("the peak locator reads the linear head's logit maps: the agent needs head='linear'")
+        super().__init__(ep)
+        self.head = ep.heads()  # [B]
+        self.peaks, self.heights = class_peaks(ep, smooth=PEAK_SMOOTH)  # [B, L, 2], [B, L]
+        self.visited = torch.zeros_like(self.heights)  # [B, L] in [0, 1]: how near a chosen centre each peak is
+        self.seen_scores: list[torch.Tensor] = []
+        self.rows = torch.arange(ep.batch, device=ep.device)
+
+    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        ep, agent, rows, head = self.ep, self.ep.agent, self.rows, self.head
+        heads = (
+            out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)
+        )  # [B,K,1+F,L]
+        if t >= 1 or ep.fuse_whole_image:
+            self.seen_scores.append(heads[rows, :, head].detach())  # [B, K, L]
+        seen = (
+            fuse(torch.stack(self.seen_scores, 1), dims=(1, 2))
+            if self.seen_scores
+            else self.heights.new_full(self.heights.shape, -10.0)
+        )  # nothing looked at yet
+        belief = seen + context[rows, head].detach() if context is not None else seen
+        logits = agent.peak_logits(self.heights, belief, out.state[0]).masked_fill(self.visited > 0.5, -1e4)  # [B, L]
+        if ep.sample:
+            with torch.no_grad():
+                pick = torch.multinomial(torch.softmax(logits, 1), 1, generator=ep.generator)[:, 0]
+                noise = torch.randn(ep.batch, 2, generator=ep.generator, device=ep.device)
+                loc = self.peaks[rows, pick] + agent.sigma * noise
+            component = torch.distributions.Normal(self.peaks, agent.sigma).log_prob(loc[:, None, :]).sum(-1)  # [B, L]
+            log_prob = torch.logsumexp(torch.log_softmax(logits, 1) + component, dim=1)
+        else:
+            loc, log_prob = self.peaks[rows, logits.argmax(1)], ep.zeros()
+        near = torch.exp(-((self.peaks - loc[:, None, :].clamp(-1, 1)) ** 2).sum(-1) / (2 * INHIBITION**2))  # [B, L]
+        self.visited = torch.maximum(self.visited, near.detach())
+        return loc, log_prob
+
+
+#: Inhibition of return: a peak within about this distance of a chosen centre counts as looked at.
+INHIBITION = 0.15
+#: The peak locator's smoothing of the class maps (a 3 x 3 mean; see :func:`class_peaks`).
+PEAK_SMOOTH = 3
+
+
+def learned_policy(ep: EpisodeBatch) -> CenterPolicy:
+    """The agent's own locator."""
+    return {"linear": LinearLocator, "map": MapLocator, "peak": PeakLocator}[ep.agent.locator_kind](ep)
+
+
+class Explore(CenterPolicy):
+    """``policy`` with a fraction ``explore`` of the episodes looking at uniform centres instead
+    (their log-probabilities are zero, so REINFORCE ignores them): the classifier then learns
+    regions everywhere, not only where the current policy looks."""
+
+    def __init__(self, policy: CenterPolicy, explore: float):
+        super().__init__(policy.ep)
+        self.policy = policy
+        self.explorer = torch.rand(self.ep.batch, generator=self.ep.generator, device=self.ep.device) < explore  # [B]
+
+    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, log_prob = self.policy(t, out, context)
+        uniform = torch.rand(self.ep.batch, 2, generator=self.ep.generator, device=self.ep.device) * 2 - 1
+        return torch.where(self.explorer[:, None], uniform, loc), log_prob.masked_fill(self.explorer, 0.0)
+
+
+#: Centre policy name -> its constructor (``"learned"``: the agent's locator).
+POLICIES: dict[str, Callable[[EpisodeBatch], CenterPolicy]] = {
+    "learned": learned_policy,
+    "random": RandomCenters,
+    "center": MiddleCenters,
+    "grid": GridCenters,
+    "peak": PeakCenters,
+    "given": GivenCenters,
+}
+
+
+def make_policy(name: str, ep: EpisodeBatch, explore: float = 0.0) -> CenterPolicy:
+    """The centre policy ``name`` for the episode batch ``ep`` (``explore``: see :class:`Explore`)."""
+    if name not in POLICIES:
+        raise ValueError(f"centers must be one of {CENTER_POLICIES} (or 'given' with given_centers), got {name!r}")
+    policy = POLICIES[name](ep)
+    if explore > 0 and name == "learned" and ep.sample:
+        policy = Explore(policy, explore)
+    return policy
+
+
+__all__ = [
+    "POLICIES",
+    "CenterPolicy",
+    "EpisodeBatch",
+    "Explore",
+    "GivenCenters",
+    "GridCenters",
+    "LinearLocator",
+    "MapLocator",
+    "MiddleCenters",
+    "PeakCenters",
+    "PeakLocator",
+    "RandomCenters",
+    "candidate_centers",
+    "candidate_region_logits",
+    "class_peaks",
+    "make_policy",
+    "mixture_step",
+]
