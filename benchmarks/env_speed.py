@@ -68,10 +68,10 @@ def write_limit(shape: tuple[int, ...], calls: int) -> float:
     return buf.nbytes / timed(fill, calls)
 
 
-def crop_limit(b: int, env, device: str, steps: int) -> float:
-    """Env steps/s if a step cost only its crop: :func:`rarl_gym.glimpse.crop` of B x K anchor boxes
-    (with the region means the env scorer reads) on B random maps of the env's shape and dtype,
-    into a reused output: the ceiling of any env built on it."""
+def crop_step(b: int, env, device: str) -> Callable[[], object]:
+    """One env step's crop alone: :func:`rarl_gym.glimpse.crop` of B x K anchor boxes (with the
+    region means the env scorer reads) on B random maps of the env's shape and dtype, into a
+    reused output; its rate is the ceiling of any env built on it (the "limit" rows)."""
     from envs.episodes import GlimpseEpisodes
     from rarl_gym.glimpse import anchor_boxes, crop
 
@@ -83,7 +83,25 @@ def crop_limit(b: int, env, device: str, steps: int) -> float:
     out = torch.empty(b, k, c, s, s, device=dev)
     means = torch.empty(b, k, c, device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    return b / timed(lambda: (crop(maps, boxes, s, out=out, region_means=means), sync()), steps)
+    return lambda: (crop(maps, boxes, s, out=out, region_means=means), sync())
+
+
+def alternated(calls: dict, steps: int, rounds: int, warmup: int = 12) -> dict:
+    """Seconds per call of each of ``calls`` (name -> function): ``rounds`` rounds, each timing
+    ``steps / rounds`` calls of every function in turn, the median round per function (a load
+    that comes and goes hits them all alike)."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    per = max(steps // rounds, 1)
+    times: dict = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            for _ in range(per):
+                fn()
+            times[name].append((time.perf_counter() - start) / per)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main(args: argparse.Namespace) -> None:
@@ -136,31 +154,39 @@ def main(args: argparse.Namespace) -> None:
             sb3.reset()
             add("sb3", f"SB3VecEnvAdapter(B={b})", b, b / timed(lambda sb3=sb3, acts=acts: sb3.step(acts), args.steps), limit)
         venv.close()
-        if args.device and not copy:
+        if args.device and not copy:  # the numpy env, the torch env(s) and the crop, alternated round by round
             dev = str(pick_device(args.device))
             sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+            numpy_env = gym.make_vec(args.env, num_envs=b, vectorization_mode="vector_entry_point", copy=False, **kwargs)
+            numpy_env.reset(seed=0)
+            contenders: dict[tuple[str, str], Callable[[], object]] = {
+                ("numpy", f"GlimpseVectorEnv(B={b}), alternated"): lambda e=numpy_env, a=acts: e.step(a)
+            }
+            envs = [numpy_env]
             for preload in (False, True) if dev == "cpu" else (True,):
                 tenv = gym.make_vec(
                     args.env,
                     num_envs=b,
                     vectorization_mode="vector_entry_point",
-                    copy=copy,
+                    copy=False,
                     device=dev,
                     preload=preload,
                     **kwargs,
                 )
                 tenv.reset(seed=0)
+                envs.append(tenv)
                 tacts = torch.from_numpy(acts).to(dev)
-                rate = b / timed(lambda tenv=tenv, tacts=tacts, sync=sync: (tenv.step(tacts), sync()), args.steps)
-                add(
+                key = (
                     f"torch {dev}" + (", preload" if preload else ""),
                     f"TorchGlimpseVectorEnv(B={b}, {dev}, preload={preload})",
-                    b,
-                    rate,
                 )
-                tenv.close()
-        for dev in dict.fromkeys(["cpu", *([str(pick_device(args.device))] if args.device else [])]) if not copy else ():
-            add(f"crop {dev}", f"crop alone, B={b}, {dev} (the limit)", b, crop_limit(b, single, dev, args.steps))
+                contenders[key] = lambda e=tenv, a=tacts, sync=sync: (e.step(a), sync())
+            for d in dict.fromkeys(["cpu", dev]):
+                contenders[(f"crop {d}", f"crop alone, B={b}, {d} (the limit)")] = crop_step(b, single, d)
+            for (kind, name), seconds in alternated(contenders, args.steps, args.rounds).items():
+                add(kind, name, b, b / seconds)
+            for e in envs:
+                e.close()
 
     print(
         f"\n{args.env} {kwargs}: one observation = {space.shape} float32 "
@@ -191,6 +217,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="also time the torch vector env (envs/torch_vector_env.py) on this device (cpu, cuda, auto) and the crop there",
     )
+    p.add_argument("--rounds", type=int, default=5, help="--device: alternated rounds (the median is reported)")
     p.add_argument("--vector-only", action="store_true", help="skip the GlimpseEnv, DummyVecEnv, SB3 and copy=True rows")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     return p.parse_args(argv)

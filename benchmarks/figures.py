@@ -158,11 +158,11 @@ def comparison(runs: list[Path], out: Path, dpi: int) -> Path:
         ax.set_xticks(range(len(names)), names, rotation=20)
         ax.set(
             ylabel="%",
-            ylim=(0, 105),
+            ylim=(0, 118),
             title=f"{run_label(run, metrics)}: {metrics.get('split', '')}, {metrics.get('views', 1)} view(s)",
         )
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper right", ncol=len(bars))
     fig.tight_layout()
     path = out / "comparison.png"
     fig.savefig(path, dpi=dpi)
@@ -218,12 +218,23 @@ def gallery(predictions: Path, out: Path, count: int, dpi: int) -> Path | None:
     for ax, (path, boxes) in zip(axes.flat, items):
         with Image.open(path) as image:
             ax.imshow(image.convert("RGB"))
+        corners: dict[tuple[float, float], int] = {}  # labels sharing a box corner are stacked, not overdrawn
         for i, (name, (box, score)) in enumerate(boxes.items()):
             x1, y1, x2, y2 = box
+            stacked = corners[(x1, y1)] = corners.get((x1, y1), -1) + 1
             colour = colours(i % 10)
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2))
             text = name if score is None else f"{name} {score:.2f}"
-            ax.text(x1, y1, text, fontsize=7, color="white", va="bottom", bbox={"facecolor": colour, "pad": 1, "lw": 0})
+            ax.annotate(
+                text,
+                (x1, y1),
+                xytext=(0, 9 * stacked),
+                textcoords="offset points",
+                fontsize=7,
+                color="white",
+                va="bottom",
+                bbox={"facecolor": colour, "pad": 1, "lw": 0},
+            )
         ax.set_title(path.name, fontsize=8)
     fig.tight_layout()
     target = out / "gallery.png"

@@ -35,14 +35,17 @@ class GlimpseEnvSetup:
 
 def glimpse_spaces(settings: EnvSettings, num_regions: int, channels: int, num_classes: int) -> tuple[spaces.Dict, spaces.Box]:
     """The spaces of one episode: ``Dict(glimpses=Box(-inf, inf, (K, C, s, s)), step=Discrete(T + 1))``
-    and ``Box(-1, 1, (2,))`` (``locate``) or ``Box(-1, 1, (2 + L,))`` (``joint``)."""
+    (with ``overview=o > 0`` also ``overview=Box(-inf, inf, (C, o, o))``) and ``Box(-1, 1, (2,))``
+    (``locate``) or ``Box(-1, 1, (2 + L,))`` (``joint``)."""
     s = settings.glimpse_size
-    observation = spaces.Dict(
-        {
-            "glimpses": spaces.Box(-np.inf, np.inf, (num_regions, channels, s, s), np.float32),
-            "step": spaces.Discrete(settings.num_steps + 1),
-        }
-    )
+    entries: dict[str, spaces.Space] = {
+        "glimpses": spaces.Box(-np.inf, np.inf, (num_regions, channels, s, s), np.float32),
+        "step": spaces.Discrete(settings.num_steps + 1),
+    }
+    if settings.overview:
+        o = settings.overview
+        entries["overview"] = spaces.Box(-np.inf, np.inf, (channels, o, o), np.float32)
+    observation = spaces.Dict(entries)
     act_dim = 2 if settings.mode == "locate" else 2 + num_classes
     return observation, spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
 

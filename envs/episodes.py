@@ -57,6 +57,7 @@ class GlimpseEpisodes:
         fuse_whole_image: bool = False,
         reuse_buffers: bool = False,
         out_of_fold: bool = False,
+        overview: int = 0,
     ):
         self.num_steps = num_steps
         self.glimpse_size = glimpse_size
@@ -68,6 +69,8 @@ class GlimpseEpisodes:
         self.num_regions = len(self.scales) * len(self.ratios)
         self.reuse_buffers = reuse_buffers
         self.out_of_fold = out_of_fold
+        self.overview_side = overview
+        self.overview: torch.Tensor | None = None  # [B, C, o, o] the whole map pooled (overview > 0)
         self.folds: torch.Tensor | None = None  # [B] the scorer fold of each image (out_of_fold)
         self.t = 0
         self._maps: torch.Tensor | None = None  # [B, C, H, W] channels-last, reused across episodes
@@ -81,7 +84,13 @@ class GlimpseEpisodes:
         scorer = settings.source.region_scorer(settings.split, progress=progress) if settings.mode == "locate" else None
         # the training split's images are scored by the cross-fitted scorer that never saw them
         out_of_fold = settings.split == settings.source.scorer_split(settings.split)
-        return cls(**settings.rollout_kwargs(), scorer=scorer, reuse_buffers=reuse_buffers, out_of_fold=out_of_fold)
+        return cls(
+            **settings.rollout_kwargs(),
+            scorer=scorer,
+            reuse_buffers=reuse_buffers,
+            out_of_fold=out_of_fold,
+            overview=settings.overview,
+        )
 
     @staticmethod
     def map_dtype(device: torch.device | str = "cpu") -> torch.dtype:
@@ -119,6 +128,8 @@ class GlimpseEpisodes:
         b = feature_maps.shape[0]
         self.feature_maps = feature_maps
         self.labels = labels
+        if self.overview_side:  # the whole map, average-pooled to o x o (the map itself when o is its side)
+            self.overview = torch.nn.functional.adaptive_avg_pool2d(feature_maps.float(), self.overview_side).contiguous()
         folds = getattr(self.scorer, "folds", None)
         self.folds = (
             None

@@ -42,7 +42,11 @@ class GlimpseEnv(GlimpseEnvSetup, gym.Env):
     ## Observation Space
     ``Dict(glimpses=Box(-inf, inf, (K, C, s, s), float32), step=Discrete(T + 1))``: the cropped
     features of the K regions (C backbone channels, ``s = glimpse_size``) and the step index.
-    Step 0 shows the whole image in all K slots.
+    Step 0 shows the whole image in all K slots. With ``overview=o > 0`` the observation also holds
+    ``overview=Box(-inf, inf, (C, o, o), float32)``: the whole image's feature map average-pooled to
+    an ``o x o`` grid, the same at every step of the episode, so that a policy can plan where to
+    look from the start (``o`` = the map's side, 10 at 320 px, gives the map itself: what the RARL
+    agent's peak and map locators read, so they act through the env exactly as in the trainer).
 
     ## Rewards
     0 until the last step; then ``|top-k(fused scores) ∩ G| / k`` (discount 1, so the return is
@@ -71,6 +75,7 @@ class GlimpseEnv(GlimpseEnvSetup, gym.Env):
     * ``num_steps``: T (default 5). ``scales``, ``ratios``: the anchors (fractions of the image
       side; aspect ratios w:h). ``k``: the reward's k. ``fuse_whole_image``: fuse the scores of
       step 0 (the whole image) with those of the glimpses (default ``False``, the paper).
+    * ``overview``: the side of the observation's whole-image overview (default 0: none).
     * ``mode``: ``"locate"`` or ``"joint"``. ``render_mode``: ``None`` or ``"rgb_array"``.
     * ``cache_dir``: the feature cache (default ``$RARL_CACHE`` or ``~/.cache/rarl_gym``).
     * ``dataset_kwargs``: passed to the dataset (Shapes: ``num_images``, ``image_size``, ``seed``).
@@ -151,7 +156,10 @@ class GlimpseEnv(GlimpseEnvSetup, gym.Env):
     # -- helpers -------------------------------------------------------------------------------
     def _obs(self, glimpses: torch.Tensor) -> dict:
         step = min(self.episodes.t, self.episodes.num_steps)
-        return {"glimpses": glimpses[0].numpy().astype(np.float32, copy=False), "step": step}
+        obs: dict[str, Any] = {"glimpses": glimpses[0].numpy().astype(np.float32, copy=False), "step": step}
+        if self.episodes.overview is not None:
+            obs["overview"] = self.episodes.overview[0].numpy().copy()  # a new array every step, as Gymnasium asks
+        return obs
 
     def _final_info(self) -> dict:
         w, h = self.store.image_sizes[self._index]

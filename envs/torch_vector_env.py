@@ -140,16 +140,22 @@ class TorchGlimpseVectorEnv(GlimpseVectorEnv):
 
     def _obs(self, glimpses: torch.Tensor) -> TensorDict:  # type: ignore[override]
         step = min(self.episodes.t, self.episodes.num_steps)
-        return {
+        obs = {
             "glimpses": glimpses if glimpses.dtype == torch.float32 else glimpses.to(torch.float32),
             "step": torch.full((self.num_envs,), step, dtype=torch.int64, device=self.device),
         }
+        overview = getattr(self.episodes, "overview", None)  # [B, C, o, o] (env kwarg overview > 0)
+        if overview is not None:
+            obs["overview"] = overview.clone()
+        return obs
 
     def _final(self) -> tuple[TensorDict, dict]:  # type: ignore[override]
         b, ep = self.num_envs, self.episodes
         index_t = torch.from_numpy(self._index).to(self.device)
         zeros = torch.zeros((1, *self._glimpse_shape), device=self.device).expand(b, *self._glimpse_shape)
         final_obs = {"glimpses": zeros, "step": torch.full((b,), ep.num_steps, dtype=torch.int64, device=self.device)}
+        if getattr(ep, "overview", None) is not None:
+            final_obs["overview"] = ep.overview.clone()
         wh = self._sizes_t.index_select(0, index_t)  # [B, 2]
         scale = wh.repeat(1, 2)[:, None, None, :] / 2.0  # [B, 1, 1, 4] = (w, h, w, h) / 2
         info: dict[str, Any] = {

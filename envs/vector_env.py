@@ -214,17 +214,27 @@ class GlimpseVectorEnv(GlimpseEnvSetup, VectorEnv):
 
     def _obs(self, glimpses: torch.Tensor) -> ObsDict:
         step = min(self.episodes.t, self.episodes.num_steps)
-        return {
+        obs = {
             "glimpses": glimpses.numpy().astype(np.float32, copy=False),
             "step": np.full(self.num_envs, step, dtype=np.int64),
         }
+        if self.episodes.overview is not None:
+            obs["overview"] = self.episodes.overview.numpy().copy()
+        return obs
 
     def _final(self) -> tuple[np.ndarray, dict]:
         """The ended episodes' ``final_obs`` (object array ``[B]``) and batched ``final_info``."""
         b, ep = self.num_envs, self.episodes
         zeros = np.zeros((b, *self._glimpse_shape), dtype=np.float32)
         final_obs = np.empty(b, dtype=object)
-        final_obs[:] = [{"glimpses": zeros[i], "step": ep.num_steps} for i in range(b)]
+        final_obs[:] = [
+            {
+                "glimpses": zeros[i],
+                "step": ep.num_steps,
+                **({} if ep.overview is None else {"overview": ep.overview[i].numpy()}),
+            }
+            for i in range(b)
+        ]
         wh = torch.from_numpy(self._sizes[self._index]).to(torch.float32)  # [B, 2]
         scale = wh.repeat(1, 2)[:, None, None, :] / 2.0  # [B, 1, 1, 4] = (w, h, w, h) / 2
         boxes = (torch.stack(ep.history, dim=1) + 1.0) * scale  # [B, T, K, 4] pixels

@@ -27,32 +27,61 @@ if TYPE_CHECKING:
 CSRA_LAMBDAS: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0)
 
 
+#: Training maps up to this size are held in memory (float16) for the fits; larger splits are read per batch.
+PRELOAD_BYTES = 2 << 30
+
+
 class CSRAHead(nn.Module):
     """``[B, C, H, W] -> [B, L]``: mean over the cells of a linear head's logits + ``lam`` * their max."""
 
     def __init__(self, channels: int, num_classes: int, lam: float):
         super().__init__()
-        self.head = nn.Conv2d(channels, num_classes, 1)
+        self.head = nn.Linear(channels, num_classes)
         self.lam = float(lam)
 
     def forward(self, feature_maps: torch.Tensor) -> torch.Tensor:
-        cells = self.head(feature_maps).flatten(2)  # [B, L, H*W]
-        return cells.mean(2) + self.lam * cells.amax(2)
+        return self.from_cells(feature_maps.flatten(2).transpose(1, 2))
+
+    def from_cells(self, cells: torch.Tensor) -> torch.Tensor:
+        """``[B, H*W, C]`` cell features -> ``[B, L]``."""
+        logits = self.head(cells)  # [B, H*W, L]
+        return logits.mean(1) + self.lam * logits.amax(1)
 
 
-def _fit(
-    store: FeatureStore, index: np.ndarray, lam: float, *, epochs: int, lr: float, batch_size: int, seed: int
-) -> CSRAHead:
+class _Cells:
+    """The training split's maps as cells ``[B, H*W, C]``: in memory (float16) when they fit
+    :data:`PRELOAD_BYTES`, else read from the cache per batch."""
+
+    def __init__(self, store: FeatureStore):
+        self.store = store
+        n = len(store)
+        size = n * store.channels * int(np.prod(store.map_size)) * 2
+        self.held: torch.Tensor | None = None
+        if size <= PRELOAD_BYTES:
+            parts = [self._read(np.arange(i, min(i + 256, n))).half() for i in range(0, n, 256)]
+            self.held = torch.cat(parts)
+        self.labels = torch.from_numpy(np.asarray(store.labels))
+
+    def _read(self, index: np.ndarray) -> torch.Tensor:
+        return self.store.batch(index)[0].flatten(2).transpose(1, 2)
+
+    def batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        cells = self.held[index].float() if self.held is not None else self._read(np.sort(index))
+        labels = self.labels[index] if self.held is not None else self.labels[np.sort(index)]
+        return cells, labels
+
+
+def _fit(cells: _Cells, index: np.ndarray, lam: float, *, epochs: int, lr: float, batch_size: int, seed: int) -> CSRAHead:
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CSRAHead(store.channels, len(store.classes), lam)
+        model = CSRAHead(cells.store.channels, len(cells.store.classes), lam)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
     for _ in range(epochs):
         order = index[torch.randperm(len(index), generator=generator).numpy()]
         for lo in range(0, len(order), batch_size):
-            feats, labels = store.batch(np.sort(order[lo : lo + batch_size]))
-            loss = masked_bce(model(feats), labels)
+            x, labels = cells.batch(order[lo : lo + batch_size])
+            loss = masked_bce(model.from_cells(x), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -70,6 +99,7 @@ def fit_csra(
 ) -> CSRAHead:
     """The CSRA head of the training split ``store``: ``lambda`` from ``lambdas`` by 2-fold
     cross-validation (mAP on the other half of the training images), then refitted on all of them."""
+    cells = _Cells(store)
     index = np.arange(len(store))
     halves = [index[index % 2 == 0], index[index % 2 == 1]]
     best, best_map = lambdas[0], -1.0
@@ -77,12 +107,12 @@ def fit_csra(
         for lam in lambdas:
             scores = []
             for f in range(2):
-                model = _fit(store, halves[1 - f], lam, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+                model = _fit(cells, halves[1 - f], lam, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
                 probs = predict_csra(model, store, index=halves[f])
                 scores.append(mean_average_precision(probs, store.labels[halves[f]]))
             if float(np.mean(scores)) > best_map:
                 best, best_map = lam, float(np.mean(scores))
-    return _fit(store, index, best, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    return _fit(cells, index, best, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
 
 
 @torch.no_grad()
@@ -113,4 +143,4 @@ def predict_csra(
     return torch.cat(probs).numpy()
 
 
-__all__ = ["CSRA_LAMBDAS", "CSRAHead", "fit_csra", "predict_csra"]
+__all__ = ["CSRA_LAMBDAS", "PRELOAD_BYTES", "CSRAHead", "fit_csra", "predict_csra"]

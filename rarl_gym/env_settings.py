@@ -75,6 +75,7 @@ class EnvSettings:
     mode: str = "locate"
     k: int | str = ADAPTIVE
     fuse_whole_image: bool = False
+    overview: int = 0
     scales: tuple[float, ...] = DEFAULT_SCALES
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     cache_dir: str | None = None
@@ -82,6 +83,7 @@ class EnvSettings:
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
+        self._check_overview()
         if not (_is_int(self.glimpse_size) and 1 <= self.glimpse_size <= 32):
             raise ConfigError(f"glimpse_size must be an int from 1 to 32, got {self.glimpse_size!r}", "use 1, 3 or 7")
         if not (_is_int(self.num_steps) and self.num_steps >= 1):
@@ -125,6 +127,13 @@ class EnvSettings:
         object.__setattr__(self, "dataset_kwargs", dict(self.dataset_kwargs or {}))
         if self.split is None:
             object.__setattr__(self, "split", self.source.train_split)
+
+    def _check_overview(self) -> None:
+        if not (_is_int(self.overview) and 0 <= self.overview <= 64):
+            raise ConfigError(
+                f"overview must be an int from 0 (off) to 64, got {self.overview!r}",
+                "use 0, a small grid such as 7, or the feature map's side (10 at 320 px) for the map itself",
+            )
 
     @property
     def source(self) -> FeatureSource:

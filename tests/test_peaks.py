@@ -108,7 +108,7 @@ def test_csra_head_is_mean_plus_lambda_max():
 
     head = CSRAHead(2, 1, lam=0.5)
     with torch.no_grad():
-        head.head.weight.copy_(torch.tensor([[[[1.0]], [[0.0]]]]))
+        head.head.weight.copy_(torch.tensor([[1.0, 0.0]]))
         head.head.bias.zero_()
     maps = torch.zeros(1, 2, 2, 2)
     maps[0, 0] = torch.tensor([[1.0, 2.0], [3.0, 6.0]])

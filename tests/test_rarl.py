@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from agents.rarl import RARLAgent, RARLEnvPolicy, classification_loss, rarl_loss, rollout
+from rarl_gym.errors import ConfigError
 
 
 def test_agent_shapes_and_state_sharing():
@@ -79,6 +80,47 @@ def test_env_and_batched_rollout_agree(small_kwargs, fuse_whole_image):
         assert np.allclose(info["scores"], torch.tanh(out.fused[0]).numpy(), atol=1e-5)
         assert reward == pytest.approx(out.reward.item())
         assert np.allclose(info["centers"], out.centers[0].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("locator", ["peak", "map"])
+def test_the_default_agent_acts_through_the_env_as_in_the_trainer(small_kwargs, locator):
+    """The linear head with a context head and a peak (the default) or map locator, through
+    GlimpseEnv(mode='joint', overview=<map side>): the same centres, fused scores and reward as the
+    trainer's rollout; without the overview the policy says what the env must show."""
+    store = gym.make("RARL-Shapes-v0", **small_kwargs).unwrapped.store
+    side = store.map_size[0]
+    env = gym.make("RARL-Shapes-v0", mode="joint", overview=side, **small_kwargs)
+    assert env.observation_space["overview"].shape == (store.channels, side, side)
+    torch.manual_seed(0)
+    agent = RARLAgent(
+        store.channels,
+        len(store.classes),
+        glimpse_size=3,
+        embed_dim=16,
+        hidden_dim=16,
+        head="linear",
+        folds=2,
+        context=True,
+        locator=locator,
+        output="sigmoid",
+        candidates=3,
+    ).eval()
+    policy = RARLEnvPolicy(agent, settings=env.unwrapped.settings)
+    for index in (0, 5):
+        obs, _ = env.reset(options={"index": index})
+        assert np.allclose(obs["overview"], store.batch([index])[0][0].numpy(), atol=1e-3)  # the map itself (float16 cache)
+        done = False
+        while not done:
+            obs, reward, done, _, info = env.step(policy(obs))
+        feats, labels = store.batch([index])
+        with torch.no_grad():
+            out = rollout(agent, feats, labels, glimpse_size=3, sample=False)
+        assert np.allclose(info["centers"], out.centers[0].numpy(), atol=1e-5)
+        assert np.allclose(info["scores"], torch.tanh(out.fused[0]).numpy(), atol=1e-4)
+        assert reward == pytest.approx(out.reward.item())
+    blind = gym.make("RARL-Shapes-v0", mode="joint", **small_kwargs)
+    with pytest.raises(ConfigError, match="overview="):
+        RARLEnvPolicy(agent)(blind.reset(options={"index": 0})[0])
 
 
 def test_training_learns_a_tiny_problem():

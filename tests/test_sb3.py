@@ -72,6 +72,24 @@ def test_extractor_shapes(s):
     assert raw.embed[0].in_features == 8 * s * s and raw(pre).shape == (4, 32)
 
 
+def test_extractor_reads_the_overview():
+    """With an overview the features depend on where things are in the whole image."""
+    space = spaces.Dict(
+        {
+            "glimpses": spaces.Box(-np.inf, np.inf, (9, 8, 1, 1), np.float32),
+            "step": spaces.Discrete(6),
+            "overview": spaces.Box(-np.inf, np.inf, (8, 3, 3), np.float32),
+        }
+    )
+    torch.manual_seed(0)
+    ext = GlimpseExtractor(space, features_dim=32)
+    obs = {"glimpses": torch.randn(2, 9, 8, 1, 1), "step": torch.tensor([0, 1]), "overview": torch.randn(2, 8, 3, 3)}
+    out = ext(preprocess_obs(obs, space))
+    assert out.shape == (2, 32) and ext.overview[0].in_features == 64 * 9
+    moved = {**obs, "overview": obs["overview"].flip(-1)}  # the same content, elsewhere
+    assert not torch.allclose(ext(preprocess_obs(moved, space)), out)
+
+
 def test_defaults_fit_the_episode_and_the_memory_budget(env_kwargs):
     env = make_vec(ENV, env_kwargs, 2, 0)
     for algo in ALGOS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -22,11 +24,11 @@ def _play(env, actions: np.ndarray, as_tensor: bool) -> list[tuple[str, object]]
         return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
     obs, info = env.reset(seed=3)
-    out: list[tuple[str, object]] = [("glimpses", np_(obs["glimpses"])), ("step", np_(obs["step"]))]
+    out: list[tuple[str, object]] = [(key, np_(obs[key])) for key in sorted(obs)]
     out.append(("image_id", list(info["image_id"])))
     for a in actions:
         obs, reward, terminated, truncated, infos = env.step(torch.from_numpy(a) if as_tensor else a)
-        out += [("glimpses", np_(obs["glimpses"])), ("step", np_(obs["step"])), ("reward", np_(reward))]
+        out += [(key, np_(obs[key])) for key in sorted(obs)] + [("reward", np_(reward))]
         out += [("terminated", np_(terminated)), ("truncated", np_(truncated))]
         if "final_info" in infos:
             fi = infos["final_info"]
@@ -35,10 +37,17 @@ def _play(env, actions: np.ndarray, as_tensor: bool) -> list[tuple[str, object]]
     return out
 
 
-@pytest.mark.parametrize(("mode", "preload"), [("locate", False), ("locate", True), ("joint", False)])
-def test_cpu_torch_env_gives_the_numpy_env_numbers(small_kwargs, mode, preload):
+@pytest.mark.parametrize(
+    ("mode", "preload", "extra"),
+    [("locate", False, {}), ("locate", True, {}), ("joint", False, {}), ("locate", False, {"overview": 2})],
+)
+def test_cpu_torch_env_gives_the_numpy_env_numbers(small_kwargs, mode, preload, extra):
     """Same seed, same actions: every observation, reward, flag and final info equal (two episodes + autoreset)."""
-    kwargs = {**small_kwargs, "dataset": "shapes", "mode": mode}
+    from rarl_gym.env_settings import EnvSettings
+
+    if any(key not in {f.name for f in dataclasses.fields(EnvSettings)} for key in extra):
+        pytest.skip(f"this version of the env has no {sorted(extra)}")
+    kwargs = {**small_kwargs, "dataset": "shapes", "mode": mode, **extra}
     numpy_env = GlimpseVectorEnv(B, **kwargs)
     torch_env = TorchGlimpseVectorEnv(B, device="cpu", preload=preload, **kwargs)
     steps = 2 * (numpy_env.episodes.num_steps + 1) + 2

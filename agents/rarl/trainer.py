@@ -334,7 +334,8 @@ def _check_resume(ckpt: dict, config: TrainConfig, settings: EnvSettings) -> Non
     now = dataclasses.asdict(config)
     ignore = {"epochs", "progress", "device", "run_dir"}
     diff = {k: (saved.get(k), now[k]) for k in now if k not in ignore and saved.get(k) != now[k]}
-    if ckpt["settings"] != settings.to_dict():
+    saved_settings = {**EnvSettings().to_dict(), "split": settings.split, **ckpt["settings"]}  # fields added since: defaults
+    if saved_settings != settings.to_dict():
         diff["env settings"] = (ckpt["settings"], settings.to_dict())
     if diff:
         lines = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
