@@ -279,7 +279,7 @@ def rarl_final(writer, agent, store, settings: EnvSettings, config, results: dic
     """PR curves of the final evaluation (learned centres, the run's views) and the hyperparameters."""
     from agents.rarl.evaluate import predict
 
-    probs = predict(agent, store, settings, views=config.eval_views, crop=config.augment_crop, device=device).probs
+    probs = predict(agent, store, settings, views=config.eval_views, view_crop=config.augment_crop, device=device).probs
     log_pr_curves(writer, probs, store.labels, store.classes, step)
     log_hparams(writer, {**dataclasses.asdict(config), **{f"env.{k}": v for k, v in settings.to_dict().items()}}, results)
 

@@ -7,6 +7,7 @@ log kept; a failed or timed-out step is a row of the table, and the next steps s
 1. ``cuda-tests``: the tests that are skipped without CUDA (``pytest -k cuda``);
 2. ``extract``: feature extraction into a fresh cache, timed (``scripts/extract_features.py``;
    float16 autocast, pinned memory and channels-last on CUDA): VOC07 train + val, Lite0 at 320 px;
+   ``env-scorer``: the env's locate-mode scorer fitted on the device (the env steps below need it);
 3. ``train``: a default RARL training (``scripts/train_agent.py --env RARL-VOC07-v0``), its mAP;
 4. ``finetune``: one epoch of fine-tuning the backbone with the agent (``--backbone
    efficientnet_lite0_s16 --hyperparams '{"finetune": true}'``: the cached stride-16 map, Lite0's
@@ -56,8 +57,33 @@ TINY_FT = {"input_size": 64, "dataset_kwargs": {"num_images": 16, "image_size": 
 
 #: Seconds each step may take on the GPU (total 470 s: the check fits in 8 minutes); unused time
 #: carries over to the next steps. ``--budget`` scales them.
-GPU_BUDGET = {"cuda-tests": 45, "extract": 75, "train": 150, "finetune": 120, "env-speed": 35, "inference": 45}
-CPU_BUDGET = {"cuda-tests": 30, "extract": 20, "train": 40, "finetune": 40, "env-speed": 30, "inference": 30}
+GPU_BUDGET = {
+    "cuda-tests": 40,
+    "extract": 70,
+    "env-scorer": 35,
+    "train": 140,
+    "finetune": 110,
+    "env-speed": 35,
+    "inference": 40,
+}
+CPU_BUDGET = {
+    "cuda-tests": 30,
+    "extract": 20,
+    "env-scorer": 20,
+    "train": 40,
+    "finetune": 40,
+    "env-speed": 30,
+    "inference": 30,
+}
+
+#: The env-scorer step: the locate-mode scorer of the env, fitted on the device (on the CPU it
+#: would be fitted inside the env-speed step, minutes on VOC07), saved beside the cache.
+SCORER_CODE = (
+    "import json, sys, time, rarl_gym; from rarl_gym.env_settings import EnvSettings; "
+    "s = EnvSettings.from_kwargs(**json.loads(sys.argv[1])); t = time.perf_counter(); "
+    "f = s.source.region_scorer(s.split, device=sys.argv[2], progress=False); "
+    "print(json.dumps({'env_scorer_seconds': round(time.perf_counter() - t, 2), 'folds': f.folds}))"
+)
 
 
 @dataclass
@@ -81,11 +107,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=str(ROOT.parent / "shared" / "data" / "voc07"),
         help="VOC07 root (default ../shared/data/voc07 beside the repo)",
     )
+    p.add_argument(
+        "--dataset",
+        choices=["auto", "voc07", "shapes"],
+        default="auto",
+        help="the GPU steps' data: auto (default) = VOC07 where --data-root exists, else the drawn Shapes",
+    )
     p.add_argument("--out", default=None, help="the markdown table (default $OUT/gpu_check.md or runs/gpu-check/)")
     p.add_argument("--work", default=None, help="run folders and the fresh feature cache (default: a temporary folder)")
     p.add_argument("--train-epochs", type=int, default=None, help="epochs of the default training (default: its own)")
     p.add_argument("--budget", type=float, default=1.0, help="scale every step's time limit (default 1)")
     p.add_argument("--only", nargs="+", choices=list(GPU_BUDGET), default=None, help="run only these steps")
+    p.add_argument("--dry-run", action="store_true", help="print the steps' commands and limits, run nothing")
     p.add_argument("--python", default=sys.executable, help="the interpreter of the steps")
     return p.parse_args(argv)
 
@@ -102,10 +135,11 @@ def probe_device() -> dict:
 
 
 def plan(args: argparse.Namespace, work: Path) -> list[Step]:
-    """The six steps and their commands (``--cpu``: on tiny data)."""
+    """The seven steps and their commands (``--cpu``: on tiny data)."""
     py = args.python
-    env, root = ("RARL-Shapes-v0", None) if args.cpu else ("RARL-VOC07-v0", args.data_root)
-    kw = json.dumps(TINY) if args.cpu else json.dumps({"root": root})
+    voc = not args.cpu and args.dataset == "voc07"
+    env, root = ("RARL-VOC07-v0", args.data_root) if voc else ("RARL-Shapes-v0", None)
+    kw = json.dumps(TINY if args.cpu else ({"root": root} if voc else {}))
     data = ["--env-kwargs", kw]
     if args.cpu:
         tests = [py, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-rs", "-k", "cuda"]
@@ -119,10 +153,12 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         inference = ["--images", "8", "--batch-size", "8", "--proposal-images", "1", "--repeat", "1"]
     else:
         tests = [py, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-rs", "-k", "cuda", "tests"]
-        extract = [py, "scripts/extract_features.py", "--dataset", "voc07", "--data-root", root, "--splits", "train", "val"]
-        train = [py, "scripts/train_agent.py", "--env", env, "--data-root", root]
+        where = ["--data-root", root] if root else []
+        extract = [py, "scripts/extract_features.py", "--dataset", args.dataset, *where]
+        extract += ["--splits", "train", "val"] if root else []  # Shapes: its train and test splits
+        train = [py, "scripts/train_agent.py", "--env", env, *where]
         train += ["--epochs", str(args.train_epochs)] if args.train_epochs else []
-        ft = [py, "scripts/train_agent.py", "--env", env, "--data-root", root]
+        ft = [py, "scripts/train_agent.py", "--env", env, *where]
         env_speed = ["--batch-sizes", "16", "256", "1024", "--steps", "60"]
         inference = ["--images", "32", "--batch-size", "16"]
     cache = str(work / "cache")
@@ -131,16 +167,20 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
     ft += ["--backbone", "efficientnet_lite0_s16", "--hyperparams", '{"finetune": true}', "--epochs", "1"]
     ft += ["--run-dir", str(work / "finetune"), "--no-progress"]
     device = "cpu" if args.cpu else "cuda"
+    env_kwargs = {"dataset": "shapes", **TINY} if args.cpu else ({"dataset": "voc07", "root": root} if voc else {})
+    env_kwargs.setdefault("dataset", "shapes")
+    scorer = [py, "-c", SCORER_CODE, json.dumps(env_kwargs), device]
     env_speed = [py, "benchmarks/env_speed.py", "--env", env, *data, "--device", device, "--vector-only", *env_speed]
     env_speed += ["--json", str(work / "env_speed.json")]
     inference = [py, "benchmarks/inference_speed.py", "--run", str(work / "train"), "--accuracy-images", "0", *inference]
     inference += ["--device", device, "--out", str(work / "inference.json")]
     if root:
         inference += ["--data-root", root]
-    what = "Shapes tiny, CPU" if args.cpu else "VOC07"
+    what = "Shapes tiny, CPU" if args.cpu else ("VOC07" if voc else "Shapes, 3000 + 1000 images of 256 px")
     return [
         Step("cuda-tests", "CUDA-only tests (`pytest -k cuda`)", tests),
         Step("extract", f"feature extraction, fresh cache ({what})", extract),
+        Step("env-scorer", f"the env's locate-mode scorer, fitted on {device}", scorer),
         Step("train", f"default RARL training ({what})", train),
         Step("finetune", "1 epoch fine-tuning Lite0's stride-16 tail with the agent", ft),
         Step("env-speed", f"env steps/s, numpy vs torch vector env on {device}", env_speed),
@@ -168,6 +208,11 @@ def read_extract(step: Step, output: str, work: Path, cpu: bool) -> None:
         step.result = f"{', '.join(parts)}: **{images / max(seconds, 1e-9):,.0f} images/s**, maps {splits[0][3]}"
     if not cpu:
         step.result += "; float16 autocast"
+
+
+def read_scorer(step: Step, output: str, work: Path, cpu: bool) -> None:
+    step.numbers = json.loads(output.strip().splitlines()[-1])
+    step.result = f"{step.numbers['folds']} folds fitted (or loaded) in {step.numbers['env_scorer_seconds']:.1f} s"
 
 
 def read_run(step: Step, output: str, work: Path, cpu: bool) -> None:
@@ -224,6 +269,7 @@ def read_inference(step: Step, output: str, work: Path, cpu: bool) -> None:
 READERS: dict[str, Callable[[Step, str, Path, bool], None]] = {
     "cuda-tests": read_tests,
     "extract": read_extract,
+    "env-scorer": read_scorer,
     "train": read_run,
     "finetune": read_run,
     "env-speed": read_env_speed,
@@ -313,13 +359,24 @@ def default_out() -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = probe_device()
-    if not args.cpu and not device["cuda"]:
+    device = probe_device() if not args.dry_run else {}
+    if not args.cpu and not args.dry_run and not device["cuda"]:
         print("error: no CUDA device is visible\nFix: run it on a GPU machine, or `gpu_check.sh --cpu`", file=sys.stderr)
         return 2
-    if not args.cpu and not Path(args.data_root).is_dir():
+    if args.dataset == "auto":  # VOC07 where it is on disk, else the drawn Shapes (nothing to carry to a GPU machine)
+        args.dataset = "voc07" if Path(args.data_root).is_dir() else "shapes"
+        if args.dataset == "shapes" and not args.cpu:
+            print(f"gpu_check: no VOC07 data at {args.data_root}: the GPU steps run on RARL-Shapes-v0", flush=True)
+    if not args.cpu and args.dataset == "voc07" and not Path(args.data_root).is_dir():
         print(f"error: no VOC07 data at {args.data_root}\nFix: pass --data-root <folder holding VOCdevkit>", file=sys.stderr)
         return 2
+    if args.dry_run:
+        work = Path(args.work or "$WORK")
+        budget = CPU_BUDGET if args.cpu else GPU_BUDGET
+        for step in plan(args, work):
+            if not args.only or step.name in args.only:
+                print(f"{step.name} ({args.budget * budget[step.name]:.0f} s): {shlex.join(step.command)}")
+        return 0
     out = Path(args.out) if args.out else default_out()
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpu-check-"))

@@ -339,8 +339,8 @@ def accuracy_rows(bench: Bench, scorer, proposals: Callable[[Any], Any], num_win
     accuracy = {}
     print(f"\naccuracy on the first {k} images of {split} (mAP area, %):", flush=True)
     for name, probs in (
-        ("RARL, single view", predict(agent, sub, settings, views=1, crop=crop)[0]),
-        ("RARL, ten views", predict(agent, sub, settings, views=10, crop=crop)[0]),
+        ("RARL, single view", predict(agent, sub, settings, views=1, view_crop=crop)[0]),
+        ("RARL, ten views", predict(agent, sub, settings, views=10, view_crop=crop)[0]),
         ("global-image linear classifier", predict_global(scorer, sub)),
     ):
         accuracy[name] = round(100 * metrics.evaluate(probs, sub.labels, classes=store.classes).map_area, 1)

@@ -24,6 +24,7 @@ class GlimpseEnvSetup:
         ``episodes`` (:class:`envs.episodes.GlimpseEpisodes`); return the observation and action
         spaces of one episode (:func:`glimpse_spaces`)."""
         self.settings = settings = EnvSettings.from_kwargs(**env_kwargs)
+        assert settings.split is not None  # EnvSettings fills in the training split
         self.source = settings.source
         self.split = settings.split
         self.data, self.store = self.source.open_split(settings.split, progress=progress)

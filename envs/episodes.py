@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from rarl_gym.glimpse import anchor_boxes, crop, fuse, whole_image_boxes
 from rarl_gym.reward import topk_overlap
 from rarl_gym.scorer import CrossFitScorer, RegionScorer
+
+if TYPE_CHECKING:
+    from rarl_gym.env_settings import EnvSettings
 
 
 def _single_threaded_after_fork() -> None:
@@ -78,7 +82,7 @@ class GlimpseEpisodes:
         self._turn = 0
 
     @classmethod
-    def from_settings(cls, settings, *, progress: bool = True, reuse_buffers: bool = False) -> GlimpseEpisodes:
+    def from_settings(cls, settings: EnvSettings, *, progress: bool = True, reuse_buffers: bool = False) -> GlimpseEpisodes:
         """The episodes of an env's :class:`rarl_gym.env_settings.EnvSettings`; ``mode="locate"``
         loads (or fits, once) the env's region scorer."""
         scorer = settings.source.region_scorer(settings.split, progress=progress) if settings.mode == "locate" else None
@@ -124,7 +128,9 @@ class GlimpseEpisodes:
         if feature_maps.dtype != self.map_dtype(feature_maps.device) or not feature_maps.is_contiguous(
             memory_format=torch.channels_last
         ):
-            feature_maps = self.map_buffer(tuple(feature_maps.shape), feature_maps.device).copy_(feature_maps)
+            feature_maps = self.map_buffer(
+                cast("tuple[int, int, int, int]", tuple(feature_maps.shape)), feature_maps.device
+            ).copy_(feature_maps)
         b = feature_maps.shape[0]
         self.feature_maps = feature_maps
         self.labels = labels
@@ -146,9 +152,10 @@ class GlimpseEpisodes:
         whole = crop(
             feature_maps, self.boxes[:, :1], self.glimpse_size, region_means=means
         )  # [B,1,C,s,s]: all K anchors are the whole image
-        self.glimpses = self._output(whole.shape[2:]).copy_(whole.expand(-1, self.num_regions, -1, -1, -1))
+        glimpses = self._output(whole.shape[2:]).copy_(whole.expand(-1, self.num_regions, -1, -1, -1))
+        self.glimpses: torch.Tensor | None = glimpses
         self.region_means = None if means is None else means.expand(-1, self.num_regions, -1)  # [B,K,C]
-        return self.glimpses
+        return glimpses
 
     def _output(self, glimpse_shape: tuple[int, ...]) -> torch.Tensor:
         """The tensor the next glimpses ``[B, K, C, s, s]`` go to: fresh, or the next of two reused ones."""
@@ -167,6 +174,7 @@ class GlimpseEpisodes:
     def region_scores(self) -> torch.Tensor:
         """``[B, L]`` the env scorer's fused scores of the regions shown now (``locate`` mode);
         equal to ``fuse(scorer(glimpses))``, from the region means the crop computed."""
+        assert self.scorer is not None and self.region_means is not None  # locate mode: the env scorer
         return fuse(self.scorer.score_means(self.region_means, self.folds))
 
     def step(self, centers: torch.Tensor, scores: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium import spaces
 
 from envs.common import GlimpseEnvSetup, check_actions
 from rarl_gym.env_settings import check_index
@@ -91,7 +92,10 @@ class GlimpseEnv(GlimpseEnvSetup, gym.Env):
     * v0: initial version.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 2}
+    metadata: ClassVar[dict[str, Any]] = {  # type: ignore[misc]  # gymnasium declares it per instance
+        "render_modes": ["rgb_array"],
+        "render_fps": 2,
+    }
 
     def __init__(self, render_mode: str | None = None, progress: bool = True, **kwargs: Any):
         if render_mode is not None:
@@ -103,7 +107,7 @@ class GlimpseEnv(GlimpseEnvSetup, gym.Env):
         self._index = -1
 
     # -- Gymnasium API -------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         super().reset(seed=seed)
         if seed is not None or self._order is None:
             self._order = self.np_random.permutation(len(self.store))
@@ -122,10 +126,10 @@ class GlimpseEnv(GlimpseEnvSetup, gym.Env):
         glimpses = self.episodes.reset(feats, labels, torch.tensor([index]))
         return self._obs(glimpses), {"image_id": self.store.image_ids[index]}
 
-    def step(self, action):
+    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         if self._index < 0 or self.episodes.done:
             raise RuntimeError("call reset() before step(): the episode is over or has not started")
-        action = check_actions(action, self.action_space, self.mode)
+        action = check_actions(action, cast(spaces.Box, self.action_space), self.mode)
         centers = torch.from_numpy(action[None, :2])
         scores = None if self.mode == "locate" else torch.from_numpy(action[None, 2:])
         glimpses, reward = self.episodes.step(centers, scores)
@@ -134,6 +138,7 @@ class GlimpseEnv(GlimpseEnvSetup, gym.Env):
         if terminated:
             info = self._final_info()
             glimpses = torch.zeros((1, *self.observation_space["glimpses"].shape))
+        assert glimpses is not None  # the next glimpses, or the zeros of the final observation
         return self._obs(glimpses), float(reward[0]), terminated, False, info
 
     def close(self) -> None:
@@ -141,7 +146,7 @@ class GlimpseEnv(GlimpseEnvSetup, gym.Env):
         self.store.close()
         super().close()
 
-    def render(self):
+    def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
             return None
         from rarl_gym.render import draw_glimpses

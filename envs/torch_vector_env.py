@@ -94,11 +94,11 @@ class TorchGlimpseVectorEnv(GlimpseVectorEnv):
         return maps
 
     # -- the API, on the device ------------------------------------------------------------------
-    def step(self, actions: Any) -> tuple[TensorDict, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    def step(self, actions: Any) -> tuple[TensorDict, torch.Tensor, torch.Tensor, torch.Tensor, dict]:  # type: ignore[override]
         """Step all B episodes with ``actions [B, A]``; see the class docstring for what comes back."""
         if self._index is None:
             raise RuntimeError("call reset() before step()")
-        a = check_actions_torch(actions, tuple(self.action_space.shape), self.mode, self.device)
+        a = check_actions_torch(actions, tuple(self.action_space.shape or ()), self.mode, self.device)
         scores = None if self.mode == "locate" else a[:, 2:]
         glimpses, reward = self.episodes.step(a[:, :2], scores)
         b = self.num_envs
@@ -106,6 +106,7 @@ class TorchGlimpseVectorEnv(GlimpseVectorEnv):
         terminated = torch.full((b,), self.episodes.done, dtype=torch.bool, device=self.device)
         truncated = torch.zeros(b, dtype=torch.bool, device=self.device)
         if not self.episodes.done:
+            assert glimpses is not None  # the episodes go on: the next glimpses
             return self._obs(glimpses), rewards, terminated, truncated, {}
         final_obs, final_info = self._final()
         obs, infos = self._start(self._next_index())
@@ -152,10 +153,12 @@ class TorchGlimpseVectorEnv(GlimpseVectorEnv):
     def _final(self) -> tuple[TensorDict, dict]:  # type: ignore[override]
         b, ep = self.num_envs, self.episodes
         index_t = torch.from_numpy(self._index).to(self.device)
-        zeros = torch.zeros((1, *self._glimpse_shape), device=self.device).expand(b, *self._glimpse_shape)
+        shape = tuple(self._glimpse_shape or ())
+        zeros = torch.zeros((1, *shape), device=self.device).expand(b, *shape)
         final_obs = {"glimpses": zeros, "step": torch.full((b,), ep.num_steps, dtype=torch.int64, device=self.device)}
-        if getattr(ep, "overview", None) is not None:
-            final_obs["overview"] = ep.overview.clone()
+        overview = getattr(ep, "overview", None)
+        if overview is not None:
+            final_obs["overview"] = overview.clone()
         wh = self._sizes_t.index_select(0, index_t)  # [B, 2]
         scale = wh.repeat(1, 2)[:, None, None, :] / 2.0  # [B, 1, 1, 4] = (w, h, w, h) / 2
         info: dict[str, Any] = {

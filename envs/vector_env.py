@@ -16,10 +16,11 @@ Stable-Baselines3 ``VecEnv``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -67,13 +68,13 @@ class GlimpseVectorEnv(GlimpseEnvSetup, VectorEnv):
     returned arrays in either mode.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {
+    metadata: ClassVar[dict[str, Any]] = {  # type: ignore[misc]  # gymnasium declares it per instance
         "render_modes": ["rgb_array"],
         "render_fps": 2,
         "autoreset_mode": AutoresetMode.SAME_STEP,
     }
 
-    def __new__(cls, *args: Any, **kwargs: Any):
+    def __new__(cls, *args: Any, **kwargs: Any) -> GlimpseVectorEnv:
         """``GlimpseVectorEnv(..., device=...)`` builds :class:`envs.torch_vector_env.TorchGlimpseVectorEnv`
         (episodes and outputs as torch tensors on that device); without ``device``, this numpy env."""
         if cls is GlimpseVectorEnv and kwargs.get("device") is not None:
@@ -133,8 +134,8 @@ class GlimpseVectorEnv(GlimpseEnvSetup, VectorEnv):
             raise ConfigError(f"got {len(seeds)} seeds for num_envs={b}", "pass one int, None, or a list of num_envs seeds")
         for i, s in enumerate(seeds):  # the only per-env loop: drawing the seeded orders (as GlimpseEnv.reset)
             if s is not None or self._rngs[i] is None:
-                self._rngs[i] = seeding.np_random(s)[0]
-                self._orders[i] = self._rngs[i].permutation(n)
+                self._rngs[i] = rng = seeding.np_random(s)[0]
+                self._orders[i] = rng.permutation(n)
                 self._cursor[i] = 0
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
@@ -163,7 +164,7 @@ class GlimpseVectorEnv(GlimpseEnvSetup, VectorEnv):
         """
         if self._index is None:
             raise RuntimeError("call reset() before step()")
-        a = check_actions(actions, self.action_space, self.mode)
+        a = check_actions(actions, cast(spaces.Box, self.action_space), self.mode)
         centers = torch.from_numpy(a[:, :2])
         scores = None if self.mode == "locate" else torch.from_numpy(a[:, 2:])
         glimpses, reward = self.episodes.step(centers, scores)
@@ -171,6 +172,7 @@ class GlimpseVectorEnv(GlimpseEnvSetup, VectorEnv):
         terminated = np.full(self.num_envs, self.episodes.done)
         truncated = np.zeros(self.num_envs, dtype=bool)
         if not self.episodes.done:
+            assert glimpses is not None  # the episodes go on
             return self._obs(glimpses), rewards, terminated, truncated, {}
         final_obs, final_info = self._final()
         obs, infos = self._start(self._next_index())
@@ -214,7 +216,7 @@ class GlimpseVectorEnv(GlimpseEnvSetup, VectorEnv):
 
     def _obs(self, glimpses: torch.Tensor) -> ObsDict:
         step = min(self.episodes.t, self.episodes.num_steps)
-        obs = {
+        obs: ObsDict = {
             "glimpses": glimpses.numpy().astype(np.float32, copy=False),
             "step": np.full(self.num_envs, step, dtype=np.int64),
         }
@@ -225,6 +227,7 @@ class GlimpseVectorEnv(GlimpseEnvSetup, VectorEnv):
     def _final(self) -> tuple[np.ndarray, dict]:
         """The ended episodes' ``final_obs`` (object array ``[B]``) and batched ``final_info``."""
         b, ep = self.num_envs, self.episodes
+        assert self._glimpse_shape is not None  # a Box's shape
         zeros = np.zeros((b, *self._glimpse_shape), dtype=np.float32)
         final_obs = np.empty(b, dtype=object)
         final_obs[:] = [

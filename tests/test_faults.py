@@ -573,14 +573,47 @@ def test_a_checkpoint_from_before_a_new_training_option_resumes():
     old = {k: v for k, v in dataclasses.asdict(config).items() if k != "rl_return"}
     ckpt = {"config": old, "settings": settings.to_dict(), "optimizer": {}, "rng": {}, "step": 0}
     _check_resume(ckpt, config, settings)
-    with pytest.raises(CheckpointError, match="rl_return: checkpoint 'likelihood' vs now 'topk'"):
-        _check_resume(ckpt, dataclasses.replace(config, rl_return="topk"), settings)
+    with pytest.raises(CheckpointError, match="rl_return: checkpoint 'topk' vs now 'likelihood'"):
+        _check_resume(ckpt, dataclasses.replace(config, rl_return="likelihood"), settings)
+
+
+def test_presets_and_configurations_saved_by_earlier_versions():
+    """Presets by name; a saved configuration's renamed fields are read under their new names,
+    removed ones dropped when they were off and refused when the run used them."""
+    import dataclasses
+
+    from agents.rarl.trainer import PRESETS, TrainConfig, config_from_dict, preset_config
+
+    assert preset_config("default") == TrainConfig()
+    paper = preset_config("paper", epochs=2)
+    assert paper.head == "lstm" and paper.locator == "linear" and paper.rl_return == "topk" and paper.epochs == 2
+    assert set(PRESETS) == {"default", "paper"}
+    with pytest.raises(ConfigError, match="unknown preset 'papr'"):
+        preset_config("papr")
+    old = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != "rl_return"}
+    old.update(reward="likelihood", imitate=0, imitate_weight=1.0, recurrent_classifier=True)
+    assert TrainConfig(**config_from_dict(old)).rl_return == "likelihood"
+    with pytest.raises(CheckpointError, match="used imitate=64"):
+        config_from_dict({**old, "imitate": 64})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("rl_return", "reward"), ("head_init", "zeros"), ("eval_samples", 0), ("context", "yes")]
+)
+def test_every_training_option_is_checked(field, value):
+    import dataclasses
+
+    from agents.rarl.trainer import TrainConfig, _check_numbers
+
+    with pytest.raises(ConfigError, match=f"training option {field}="):
+        _check_numbers(dataclasses.replace(TrainConfig(), **{field: value}))
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"head": "lstm", "context": False, "folds": 0}, "map locator reads the linear head"),
+        ({"head": "lstm", "context": False, "folds": 0}, "peak locator reads the linear head"),
+        ({"head": "lstm", "context": False, "folds": 0, "locator": "map"}, "map locator reads the linear head"),
         ({"head": "lstm", "locator": "linear", "folds": 0}, "context .* needs head='linear'"),
         ({"head": "lstm", "locator": "linear", "context": False}, "folds .* need head='linear'"),
     ],

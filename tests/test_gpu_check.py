@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-STEPS = ["cuda-tests", "extract", "train", "finetune", "env-speed", "inference"]
+STEPS = ["cuda-tests", "extract", "env-scorer", "train", "finetune", "env-speed", "inference"]
 
 
 def _run(tmp_path: Path, *args: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess, str, dict]:
@@ -54,6 +54,7 @@ def test_gpu_check_cpu_runs_every_step_and_writes_one_table(tmp_path):
     steps = {s["name"]: s["numbers"] for s in record["steps"]}
     assert steps["cuda-tests"]["skipped"] >= 3 and not steps["cuda-tests"].get("failed")  # no GPU: skipped, collected
     assert steps["extract"]["images_per_s"] > 0 and set(steps["extract"]["splits"]) == {"shapes/train", "shapes/test"}
+    assert steps["env-scorer"]["folds"] == 2 and steps["env-scorer"]["env_scorer_seconds"] > 0
     for run in ("train", "finetune"):
         assert steps[run]["epochs"] == 1 and 0 <= steps[run]["mAP_area"]["learned"] <= 100
     kinds = {(r["kind"], r["B"]) for r in steps["env-speed"]["rows"]}
@@ -84,3 +85,27 @@ def test_failed_and_timed_out_steps_are_rows_and_the_next_steps_still_run(tmp_pa
     proc, text, _ = _run(tmp_path, "--python", str(slow), "--only", "cuda-tests", "--budget", "0.01", timeout=60)
     assert proc.returncode == 1
     assert _rows(text)["cuda-tests"][1] == "**TIMEOUT** (> 5 s)"
+
+
+@pytest.mark.parametrize(("extra", "dataset"), [([], "voc07"), (["--data-root", "/nonexistent"], "shapes")])
+def test_the_gpu_plan_without_a_gpu(extra, dataset):
+    """``--dry-run`` prints the GPU steps' commands: VOC07 where the data is, else the drawn Shapes
+    (nothing to carry to a GPU machine); every step on CUDA, the limits within 8 minutes."""
+    if dataset == "voc07" and not (ROOT.parent / "shared" / "data" / "voc07").is_dir():
+        pytest.skip("no ../shared/data/voc07 here")
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = {ln.split(" (")[0]: ln for ln in proc.stdout.splitlines() if " s): " in ln}
+    assert list(lines) == STEPS
+    assert sum(float(ln.split(" (")[1].split(" s)")[0]) for ln in lines.values()) <= 480
+    assert f"--dataset {dataset}" in lines["extract"] and "cuda" in lines["env-scorer"]
+    assert "--device cuda" in lines["env-speed"] and "1024" in lines["env-speed"] and "--device cuda" in lines["inference"]
+    assert ("RARL-VOC07-v0" if dataset == "voc07" else "RARL-Shapes-v0") in lines["train"]
+    assert "efficientnet_lite0_s16" in lines["finetune"] and "--epochs 1" in lines["finetune"]

@@ -47,7 +47,7 @@ def cached_probs(run: Path, views: int) -> np.ndarray:
     ckpt = load_checkpoint(run)
     settings = EnvSettings.from_kwargs(**ckpt["settings"])
     _, store = settings.source.open_split("test", progress=False)
-    probs = predict(agent_from_checkpoint(ckpt), store, settings, views=views, crop=ckpt["config"]["augment_crop"]).probs
+    probs = predict(agent_from_checkpoint(ckpt), store, settings, views=views, view_crop=ckpt["config"]["augment_crop"]).probs
     return probs[INDICES]
 
 
@@ -266,7 +266,9 @@ def test_the_script_writes_jsonl_and_csv_and_prints_either(rarl_run, test_images
     assert predict_script.main([*base, "--format", "jsonl"]) == 0
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.splitlines() if line.strip()]
-    assert len(lines) == 3 and all(1 <= len(r["labels"]) <= 2 and set(r["labels"][0]) == {"label", "score", "box"} for r in lines)
+    assert len(lines) == 3 and all(
+        1 <= len(r["labels"]) <= 2 and set(r["labels"][0]) == {"label", "score", "box"} for r in lines
+    )
     assert "3 image(s) labelled" in captured.err
     assert predict_script.main([*base, "--format", "csv"]) == 0
     out = capsys.readouterr().out.strip().splitlines()

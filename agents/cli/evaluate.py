@@ -129,7 +129,14 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     if args.compare:
         return _compare(args, ckpt, agent, store, settings, device, run_dir, split)
     pred = predict(
-        agent, store, settings, centers=args.center_policy, views=args.views, samples=args.samples, crop=crop, device=device
+        agent,
+        store,
+        settings,
+        centers=args.center_policy,
+        views=args.views,
+        samples=args.samples,
+        view_crop=crop,
+        device=device,
     )
     probs, rewards = pred.probs, pred.rewards
     report = metrics.evaluate(probs, store.labels, classes=store.classes)

@@ -11,6 +11,7 @@ Examples:
     rarl-gym train --env-kwargs '{"dataset_kwargs": {"num_images": 200}}' --epochs 2
     rarl-gym train --algo ppo --total-timesteps 300000  # Stable-Baselines3, runs/ppo-shapes
     rarl-gym train --algo cem                           # agents/custom/cem.py
+    rarl-gym train --preset paper                       # the paper's formulation of the RARL agent
 
 In a clone, ``python scripts/train_agent.py`` is the same command.
 """
@@ -41,14 +42,16 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         "--algo",
         default="rarl",
         choices=["rarl", *ENV_ALGOS],
-        help="the agent (default rarl, the paper's; cem: agents/custom)",
+        help="the agent (default rarl, the RARL agent; cem: agents/custom)",
     )
     p.add_argument("--data-root", default=None, help="dataset root (default $RARL_DATA/<dataset>)")
     p.add_argument("--backbone", default=None, help="backbone name (default efficientnet_lite0)")
     p.add_argument("--env-kwargs", default="{}", help="JSON object of env kwargs, e.g. '{\"glimpse_size\": 3}'")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<algo>-<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir (same options; --epochs may grow)")
-    p.add_argument("--epochs", type=positive_int, default=None, help="epochs over the training split (default 15)")
+    p.add_argument(
+        "--epochs", type=positive_int, default=None, help="epochs over the training split (default: the preset's, 5; paper 15)"
+    )
     p.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default 64)")
     p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=non_negative_int, default=None)
@@ -71,10 +74,13 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         'for rarl, TrainConfig fields (agents/rarl/trainer.py), e.g. \'{"samples": 2, "locator": "linear"}\'',
     )
     p.add_argument(
-        "--paper",
-        action="store_true",
-        help="rarl: the paper's formulation (LSTM head, softmax loss, linear Gaussian locator, top-k reward)",
+        "--preset",
+        choices=("default", "paper"),
+        default=None,
+        help="rarl: a named configuration (agents/rarl/trainer.py PRESETS): default (frozen linear heads, "
+        "context, the peak locator) or paper (LSTM head, softmax loss, linear Gaussian locator, top-k reward)",
     )
+    p.add_argument("--paper", action="store_true", help="rarl: the same as --preset paper")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
@@ -110,12 +116,13 @@ def _train(args: argparse.Namespace) -> None:
             "(a RARL run saves its checkpoint after every epoch)",
             "use --epochs, --lr, --batch-size with --algo rarl",
         )
-    from agents.rarl.trainer import PAPER, TrainConfig, hyperparams_from_json, load_checkpoint, train
+    from agents.rarl.trainer import PRESETS, TrainConfig, config_from_dict, hyperparams_from_json, load_checkpoint, train
 
     run_dir = args.run_dir or f"runs/{args.algo}-{(args.env or 'RARL-Shapes-v0').split('-')[1].lower()}"
     explicit = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
-    if args.paper:
-        explicit = {**PAPER, **explicit}
+    preset = "paper" if args.paper else args.preset
+    if preset is not None:
+        explicit = {**PRESETS[preset], **explicit}
     if args.hyperparams is not None:  # any TrainConfig field, e.g. {"samples": 2, "head": "lstm"}
         explicit = {**explicit, **hyperparams_from_json(args.hyperparams)}
     overrides = env_overrides(args.env_kwargs, data_root=args.data_root, backbone=args.backbone)
@@ -125,7 +132,7 @@ def _train(args: argparse.Namespace) -> None:
         explicit["env_id"] = args.env
     base = dataclasses.asdict(TrainConfig())
     if args.resume:  # start from the run's own configuration; what is given explicitly must agree
-        base = {**base, **load_checkpoint(Path(run_dir))["config"]}
+        base = {**base, **config_from_dict(load_checkpoint(Path(run_dir))["config"])}
         if "env_kwargs" in explicit:  # --backbone X on top of the run's env kwargs, not instead of them
             explicit["env_kwargs"] = {**base.get("env_kwargs", {}), **explicit["env_kwargs"]}
     config = TrainConfig(**{**base, **explicit, "run_dir": run_dir, "device": args.device, "progress": not args.no_progress})

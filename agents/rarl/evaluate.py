@@ -24,8 +24,7 @@ from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import ConfigError
 from rarl_gym.features.backbones import TAILS, build_tail
 from rarl_gym.features.store import FeatureStore
-from rarl_gym.glimpse import crop as crop_regions
-from rarl_gym.glimpse import random_views, ten_views
+from rarl_gym.glimpse import crop, random_views, ten_views
 from rarl_gym.reward import topk_overlap
 from rarl_gym.scorer import (
     RegionScorer,
@@ -59,7 +58,9 @@ def feature_batches(
         yield (*store.batch(idx, device), torch.as_tensor(idx, device=device))
 
 
-def view_batch(batch: int, views: int, crop: float, device: Any, repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor] | None:
+def view_batch(
+    batch: int, views: int, view_crop: float, device: Any, repeat: int = 1
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The ten-view set-up (:func:`rarl_gym.glimpse.ten_views`) of ``batch`` images, each view
     ``repeat`` times in a row: ``(windows [B * 10 * repeat, 4], flips [B * 10 * repeat])``;
     ``None`` for one view (the whole image)."""
@@ -67,7 +68,7 @@ def view_batch(batch: int, views: int, crop: float, device: Any, repeat: int = 1
         return None
     if views != 10:
         raise ConfigError(f"views must be 1 or 10, got {views}", "use --views 1 or --views 10")
-    v, f = ten_views(crop, device=device)
+    v, f = ten_views(view_crop, device=device)
     return v.repeat_interleave(repeat, 0).repeat(batch, 1), f.repeat_interleave(repeat, 0).repeat(batch)
 
 
@@ -86,7 +87,7 @@ def predict(
     centers: str = "learned",
     views: int = 1,
     samples: int = 1,
-    crop: float = 0.875,
+    view_crop: float = 0.875,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     seed: int = 0,
@@ -96,7 +97,7 @@ def predict(
     One sequence per view (``samples=1``) is the test-time policy's mode. ``samples=M > 1``
     averages the probabilities of M sampled sequences per view (the learned policy's Gaussian
     samples; M random sequences for ``"random"``): test-time Monte-Carlo sampling. ``views=10``
-    averages the ten views (4 corner crops of side ``crop``, the centre crop and their mirrors,
+    averages the ten views (4 corner crops of side ``view_crop``, the centre crop and their mirrors,
     cut from the feature map). The label boxes (one view only, else ``None``) are, per class, the
     region whose score is the class's max, in the sequence where the class scored highest.
     """
@@ -110,7 +111,7 @@ def predict(
     for lo in range(0, len(store), batch_size):
         feats, labels = store.batch(np.arange(lo, min(lo + batch_size, len(store))), device)
         b = feats.shape[0]
-        view = view_batch(b, views, crop, device, repeat=samples)
+        view = view_batch(b, views, view_crop, device, repeat=samples)
         out = rollout(
             agent,
             feats,
@@ -153,7 +154,7 @@ def finetune_global(
             windows, _ = random_views(
                 maps.shape[0], config.augment_crop, generator=generator, device=device
             )  # a flip leaves the mean as it is
-            loss = masked_bce(scorer(crop_regions(maps, windows[:, None], 1))[:, 0], labels)
+            loss = masked_bce(scorer(crop(maps, windows[:, None], 1))[:, 0], labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -210,7 +211,7 @@ def evaluate_agent(
     runs = [(c, 1) for c in rarl_rows(agent)] + ([(c, samples) for c in ENSEMBLE_ROWS] if samples > 1 else [])
     for centers, m in runs:
         pred = predict(
-            agent, store, settings, centers=centers, views=views, samples=m, crop=config.augment_crop, device=device
+            agent, store, settings, centers=centers, views=views, samples=m, view_crop=config.augment_crop, device=device
         )
         boxes = pred.label_boxes
         if boxes is None and objects is not None:  # ten views: the grounding of the whole-image view

@@ -43,7 +43,7 @@ class EpisodeBatch:
     batch: int  # B
     device: torch.device
 
-    def heads(self) -> torch.Tensor:
+    def head_index(self) -> torch.Tensor:
         """``[B]`` the head each episode's locator reads (0, or ``1 + fold`` in training)."""
         if self.fold_of is None or not self.agent.folds:
             return torch.zeros(self.batch, dtype=torch.long, device=self.device)
@@ -122,7 +122,7 @@ def candidate_centers(side: int, device: torch.device | str | None = None) -> to
 
 def candidate_region_logits(ep: EpisodeBatch, positions: torch.Tensor) -> torch.Tensor:
     """``[B, J, K, L]``: the logits of the K anchors around each candidate ``positions [J, 2]`` (view
-    coordinates) under each episode's locator head (:meth:`EpisodeBatch.heads`), cropped from the
+    coordinates) under each episode's locator head (:meth:`EpisodeBatch.head_index`), cropped from the
     logit maps (the head is linear, so the crop of its map is its logit on the crop)."""
     agent, maps = ep.agent, ep.logit_maps
     assert maps is not None
@@ -133,7 +133,7 @@ def candidate_region_logits(ep: EpisodeBatch, positions: torch.Tensor) -> torch.
     n_heads = 1 + agent.folds
     heads = maps[:, : n_heads * agent.num_classes].detach()
     region = crop(heads, boxes, ep.glimpse_size).mean(dim=(-2, -1)) + agent.region_head.bias.detach()  # [B, J*K, (1+F)*L]
-    head = ep.heads()
+    head = ep.head_index()
     return region.reshape(b, j, -1, n_heads, agent.num_classes)[torch.arange(b, device=head.device), :, :, head]
 
 
@@ -160,14 +160,14 @@ class MapLocator(CenterPolicy):
 
     def __init__(self, ep: EpisodeBatch):
         super().__init__(ep)
-        self.head = ep.heads()  # [B]
+        self.head_index = ep.head_index()  # [B]
         self.positions = candidate_centers(ep.agent.candidates, ep.device)  # [J, 2]
         self.best = candidate_region_logits(ep, self.positions).amax(2)  # [B, J, L]
         self.seen_scores: list[torch.Tensor] = []  # [B, K, L] per step: the locator's head's region scores
         self.rows = torch.arange(ep.batch, device=ep.device)
 
     def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        ep, agent, rows, head = self.ep, self.ep.agent, self.rows, self.head
+        ep, agent, rows, head = self.ep, self.ep.agent, self.rows, self.head_index
         heads = (
             out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)
         )  # [B,K,1+F,L]
@@ -204,7 +204,7 @@ def class_peaks(ep: EpisodeBatch, smooth: int = 1) -> tuple[torch.Tensor, torch.
     n_heads = 1 + agent.folds
     cells = crop(maps[:, : n_heads * agent.num_classes].detach(), boxes, 1)[..., 0, 0]  # [B, J, (1+F)L]
     cells = cells + agent.region_head.bias.detach()
-    head = ep.heads()
+    head = ep.head_index()
     cells = cells.reshape(b, j, n_heads, agent.num_classes)[torch.arange(b, device=ep.device), :, head]  # [B, J, L]
     if smooth > 1:
         grid = cells.transpose(1, 2).reshape(b, agent.num_classes, side, side)  # [B, L, H, W] (J: x fastest)
@@ -246,14 +246,14 @@ class PeakLocator(CenterPolicy):
         if ep.logit_maps is None:
             raise ValueError("the peak locator reads the linear head's logit maps: the agent needs head='linear'")
         super().__init__(ep)
-        self.head = ep.heads()  # [B]
+        self.head_index = ep.head_index()  # [B]
         self.peaks, self.heights = class_peaks(ep, smooth=PEAK_SMOOTH)  # [B, L, 2], [B, L]
         self.visited = torch.zeros_like(self.heights)  # [B, L] in [0, 1]: how near a chosen centre each peak is
         self.seen_scores: list[torch.Tensor] = []
         self.rows = torch.arange(ep.batch, device=ep.device)
 
     def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        ep, agent, rows, head = self.ep, self.ep.agent, self.rows, self.head
+        ep, agent, rows, head = self.ep, self.ep.agent, self.rows, self.head_index
         heads = (
             out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)
         )  # [B,K,1+F,L]

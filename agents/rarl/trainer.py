@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from agents.rarl.evaluate import evaluate_agent, feature_batches, predict
-from agents.rarl.loss import rarl_loss
+from agents.rarl.loss import RETURNS, rarl_loss
 from agents.rarl.model import RARLAgent
 from agents.rarl.rollout import RolloutModule
 from agents.tb_logging import open_writer, rarl_figure2, rarl_final
@@ -60,7 +60,7 @@ class TrainConfig:
     env_id: str = "RARL-Shapes-v0"
     env_kwargs: dict = field(default_factory=dict)  # overrides of the env's registered kwargs
     run_dir: str = "runs/rarl-shapes"
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -69,16 +69,15 @@ class TrainConfig:
     embed_dim: int = 128
     hidden_dim: int = 128
     dropout: float = 0.2
-    recurrent_classifier: bool = True  # False: the paper's "Ours-B" ablation
     memory: bool = True  # False: no recurrence ("Ours-A")
-    location_prior: str = "grid"  # "none": the paper's absolute centres (locator="linear" only)
-    explore: float = 0.25  # fraction of training episodes with uniform random centres
+    location_prior: str = "grid"  # locator "linear" / "map": start at the fixed grid; "none": the paper's absolute centres
+    explore: float = 0.0  # fraction of training episodes with uniform random centres (for a classifier still learning)
     head: str = "linear"  # a linear classifier on full-channel region means; "lstm": the paper's (RARLAgent)
     folds: int = 2  # cross-fitted reward heads (head="linear"): the policy's reward comes out of fold
-    locator: str = "map"  # a Gaussian mixture over candidate centres; "linear": the paper's (RARLAgent)
-    candidates: int = 7  # side of the map locator's candidate grid
+    locator: str = "peak"  # glimpses on class peaks (agents/rarl/policies.py); "map", "linear": the paper's (RARLAgent)
+    candidates: int = 7  # side of the map locator's candidate grid (locator="map")
     output: str = "sigmoid"  # per-class BCE; "softmax": the paper's loss
-    rl_return: str = "likelihood"  # what REINFORCE maximises: "topk" (the paper's reward) or "likelihood" of the true labels
+    rl_return: str = "topk"  # what REINFORCE maximises: "topk" (the paper's reward) or "likelihood" of the true labels
     samples: int = 4  # episodes per image and batch; > 1: leave-one-out baseline
     fuse_whole_image: bool = False  # the whole image's scores (step 0) join the category-wise max
     context: bool = True  # a whole-image linear head whose logits are added to the regions' max (RARLAgent)
@@ -133,7 +132,7 @@ PAPER = PRESETS["paper"]
 #: Fields of saved configurations that were renamed (old -> new), and removed ones with the value
 #: that meant "off" (a saved run that used one cannot be rebuilt: see :func:`config_from_dict`).
 RENAMED_FIELDS = {"reward": "rl_return"}
-REMOVED_FIELDS: dict[str, Any] = {"imitate": 0, "imitate_weight": None}
+REMOVED_FIELDS: dict[str, Any] = {"imitate": 0, "imitate_weight": None, "recurrent_classifier": True}
 
 
 def preset_config(name: str, **overrides: Any) -> TrainConfig:
@@ -190,7 +189,6 @@ def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: 
             embed_dim=config.embed_dim,
             hidden_dim=config.hidden_dim,
             dropout=config.dropout,
-            recurrent_classifier=config.recurrent_classifier,
             memory=config.memory,
             location_prior=config.location_prior,
             head=config.head,
@@ -411,7 +409,8 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 # -- the training loop -------------------------------------------------------------------------
 def _check_numbers(config: TrainConfig) -> None:
-    """Refuse numeric options that would fail deep inside the loop, or silently do nothing."""
+    """Refuse options that would fail deep inside the loop, or silently do nothing (the agent's own
+    choices, ``head``, ``locator``, ``output``, ``location_prior``, are checked by :func:`build_agent`)."""
 
     def is_int(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -440,6 +439,13 @@ def _check_numbers(config: TrainConfig) -> None:
         "finetune_lr": (is_real(config.finetune_lr) and config.finetune_lr >= 0, "a finite number >= 0, e.g. 1e-4"),
         "eval_views": (is_int(config.eval_views) and config.eval_views in (1, 10), "1 or 10"),
         "oracle_samples": (is_int(config.oracle_samples) and config.oracle_samples >= 0, "an int >= 0, e.g. 64"),
+        "eval_samples": (is_int(config.eval_samples) and config.eval_samples >= 1, "a positive int, e.g. 16"),
+        "rl_return": (config.rl_return in RETURNS, f"one of {', '.join(RETURNS)}"),
+        "head_init": (config.head_init in ("mil", "random"), "mil or random"),
+        "memory": (isinstance(config.memory, bool), "true or false"),
+        "context": (isinstance(config.context, bool), "true or false"),
+        "fuse_whole_image": (isinstance(config.fuse_whole_image, bool), "true or false"),
+        "finetune": (isinstance(config.finetune, bool), "true or false"),
     }
     for name, (ok, want) in checks.items():
         if not ok:

@@ -14,6 +14,7 @@ Importing this package does not import SB3; the names below are loaded on first 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 _EXPORTS = {
     "GlimpseExtractor": "agents.sb3.extractor",
@@ -24,7 +25,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'agents.sb3' has no attribute {name!r}")

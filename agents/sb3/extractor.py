@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -39,7 +41,8 @@ class GlimpseExtractor(BaseFeaturesExtractor):
         self, observation_space: spaces.Dict, features_dim: int = 256, embed_dim: int | None = None, proj_dim: int = 64
     ):
         super().__init__(observation_space, features_dim)
-        glimpses, step = observation_space["glimpses"], observation_space["step"]
+        glimpses = cast(spaces.Box, observation_space["glimpses"])
+        step = cast(spaces.Discrete, observation_space["step"])
         _, channels, s, _ = glimpses.shape  # K, C, s, s
         self.proj = nn.Sequential(nn.Linear(channels, proj_dim), nn.ReLU()) if proj_dim else nn.Identity()
         self.region_dim = (proj_dim or channels) * s * s
@@ -49,7 +52,8 @@ class GlimpseExtractor(BaseFeaturesExtractor):
         self.overview_cells = 0
         extra = 0
         if "overview" in observation_space.spaces:
-            self.overview_cells = int(observation_space["overview"].shape[1] * observation_space["overview"].shape[2])
+            overview_shape = cast(spaces.Box, observation_space["overview"]).shape  # C, o, o
+            self.overview_cells = int(overview_shape[1] * overview_shape[2])
             self.overview = nn.Sequential(nn.Linear((proj_dim or channels) * self.overview_cells, embed_dim), nn.ReLU())
             extra = embed_dim
         self.head = nn.Sequential(nn.Linear(2 * embed_dim + self.num_steps + extra, features_dim), nn.ReLU())
