@@ -161,6 +161,24 @@ class Prediction:
         return figure2(image, list(self.boxes[view]), self.labels or [c for c, _ in self.top(1)], label_boxes=self.label_boxes)
 
 
+def _check_centers(centers: str, kind: str, policy: Any) -> str:
+    """``centers`` if the run's agent can look there, else a :class:`ConfigError` naming the choices."""
+    from agents.rarl.evaluate import RARL_ROWS, rarl_rows
+
+    if kind != "rarl":
+        if centers != "learned":
+            raise ConfigError(
+                f"centers={centers!r}: an agent trained through the env looks where its own policy does",
+                "use centers='learned' (the default)",
+            )
+        return centers
+    if centers not in rarl_rows(policy):
+        allowed = rarl_rows(policy)
+        why = "" if centers not in RARL_ROWS else " (the peak policy needs the linear head)"
+        raise ConfigError(f"unknown centres {centers!r} for this run{why}", f"use one of {', '.join(allowed)}")
+    return centers
+
+
 def _run_file(path: Path) -> tuple[str, Path]:
     """``(kind, file)`` of a run folder or file: ``rarl`` (checkpoint.pt), ``sb3`` (model.zip), ``cem`` (cem.npz)."""
     kinds = {"checkpoint.pt": "rarl", "model.zip": "sb3", "cem.npz": "cem"}
@@ -214,8 +232,10 @@ class Predictor:
         backbone: str | None = None,
         input_size: int | None = None,
         run: str = "",
+        centers: str = "learned",
     ):
         self.kind, self.settings, self.policy, self.crop, self.run = kind, settings, policy, crop, run
+        self.centers = _check_centers(centers, kind, policy)
         self.device = pick_device(str(device))
         self.input_size = settings.source.size
         if backbone is not None and backbone != settings.backbone:
@@ -251,8 +271,14 @@ class Predictor:
         backbone: str | None = None,
         input_size: int | None = None,
         data_root: str | None = None,
+        centers: str = "learned",
     ) -> Predictor:
         """Load a run: its folder, or its ``checkpoint.pt`` (RARL), ``model.zip`` (SB3) or ``cem.npz`` (CEM).
+
+        ``centers``: where a RARL agent looks (:data:`agents.rarl.evaluate.RARL_ROWS`): its own
+        policy (``"learned"``, the default) or, for the same model, e.g. ``"peak"`` (the class-map
+        peaks of the most likely classes) or ``"grid"``; agents trained through the env look where
+        their own policy does.
 
         ``backbone`` / ``input_size`` are checked against the run's (a different one is a
         :class:`ConfigError`); ``data_root`` only matters for an SB3 / CEM run, whose env scorer is
@@ -284,7 +310,17 @@ class Predictor:
             crop = 0.875
         if data_root is not None:
             settings = settings.replace(root=data_root)
-        return cls(kind, settings, policy, crop=crop, device=device, backbone=backbone, input_size=input_size, run=str(run))
+        return cls(
+            kind,
+            settings,
+            policy,
+            crop=crop,
+            device=device,
+            backbone=backbone,
+            input_size=input_size,
+            run=str(run),
+            centers=centers,
+        )
 
     def _channels(self) -> int | None:
         if self.kind == "rarl":
@@ -375,7 +411,7 @@ class Predictor:
             feats,
             labels,
             **self.settings.rollout_kwargs(),
-            centers="learned",
+            centers=self.centers,
             sample=False,
             generator=generator,
             view=view,

@@ -25,7 +25,7 @@ import functools
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,11 @@ from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import NotWritableError, RarlGymError
 from rarl_gym.glimpse import anchor_boxes, boxes_to_pixels
 from rarl_gym.io import disk_full_error, is_disk_full
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from rarl_gym.features.store import FeatureStore
 
 #: How many fixed evaluation images the Figure 2 pictures show.
 FIGURE_IMAGES = 4
@@ -169,7 +174,7 @@ def fixed_indices(n: int, count: int = FIGURE_IMAGES) -> list[int]:
 
 
 def figure2_pictures(
-    dataset,
+    dataset: Any,
     classes: Sequence[str],
     indices: Sequence[int],
     boxes: np.ndarray,
@@ -204,7 +209,7 @@ def figure2_pictures(
 _DATASETS: dict[str, object] = {}
 
 
-def _dataset(settings: EnvSettings, split: str):
+def _dataset(settings: EnvSettings, split: str) -> Any:
     """The split's dataset object, made once per process (COCO parses its annotation file)."""
     import json
 
@@ -214,12 +219,14 @@ def _dataset(settings: EnvSettings, split: str):
     return _DATASETS[key]
 
 
-def log_pictures(writer, pictures: Sequence[np.ndarray], step: int, tag: str = "figure2") -> None:
+def log_pictures(writer: Any, pictures: Sequence[np.ndarray], step: int, tag: str = "figure2") -> None:
     for i, picture in enumerate(pictures):
         writer.add_image(f"{tag}/{i}", picture, step, dataformats="HWC")
 
 
-def log_pr_curves(writer, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], step: int, tag: str = "pr") -> None:
+def log_pr_curves(
+    writer: Any, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], step: int, tag: str = "pr"
+) -> None:
     """``add_pr_curve`` per class: ``labels`` 1 / 0, difficult (-1) entries left out."""
     probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
     for c, name in enumerate(classes):
@@ -228,13 +235,13 @@ def log_pr_curves(writer, probs: np.ndarray, labels: np.ndarray, classes: Sequen
             writer.add_pr_curve(f"{tag}/{name}", labels[keep, c] > 0, probs[keep, c], step)
 
 
-def _scalar(value):
+def _scalar(value: Any) -> bool | int | float | str:
     if isinstance(value, (bool, int, float, str)) or value is None:
         return "None" if value is None else value
     return str(value)
 
 
-def log_hparams(writer, hparams: dict, results: dict) -> None:
+def log_hparams(writer: Any, hparams: dict, results: dict) -> None:
     """``add_hparams`` of the run's flat hyperparameters and its final metrics (into ``<logdir>/hparams``)."""
     flat = {}
     for key, value in hparams.items():
@@ -252,7 +259,15 @@ def log_hparams(writer, hparams: dict, results: dict) -> None:
 
 # -- RARL ------------------------------------------------------------------------------------------
 @torch.no_grad()
-def rarl_figure2(writer, agent, store, settings: EnvSettings, step: int, device, count: int = FIGURE_IMAGES) -> None:
+def rarl_figure2(
+    writer: Any,
+    agent: Any,
+    store: FeatureStore,
+    settings: EnvSettings,
+    step: int,
+    device: torch.device | str,
+    count: int = FIGURE_IMAGES,
+) -> None:
     """Figure 2 of ``count`` fixed images of ``store`` with the agent's current (test-time) centres."""
     from agents.rarl.rollout import rollout
 
@@ -275,7 +290,16 @@ def rarl_figure2(writer, agent, store, settings: EnvSettings, step: int, device,
     log_pictures(writer, pictures, step)
 
 
-def rarl_final(writer, agent, store, settings: EnvSettings, config, results: dict, step: int, device) -> None:
+def rarl_final(
+    writer: Any,
+    agent: Any,
+    store: FeatureStore,
+    settings: EnvSettings,
+    config: Any,
+    results: dict,
+    step: int,
+    device: torch.device | str,
+) -> None:
     """PR curves of the final evaluation (learned centres, the run's views) and the hyperparameters."""
     from agents.rarl.evaluate import predict
 
@@ -285,7 +309,7 @@ def rarl_final(writer, agent, store, settings: EnvSettings, config, results: dic
 
 
 # -- agents trained through the env (SB3, CEM) ----------------------------------------------------
-def env_agent_episodes(policy, env_id: str, env_kwargs: dict, split: str, indices: Sequence[int]) -> dict:
+def env_agent_episodes(policy: Any, env_id: str, env_kwargs: dict, split: str, indices: Sequence[int]) -> dict:
     """One deterministic episode per image ``indices`` of ``split``: the final info (``boxes`` in
     pixels, ``scores``, ``labels``) and ``probs``."""
     from agents.common.evaluation import env_scores_to_probs, lockstep_envs
@@ -302,7 +326,7 @@ def env_agent_episodes(policy, env_id: str, env_kwargs: dict, split: str, indice
             )
             if terminated.all() or truncated.all():
                 break
-        info = {k: np.asarray(infos["final_info"][k]) for k in ("boxes", "scores", "labels")}
+        info: dict[str, Any] = {k: np.asarray(infos["final_info"][k]) for k in ("boxes", "scores", "labels")}
         info["probs"] = env_scores_to_probs(info["scores"], venv.unwrapped.mode)
         info["classes"] = tuple(venv.unwrapped.classes)
         info["dataset"] = venv.unwrapped.data
@@ -311,7 +335,7 @@ def env_agent_episodes(policy, env_id: str, env_kwargs: dict, split: str, indice
         venv.close()
 
 
-def env_agent_figure2(writer, policy, env_id: str, env_kwargs: dict, step: int, count: int = FIGURE_IMAGES) -> None:
+def env_agent_figure2(writer: Any, policy: Any, env_id: str, env_kwargs: dict, step: int, count: int = FIGURE_IMAGES) -> None:
     settings = EnvSettings.from_env_id(env_id, env_kwargs)
     split = settings.source.eval_split
     n = len(settings.source.open_split(split, progress=False)[1])
@@ -323,7 +347,7 @@ def env_agent_figure2(writer, policy, env_id: str, env_kwargs: dict, step: int, 
     log_pictures(writer, figure2_pictures(first, info["classes"], indices, unit, info["probs"], info["labels"]), step)
 
 
-def env_agent_final(writer, policy, config: dict, results: dict, step: int) -> None:
+def env_agent_final(writer: Any, policy: Any, config: dict, results: dict, step: int) -> None:
     """PR curves of the final evaluation (the policy's centres) and the run's hyperparameters."""
     from agents.common.evaluation import evaluate_policy_on_split
 
@@ -340,12 +364,12 @@ class Figure2Callback:
     pictures to the run's TensorBoard every ``every`` environment steps; it also names the errors
     of SB3's TensorBoard writer (:func:`name_sb3_writer_errors`)."""
 
-    def __new__(cls, env_id: str, env_kwargs: dict, every: int):
+    def __new__(cls, env_id: str, env_kwargs: dict, every: int) -> BaseCallback:  # type: ignore[misc]  # a factory
         from stable_baselines3.common.callbacks import BaseCallback
         from stable_baselines3.common.logger import TensorBoardOutputFormat
 
         class _Figure2(BaseCallback):
-            def __init__(self):
+            def __init__(self) -> None:
                 super().__init__()
                 self.next = every
 

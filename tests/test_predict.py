@@ -40,15 +40,28 @@ def test_images(small_kwargs, tmp_path_factory) -> list[Path]:
     return paths
 
 
-def cached_probs(run: Path, views: int) -> np.ndarray:
-    """What scripts/evaluate.py computes for the test split (agents.rarl.trainer.predict on the cache)."""
-    from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint, predict
+def cached_probs(run: Path, views: int, centers: str = "learned") -> np.ndarray:
+    """What rarl-gym evaluate computes for the test split (agents.rarl.evaluate.predict on the cache)."""
+    from agents.rarl.evaluate import predict
+    from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint
 
     ckpt = load_checkpoint(run)
     settings = EnvSettings.from_kwargs(**ckpt["settings"])
     _, store = settings.source.open_split("test", progress=False)
-    probs = predict(agent_from_checkpoint(ckpt), store, settings, views=views, view_crop=ckpt["config"]["augment_crop"]).probs
+    agent = agent_from_checkpoint(ckpt)
+    probs = predict(agent, store, settings, centers=centers, views=views, view_crop=ckpt["config"]["augment_crop"]).probs
     return probs[INDICES]
+
+
+def test_predict_looks_where_it_is_told(rarl_run, test_images):
+    """``centers="peak"`` predicts with the same model looking at the class peaks, as evaluate does;
+    an unknown choice is a ConfigError naming the valid ones."""
+    from rarl_gym.errors import ConfigError
+
+    preds = Predictor.from_run(rarl_run, device="cpu", centers="peak").predict(test_images)
+    np.testing.assert_allclose(np.stack([p.probs for p in preds]), cached_probs(rarl_run, 1, "peak"), rtol=1e-3, atol=1e-5)
+    with pytest.raises(ConfigError, match="use one of learned"):
+        Predictor.from_run(rarl_run, device="cpu", centers="spiral")
 
 
 @pytest.mark.parametrize("views", [1, 10])

@@ -58,6 +58,12 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         help="run folder, or its checkpoint.pt / model.zip / cem.npz (default runs/rarl-shapes)",
     )
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="1 view or the ten-view test (RARL runs)")
+    p.add_argument(
+        "--centers",
+        default="learned",
+        choices=("learned", "peak", "grid", "random", "center"),
+        help="RARL runs: where the glimpses go (default: the agent's own policy; peak: the class-map peaks)",
+    )
     p.add_argument("--format", default="table", choices=FORMATS, help="what the terminal shows (default table)")
     p.add_argument("--out", default=None, help="also write the predictions here: CSV if it ends in .csv, else JSON lines")
     p.add_argument("--draw", default=None, help="write the Figure 2 picture of each image into this folder")
@@ -207,7 +213,7 @@ def _label(args: argparse.Namespace, files: list[Path], out_file: Any, draw: Pat
     from agents.predict import Predictor
     from rarl_gym.errors import ConfigError, CorruptFileError
 
-    predictor = Predictor.from_run(args.run, device=args.device, data_root=args.data_root)
+    predictor = Predictor.from_run(args.run, device=args.device, data_root=args.data_root, centers=args.centers)
     if args.views != 1 and predictor.kind != "rarl":
         raise ConfigError(f"--views {args.views}: a {predictor.kind} run sees the whole image only", "use --views 1")
     pictures = picture_names(files) if draw is not None else []  # by position: a file named twice gets two

@@ -16,7 +16,7 @@ taking a batch of observations ``{"glimpses": [B, K, C, s, s], "step": [B]}`` an
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -64,7 +64,7 @@ class _EnvList:
     def reset(self, *, options: dict) -> tuple[dict, dict]:
         return _stack([env.reset(options={"index": int(i)})[0] for env, i in zip(self.envs, options["index"])]), {}
 
-    def step(self, actions: np.ndarray):
+    def step(self, actions: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict]:
         obs, rewards, terminated, truncated, infos = zip(*(env.step(a) for env, a in zip(self.envs, actions)))
         final = {"final_info": _stack(list(infos))} if terminated[0] or truncated[0] else {}
         return _stack(list(obs)), np.array(rewards), np.array(terminated), np.array(truncated), final
@@ -78,7 +78,7 @@ def _stack(dicts: list[dict]) -> dict:
     return {key: np.stack([np.asarray(d[key]) for d in dicts]) for key in dicts[0]}
 
 
-def lockstep_envs(env_id: str, env_kwargs: dict, split: str | None, num_envs: int):
+def lockstep_envs(env_id: str, env_kwargs: dict, split: str | None, num_envs: int) -> Any:
     """``num_envs`` envs on ``split`` whose episodes run in lockstep (every episode has T + 1 steps).
 
     The native batched :class:`envs.vector_env.GlimpseVectorEnv` (``gym.make_vec``) when the env id
@@ -94,7 +94,7 @@ def lockstep_envs(env_id: str, env_kwargs: dict, split: str | None, num_envs: in
 
 
 def evaluate_policy_on_split(
-    policy,
+    policy: Any,
     env_id: str,
     env_kwargs: dict,
     split: str | None = None,
@@ -151,6 +151,7 @@ def global_baseline(env_id: str, env_kwargs: dict, split: str, *, seed: int = 0)
     from rarl_gym.scorer import fit_global_classifier, pooled_features, predict_global
 
     settings = EnvSettings.from_env_id(env_id, env_kwargs)
+    assert settings.split is not None  # EnvSettings fills in the training split
     train_store = settings.source.open_split(settings.split, progress=False)[1]
     store = settings.source.open_split(split, progress=False)[1]
     scorer = fit_global_classifier(pooled_features(train_store), torch.from_numpy(train_store.labels), seed=seed)
@@ -160,7 +161,7 @@ def global_baseline(env_id: str, env_kwargs: dict, split: str, *, seed: int = 0)
 
 
 def evaluate_run(
-    policy, env_id: str, env_kwargs: dict, split: str | None = None, *, seed: int = 0, baseline: bool = True
+    policy: Any, env_id: str, env_kwargs: dict, split: str | None = None, *, seed: int = 0, baseline: bool = True
 ) -> dict:
     """Metrics of the policy's centres, of random, fixed (image middle) and grid centres, and
     (``baseline``) of the global-image linear classifier (:func:`global_baseline`).
@@ -183,7 +184,7 @@ def evaluate_run(
     return {"split": split, "views": 1, "policies": policies, "reports": reports}
 
 
-def log_eval(writer, results: dict, step: int) -> None:
+def log_eval(writer: Any, results: dict, step: int) -> None:
     """TensorBoard scalars ``eval/<metric>_<centres>`` of :func:`evaluate_run`'s results."""
     for name, row in results["policies"].items():
         for key in ("mAP_area", "mAP_voc07", "CF1", "OF1", "reward"):

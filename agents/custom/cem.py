@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
+import gymnasium as gym
 import numpy as np
 
 from agents.common.evaluation import evaluate_run, make_env
@@ -48,14 +50,16 @@ class LinearPolicy:
     def __init__(self, w: np.ndarray, mu: np.ndarray, sigma: np.ndarray, num_steps: int):
         self.w, self.mu, self.sigma, self.num_steps = w.reshape(-1, 2), mu, sigma, num_steps
 
-    def predict(self, obs, state=None, episode_start=None, deterministic=True):
+    def predict(
+        self, obs: dict, state: Any = None, episode_start: Any = None, deterministic: bool = True
+    ) -> tuple[np.ndarray, Any]:
         f = (pooled(obs) - self.mu) / self.sigma
         step = np.eye(self.num_steps)[np.asarray(obs["step"]).reshape(-1)]
         f = np.concatenate([f, step, np.ones((len(f), 1))], 1)
         return np.tanh(f @ self.w).astype(np.float32), state
 
 
-def run_episode(env, policy, index: int, record: list | None = None) -> float:
+def run_episode(env: gym.Env, policy: LinearPolicy | None, index: int, record: list | None = None) -> float:
     """The return of one episode on image ``index``; ``record`` collects the observations."""
     obs, _ = env.reset(options={"index": int(index)})
     total, done = 0.0, False
@@ -65,7 +69,7 @@ def run_episode(env, policy, index: int, record: list | None = None) -> float:
             record.append(batch)
         action = env.action_space.sample() if policy is None else policy.predict(batch)[0][0]
         obs, reward, terminated, truncated, _ = env.step(action)
-        total, done = total + reward, terminated or truncated
+        total, done = total + cast(float, reward), terminated or truncated
     return total
 
 
@@ -76,15 +80,15 @@ def save(run_dir: Path, state: dict, rng: np.random.Generator, config: dict) -> 
 
 
 def train_cem(
-    env_id=None,
-    env_kwargs=None,
-    run_dir="runs/cem-shapes",
-    total_timesteps=None,
-    seed=None,
-    progress=True,
+    env_id: str | None = None,
+    env_kwargs: dict | None = None,
+    run_dir: str | Path = "runs/cem-shapes",
+    total_timesteps: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
     *,
-    resume=False,
-    **search,
+    resume: bool = False,
+    **search: Any,
 ) -> dict:
     """Train (or resume) to ``total_timesteps`` env steps, evaluate; ``search``: population, episodes, elite_frac."""
 
@@ -106,7 +110,7 @@ def _search(config: dict, run_dir: Path, total_timesteps: int | None, progress: 
     env = make_env(config["env_id"], config["env_kwargs"], progress=progress)
     if env.action_space.shape != (2,):
         raise ConfigError("CEM places glimpses only: it needs mode='locate'", 'drop "mode" from --env-kwargs')
-    n_images, num_steps = len(env.unwrapped.store), int(env.observation_space["step"].n)
+    n_images, num_steps = len(cast(Any, env.unwrapped).store), int(cast(Any, env.observation_space)["step"].n)
     rng = np.random.default_rng(config["seed"])
     if resume:
         state = dict(np.load(run_dir / FILE))

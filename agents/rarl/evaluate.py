@@ -145,7 +145,7 @@ def finetune_global(
     generator = torch.Generator().manual_seed(config.seed)
     tail = build_tail(tail_name).to(device).to(memory_format=torch.channels_last)
     scorer = seeded_scorer(TAILS[tail_name][0], len(train_store.classes), config.seed).to(device)
-    groups = [{"params": scorer.parameters()}, {"params": tail.parameters(), "lr": config.finetune_lr}]
+    groups: list[dict[str, Any]] = [{"params": scorer.parameters()}, {"params": tail.parameters(), "lr": config.finetune_lr}]
     optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     tail.eval()  # frozen batch-norm statistics, as the agent's tail
     for _ in range(config.epochs):
@@ -221,6 +221,7 @@ def evaluate_agent(
         add_row("oracle", oracle(agent, store, settings, samples=config.oracle_samples, device=device, seed=config.seed)[0])
     if train_store is not None:
         if agent.tail is not None:  # the same fine-tuning for the global classifier, so the rows stay comparable
+            assert agent.tail_name is not None  # the agent's tail is built from it
             tail, scorer = finetune_global(train_store, config, agent.tail_name, device)
             add_row("global", predict_global(scorer, store, views=views, crop=config.augment_crop, tail=tail))
         else:

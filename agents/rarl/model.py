@@ -256,12 +256,14 @@ class RARLAgent(nn.Module):
     def context_logits(self, cropped_context: torch.Tensor) -> torch.Tensor:
         """``[B, (1+F)*L, s, s]`` the whole view cropped from the context part of
         :meth:`logit_maps` -> ``[B, 1+F, L]`` context logits."""
+        assert self.context_head.bias is not None  # a Conv2d with bias
         logits = cropped_context.mean(dim=(-2, -1)) + self.context_head.bias
         return logits.unflatten(-1, (1 + self.folds, self.num_classes))
 
     def region_logits(self, cropped_logits: torch.Tensor) -> torch.Tensor:
         """``[B, K, (1+F)*L, s, s]`` cropped logit maps -> ``[B, K, 1+F, L]`` region logits
         (head 0 is the classifier, heads 1..F the cross-fitted reward heads)."""
+        assert self.region_head.bias is not None  # a Conv2d with bias
         logits = cropped_logits.mean(dim=(-2, -1)) + self.region_head.bias
         return logits.unflatten(-1, (1 + self.folds, self.num_classes))
 

@@ -21,7 +21,12 @@ from rarl_gym.glimpse import FIXED_GRID
 
 
 def _candidate_sequences(
-    agent: RARLAgent, feats: torch.Tensor, labels: torch.Tensor, settings: EnvSettings, samples: int, generator
+    agent: RARLAgent,
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    settings: EnvSettings,
+    samples: int,
+    generator: torch.Generator,
 ) -> torch.Tensor:
     """``[B, S, T, 2]``: the learned policy's mode, the fixed grid and ``samples - 2`` uniformly random sequences."""
     b, steps, device = feats.shape[0], settings.num_steps, feats.device
@@ -38,7 +43,7 @@ def _best_of(
     labels: torch.Tensor,
     settings: EnvSettings,
     samples: int,
-    generator,
+    generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each image of the batch: the fused scores ``[B, L]`` of head 0 and the centres ``[B, T, 2]``
     of its best sequence."""

@@ -132,6 +132,7 @@ def candidate_region_logits(ep: EpisodeBatch, positions: torch.Tensor) -> torch.
         boxes = view_to_image(boxes, ep.windows)
     n_heads = 1 + agent.folds
     heads = maps[:, : n_heads * agent.num_classes].detach()
+    assert agent.region_head.bias is not None  # a Conv2d with bias
     region = crop(heads, boxes, ep.glimpse_size).mean(dim=(-2, -1)) + agent.region_head.bias.detach()  # [B, J*K, (1+F)*L]
     head = ep.head_index()
     return region.reshape(b, j, -1, n_heads, agent.num_classes)[torch.arange(b, device=head.device), :, :, head]
@@ -203,6 +204,7 @@ def class_peaks(ep: EpisodeBatch, smooth: int = 1) -> tuple[torch.Tensor, torch.
         boxes = view_to_image(boxes, ep.windows)
     n_heads = 1 + agent.folds
     cells = crop(maps[:, : n_heads * agent.num_classes].detach(), boxes, 1)[..., 0, 0]  # [B, J, (1+F)L]
+    assert agent.region_head.bias is not None  # a Conv2d with bias
     cells = cells + agent.region_head.bias.detach()
     head = ep.head_index()
     cells = cells.reshape(b, j, n_heads, agent.num_classes)[torch.arange(b, device=ep.device), :, head]  # [B, J, L]

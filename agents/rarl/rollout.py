@@ -11,7 +11,9 @@ and reward.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,8 +50,8 @@ def rollout(
     *,
     num_steps: int = 5,
     glimpse_size: int = 1,
-    scales=DEFAULT_SCALES,
-    ratios=DEFAULT_RATIOS,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
     k: int | str = ADAPTIVE,
     centers: str = "learned",
     sample: bool = True,
@@ -179,7 +181,7 @@ class RolloutModule(torch.nn.Module):
         super().__init__()
         self.agent = agent
 
-    def forward(self, feature_maps: torch.Tensor, labels: torch.Tensor, **kwargs) -> Rollout:
+    def forward(self, feature_maps: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> Rollout:
         return rollout(self.agent, feature_maps, labels, **kwargs)
 
 

@@ -204,7 +204,9 @@ def build_agent(settings: EnvSettings, num_classes: int, channels: int, config: 
         raise ConfigError(f"the RARL agent cannot be built: {err}", "change the training options (--hyperparams)") from err
 
 
-def init_linear_head(agent: RARLAgent, settings: EnvSettings, train_store: FeatureStore, config: TrainConfig, device) -> None:
+def init_linear_head(
+    agent: RARLAgent, settings: EnvSettings, train_store: FeatureStore, config: TrainConfig, device: Any
+) -> None:
     """Warm start of the linear head (``head_init="mil"``) by the env scorer's recipe: each head
     is a linear classifier fitted by category-wise max over the whole image and the anchors of
     random centres (:data:`rarl_gym.sources.SCORER_FIT`). The F cross-fitted heads are the env's
@@ -214,9 +216,11 @@ def init_linear_head(agent: RARLAgent, settings: EnvSettings, train_store: Featu
     """
     fit = {k: v for k, v in SCORER_FIT.items() if k != "folds"}
     if agent.tail is not None:  # the untrained tail gives the full backbone's maps: fit on that backbone's cache
+        assert agent.tail_name is not None  # the agent's tail is built from it
         settings = settings.replace(backbone=TAILS[agent.tail_name][2])
+        assert settings.split is not None  # EnvSettings fills in the training split
         train_store = settings.source.open_split(settings.split, progress=config.progress)[1]
-    heads = [fit_region_scorer(train_store, seed=config.seed, device=device, **fit)]
+    heads: list[Any] = [fit_region_scorer(train_store, seed=config.seed, device=device, **fit)]
     if agent.folds:
         if agent.folds == SCORER_FIT["folds"]:
             heads += list(settings.source.region_scorer(settings.split, device=device, progress=config.progress).scorers)
@@ -226,6 +230,7 @@ def init_linear_head(agent: RARLAgent, settings: EnvSettings, train_store: Featu
             )
     with torch.no_grad():
         agent.region_head.weight.copy_(torch.cat([h.linear.weight for h in heads])[:, :, None, None])
+        assert agent.region_head.bias is not None  # a Conv2d with bias
         agent.region_head.bias.copy_(torch.cat([h.linear.bias for h in heads]))
     if agent.context:  # the context heads: the global-image linear classifier, on all images and per fold
         pooled, labels = pooled_features(train_store), torch.from_numpy(train_store.labels)
@@ -234,6 +239,7 @@ def init_linear_head(agent: RARLAgent, settings: EnvSettings, train_store: Featu
         ctx = [fit_global_classifier(pooled[i], labels[i], seed=config.seed) for i in subsets]
         with torch.no_grad():
             agent.context_head.weight.copy_(torch.cat([h.linear.weight for h in ctx])[:, :, None, None])
+            assert agent.context_head.bias is not None  # a Conv2d with bias
             agent.context_head.bias.copy_(torch.cat([h.linear.bias for h in ctx]))
 
 
@@ -250,7 +256,7 @@ def parameter_groups(agent: RARLAgent, config: TrainConfig) -> list[dict]:
         if name.startswith(("region_head.", "context_head.")) and config.head_lr is not None
     ]
     ids = {id(p) for p in loc + tail + heads}
-    groups = [{"params": [p for p in agent.parameters() if id(p) not in ids]}]
+    groups: list[dict[str, Any]] = [{"params": [p for p in agent.parameters() if id(p) not in ids]}]
     if heads:
         groups.append({"params": heads, "lr": config.head_lr})
     if loc:
@@ -272,7 +278,7 @@ CHECKPOINT_KEYS = ("model", "config", "settings", "agent_config", "epoch")
 RESUME_KEYS = ("optimizer", "rng", "step")
 
 
-def save_checkpoint(path: Path, **state) -> None:
+def save_checkpoint(path: Path, **state: Any) -> None:
     """Write atomically (:func:`rarl_gym.io.atomic_torch_save`): a crash or a full disk mid-write
     never damages the previous checkpoint and leaves no temporary file; a full disk is a
     :class:`rarl_gym.errors.DiskFullError`."""
@@ -315,6 +321,7 @@ def agent_from_checkpoint(ckpt: dict) -> RARLAgent:
     if result.unexpected_keys or set(result.missing_keys) - {"loc_prior"}:
         agent.load_state_dict(ckpt["model"])  # raises with the full list
     if "loc_prior" in result.missing_keys:  # a map locator saved before the grid prior existed had none
+        assert agent.loc_prior is not None  # a missing key of the state dict: the agent has it
         with torch.no_grad():
             agent.loc_prior.zero_()
     return agent.eval()
@@ -412,10 +419,10 @@ def _check_numbers(config: TrainConfig) -> None:
     """Refuse options that would fail deep inside the loop, or silently do nothing (the agent's own
     choices, ``head``, ``locator``, ``output``, ``location_prior``, are checked by :func:`build_agent`)."""
 
-    def is_int(v) -> bool:
+    def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    def is_real(v) -> bool:
+    def is_real(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     checks = {
@@ -548,6 +555,7 @@ def _setup(config: TrainConfig, *, resume: bool) -> _Run:
     _check_run_folder(run_dir, resume)
     settings = EnvSettings.from_env_id(config.env_id, config.env_kwargs)
     progress = config.progress and rank == 0
+    assert settings.split is not None  # EnvSettings fills in the training split
     train_store = settings.source.open_split(settings.split, progress=progress)[1]
     eval_store = settings.source.open_split(config.eval_split or settings.source.eval_split, progress=progress)[1]
 

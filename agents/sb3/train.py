@@ -12,12 +12,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 from agents.common.evaluation import evaluate_run, log_eval
@@ -28,6 +30,9 @@ from rarl_gym.device import pick_device
 from rarl_gym.env_settings import settings_kwargs
 from rarl_gym.errors import CheckpointError, ConfigError, check_choice
 from rarl_gym.io import atomic_path, run_lock, sigterm_as_interrupt
+
+if TYPE_CHECKING:
+    from envs.vector_env import GlimpseVectorEnv
 
 MODEL = "model.zip"
 REPLAY = "replay_buffer.pkl"
@@ -76,7 +81,7 @@ def make_vec(env_id: str, env_kwargs: dict, n_envs: int, seed: int, progress: bo
         venv = gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
     except (gym.error.Error, ImportError):
         return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=kwargs, vec_env_cls=DummyVecEnv)
-    env = VecMonitor(to_sb3(venv))
+    env = VecMonitor(to_sb3(cast("GlimpseVectorEnv", venv)))  # the id's vector_entry_point
     env.seed(seed)
     return env
 
@@ -96,14 +101,14 @@ def save_model(model: BaseAlgorithm, run_dir: Path, config: dict, *, train_secon
     buffer = getattr(model, "replay_buffer", None)
     if buffer is not None and replay_bytes(buffer) <= REPLAY_SAVE_LIMIT:
         with atomic_path(run_dir / REPLAY, what="replay buffer") as tmp:
-            model.save_replay_buffer(tmp)
+            cast(OffPolicyAlgorithm, model).save_replay_buffer(tmp)  # it has a replay buffer
         written.append(REPLAY)
     extra = {} if train_seconds is None else {"train_seconds": round(train_seconds, 1)}
     save_run_config(run_dir, {**config, "num_timesteps": int(model.num_timesteps), **extra})
     return [*written, "run.json"]
 
 
-def replay_bytes(buffer) -> int:
+def replay_bytes(buffer: Any) -> int:
     """Bytes of the arrays a replay buffer holds (what pickling it writes)."""
     arrays = [v for v in vars(buffer).values() if isinstance(v, np.ndarray)]
     for name in ("observations", "next_observations"):
@@ -117,7 +122,7 @@ class PeriodicSave(BaseCallback):
     """Save the run (:func:`save_model`) every ``every`` env steps, at the start of a rollout (after
     the previous update), so that a crash or ``kill -9`` loses at most ``every`` steps."""
 
-    def __init__(self, every: int, save: Callable[[], None]):
+    def __init__(self, every: int, save: Callable[[], object]):
         super().__init__()
         self.every = every
         self.save = save
@@ -221,7 +226,7 @@ def _train_sb3(
         model.tensorboard_log = tb
         if algo in OFF_POLICY:
             if (run_dir / REPLAY).exists():  # saved with the model: continue exactly where it was
-                model.load_replay_buffer(run_dir / REPLAY)
+                cast(OffPolicyAlgorithm, model).load_replay_buffer(run_dir / REPLAY)
             else:
                 refill = True  # too large to save: the buffer starts empty, refill it before updating
     else:
@@ -235,12 +240,14 @@ def _train_sb3(
         return save_model(model, run_dir, config, train_seconds=earlier_seconds + time.perf_counter() - start)
 
     if remaining > 0:
-        callbacks = [PeriodicSave(checkpoint_every, save)] + ([TqdmCallback(f"train {algo}")] if progress else [])
+        callbacks: list[BaseCallback] = [PeriodicSave(checkpoint_every, save)] + (
+            [TqdmCallback(f"train {algo}")] if progress else []
+        )
         callbacks.append(
             Figure2Callback(config["env_id"], config["env_kwargs"], every=max(1, total_timesteps // 10))
         )  # TensorBoard: Figure 2
         if refill:
-            starts, model.learning_starts = model.learning_starts, model.num_timesteps + model.learning_starts
+            starts, model.learning_starts = model.learning_starts, model.num_timesteps + model.learning_starts  # type: ignore[attr-defined]  # off-policy
         interrupted = False
         with sigterm_as_interrupt():  # kill / a scheduler's stop: the same save as Ctrl-C (a second one is ignored)
             try:
@@ -248,7 +255,7 @@ def _train_sb3(
             except KeyboardInterrupt:  # keep what was learnt (continue with --resume)
                 interrupted = True
             if refill:
-                model.learning_starts = starts
+                model.learning_starts = starts  # type: ignore[attr-defined]  # off-policy
             saved = save()
         if interrupted:
             print(
