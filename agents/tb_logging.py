@@ -312,21 +312,12 @@ def rarl_final(
 def env_agent_episodes(policy: Any, env_id: str, env_kwargs: dict, split: str, indices: Sequence[int]) -> dict:
     """One deterministic episode per image ``indices`` of ``split``: the final info (``boxes`` in
     pixels, ``scores``, ``labels``) and ``probs``."""
-    from agents.common.evaluation import env_scores_to_probs, lockstep_envs
+    from agents.common.evaluation import env_scores_to_probs, lockstep_envs, play_episodes
 
     venv = lockstep_envs(env_id, env_kwargs, split, len(indices))
     try:
-        obs, _ = venv.reset(options={"index": np.asarray(indices)})
-        state, first = None, np.ones(len(indices), bool)
-        while True:
-            actions, state = policy.predict(obs, state=state, episode_start=first, deterministic=True)
-            first[:] = False
-            obs, _, terminated, truncated, infos = venv.step(
-                np.clip(np.asarray(actions, np.float32).reshape(len(indices), -1), -1.0, 1.0)
-            )
-            if terminated.all() or truncated.all():
-                break
-        info: dict[str, Any] = {k: np.asarray(infos["final_info"][k]) for k in ("boxes", "scores", "labels")}
+        final, _ = play_episodes(policy, venv, np.asarray(indices))
+        info: dict[str, Any] = {k: np.asarray(final[k]) for k in ("boxes", "scores", "labels")}
         info["probs"] = env_scores_to_probs(info["scores"], venv.unwrapped.mode)
         info["classes"] = tuple(venv.unwrapped.classes)
         info["dataset"] = venv.unwrapped.data

@@ -28,6 +28,7 @@ from gymnasium.vector.utils import batch_space
 from envs.common import GlimpseEnvSetup, check_actions
 from rarl_gym.env_settings import check_index
 from rarl_gym.errors import ConfigError, check_choice
+from rarl_gym.glimpse import boxes_to_pixels
 
 ObsDict = dict[str, np.ndarray]
 
@@ -239,8 +240,7 @@ class GlimpseVectorEnv(GlimpseEnvSetup, VectorEnv):
             for i in range(b)
         ]
         wh = torch.from_numpy(self._sizes[self._index]).to(torch.float32)  # [B, 2]
-        scale = wh.repeat(1, 2)[:, None, None, :] / 2.0  # [B, 1, 1, 4] = (w, h, w, h) / 2
-        boxes = (torch.stack(ep.history, dim=1) + 1.0) * scale  # [B, T, K, 4] pixels
+        boxes = boxes_to_pixels(torch.stack(ep.history, dim=1), wh[:, 0], wh[:, 1])  # [B, T, K, 4] pixels
         info = {
             "labels": self.store.labels[self._index],  # fancy indexing copies
             "scores": ep.fused.numpy().copy(),

@@ -288,9 +288,14 @@ def fuse(scores: torch.Tensor, dims: int | Sequence[int] = 1) -> torch.Tensor:
     return torch.amax(scores, dim=tuple(dims))
 
 
-def boxes_to_pixels(boxes: torch.Tensor, width: float, height: float) -> torch.Tensor:
-    """Image-coordinate boxes ``[..., 4]`` to pixel boxes of a ``width x height`` picture."""
-    scale = boxes.new_tensor([width, height, width, height]) / 2.0
+def boxes_to_pixels(boxes: torch.Tensor, width: float | torch.Tensor, height: float | torch.Tensor) -> torch.Tensor:
+    """Image-coordinate boxes ``[..., 4]`` to pixel boxes of a ``width x height`` picture; per-image
+    sizes ``width``, ``height`` ``[B]`` map boxes ``[B, ..., 4]`` image by image."""
+    if isinstance(width, torch.Tensor) or isinstance(height, torch.Tensor):
+        w, h = torch.as_tensor(width, dtype=boxes.dtype), torch.as_tensor(height, dtype=boxes.dtype)
+        scale = torch.stack([w, h, w, h], -1).reshape(-1, *([1] * (boxes.dim() - 2)), 4) / 2.0  # [B, 1.., 4]
+    else:
+        scale = boxes.new_tensor([width, height, width, height]) / 2.0
     return (boxes + 1.0) * scale
 
 

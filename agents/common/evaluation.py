@@ -93,6 +93,37 @@ def lockstep_envs(env_id: str, env_kwargs: dict, split: str | None, num_envs: in
         return _EnvList([gym.make(env_id, progress=False, **kwargs) for _ in range(num_envs)])
 
 
+def play_episodes(
+    policy: Any,
+    venv: Any,
+    index: np.ndarray,
+    *,
+    center_policy: str = "learned",
+    rng: np.random.Generator | None = None,
+) -> tuple[dict, np.ndarray]:
+    """One deterministic episode of each image ``index [B]`` on ``venv`` (B lockstep envs,
+    :func:`lockstep_envs`): the batched final info (``scores``, ``labels``, ``boxes``, ...) and the
+    returns ``[B]``. The one loop that drives a policy over images (the evaluation, the Figure 2 of
+    TensorBoard). ``center_policy`` replaces the centres as :func:`evaluate_policy_on_split` says.
+    """
+    b = len(index)
+    obs, _ = venv.reset(options={"index": np.asarray(index)})
+    state, first, ret, t = None, np.ones(b, bool), np.zeros(b), 0
+    while True:
+        actions, state = policy.predict(obs, state=state, episode_start=first, deterministic=True)
+        actions = np.array(actions, dtype=np.float32).reshape(b, -1)
+        if center_policy == "random":
+            assert rng is not None
+            actions[:, :2] = rng.uniform(-1.0, 1.0, (b, 2))
+        elif center_policy in ("center", "grid"):
+            actions[:, :2] = (0.0, 0.0) if center_policy == "center" else FIXED_GRID[t % len(FIXED_GRID)]
+        first[:], t = False, t + 1
+        obs, reward, terminated, truncated, infos = venv.step(np.clip(actions, -1.0, 1.0))
+        ret += reward
+        if terminated.all() or truncated.all():
+            return infos["final_info"], ret
+
+
 def evaluate_policy_on_split(
     policy: Any,
     env_id: str,
@@ -119,22 +150,10 @@ def evaluate_policy_on_split(
     scores, labels, rewards = [], [], []
     for lo in range(0, n, b):
         keep = min(b, n - lo)  # a last, short batch repeats the last image to fill the B envs
-        obs, _ = venv.reset(options={"index": np.minimum(np.arange(lo, lo + b), n - 1)})
-        state, first, ret, t = None, np.ones(b, bool), np.zeros(b), 0
-        while True:
-            actions, state = policy.predict(obs, state=state, episode_start=first, deterministic=True)
-            actions = np.array(actions, dtype=np.float32).reshape(b, -1)
-            if center_policy == "random":
-                actions[:, :2] = rng.uniform(-1.0, 1.0, (b, 2))
-            elif center_policy in ("center", "grid"):
-                actions[:, :2] = (0.0, 0.0) if center_policy == "center" else FIXED_GRID[t % len(FIXED_GRID)]
-            first[:], t = False, t + 1
-            obs, reward, terminated, truncated, infos = venv.step(np.clip(actions, -1.0, 1.0))
-            ret += reward
-            if terminated.all() or truncated.all():
-                break
-        scores.append(np.asarray(infos["final_info"]["scores"])[:keep])
-        labels.append(np.asarray(infos["final_info"]["labels"])[:keep])
+        index = np.minimum(np.arange(lo, lo + b), n - 1)
+        final, ret = play_episodes(policy, venv, index, center_policy=center_policy, rng=rng)
+        scores.append(np.asarray(final["scores"])[:keep])
+        labels.append(np.asarray(final["labels"])[:keep])
         rewards.append(ret[:keep])
     venv.close()
     return SplitPredictions(
