@@ -161,10 +161,13 @@ class Prediction:
         return figure2(image, list(self.boxes[view]), self.labels or [c for c, _ in self.top(1)], label_boxes=self.label_boxes)
 
 
-def _check_centers(centers: str, kind: str, policy: Any) -> str:
-    """``centers`` if the run's agent can look there, else a :class:`ConfigError` naming the choices."""
+def _check_centers(centers: str | None, kind: str, policy: Any) -> str:
+    """``centers`` if the run's agent can look there (``None``: ``"peak"`` where the agent has the
+    linear head, else ``"learned"``), else a :class:`ConfigError` naming the choices."""
     from agents.rarl.evaluate import RARL_ROWS, rarl_rows
 
+    if centers is None:
+        return "peak" if kind == "rarl" and "peak" in rarl_rows(policy) else "learned"
     if kind != "rarl":
         if centers != "learned":
             raise ConfigError(
@@ -232,7 +235,7 @@ class Predictor:
         backbone: str | None = None,
         input_size: int | None = None,
         run: str = "",
-        centers: str = "learned",
+        centers: str | None = None,
     ):
         self.kind, self.settings, self.policy, self.crop, self.run = kind, settings, policy, crop, run
         self.centers = _check_centers(centers, kind, policy)
@@ -271,14 +274,15 @@ class Predictor:
         backbone: str | None = None,
         input_size: int | None = None,
         data_root: str | None = None,
-        centers: str = "learned",
+        centers: str | None = None,
     ) -> Predictor:
         """Load a run: its folder, or its ``checkpoint.pt`` (RARL), ``model.zip`` (SB3) or ``cem.npz`` (CEM).
 
-        ``centers``: where a RARL agent looks (:data:`agents.rarl.evaluate.RARL_ROWS`): its own
-        policy (``"learned"``, the default) or, for the same model, e.g. ``"peak"`` (the class-map
-        peaks of the most likely classes) or ``"grid"``; agents trained through the env look where
-        their own policy does.
+        ``centers``: where a RARL agent looks (:data:`agents.rarl.evaluate.RARL_ROWS`). Default
+        (``None``): ``"peak"``, the class-map peaks of the most likely classes, for a run with the
+        linear head (the best one-sequence mAP of the same model on VOC07 val, docs/design.md), else
+        ``"learned"``; ``"learned"`` is the agent's own policy (its label boxes lie on the objects
+        more often). Agents trained through the env look where their own policy does.
 
         ``backbone`` / ``input_size`` are checked against the run's (a different one is a
         :class:`ConfigError`); ``data_root`` only matters for an SB3 / CEM run, whose env scorer is

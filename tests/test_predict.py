@@ -54,12 +54,13 @@ def cached_probs(run: Path, views: int, centers: str = "learned") -> np.ndarray:
 
 
 def test_predict_looks_where_it_is_told(rarl_run, test_images):
-    """``centers="peak"`` predicts with the same model looking at the class peaks, as evaluate does;
-    an unknown choice is a ConfigError naming the valid ones."""
+    """``centers="learned"`` predicts with the agent's own policy (the default is the peak policy of the
+    same model), as evaluate does; an unknown choice is a ConfigError naming the valid ones."""
     from rarl_gym.errors import ConfigError
 
-    preds = Predictor.from_run(rarl_run, device="cpu", centers="peak").predict(test_images)
-    np.testing.assert_allclose(np.stack([p.probs for p in preds]), cached_probs(rarl_run, 1, "peak"), rtol=1e-3, atol=1e-5)
+    assert Predictor.from_run(rarl_run, device="cpu").centers == "peak"
+    preds = Predictor.from_run(rarl_run, device="cpu", centers="learned").predict(test_images)
+    np.testing.assert_allclose(np.stack([p.probs for p in preds]), cached_probs(rarl_run, 1), rtol=1e-3, atol=1e-5)
     with pytest.raises(ConfigError, match="use one of learned"):
         Predictor.from_run(rarl_run, device="cpu", centers="spiral")
 
@@ -69,7 +70,7 @@ def test_predict_equals_the_evaluation_on_the_cache(rarl_run, test_images, views
     predictor = Predictor.from_run(rarl_run, device="cpu")
     preds = predictor.predict(test_images, views=views)
     probs = np.stack([p.probs for p in preds])
-    np.testing.assert_allclose(probs, cached_probs(rarl_run, views), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(probs, cached_probs(rarl_run, views, "peak"), rtol=1e-3, atol=1e-5)  # the default: peak
     settings = predictor.settings
     p = preds[0]
     assert p.source == str(test_images[0]) and p.size == (64, 64) and len(p.classes) == len(p.probs) == 12
@@ -91,7 +92,7 @@ def test_predict_equals_the_evaluation_on_the_cache(rarl_run, test_images, views
 
 
 def test_the_boxes_are_the_evaluation_centres(rarl_run, test_images):
-    """Single view: the pixel boxes are the anchors around the centres the rollout takes on the cache."""
+    """Single view: the pixel boxes are the anchors around the centres the rollout takes on the cache (peak: the default)."""
     from agents.rarl.rollout import rollout
     from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint
     from rarl_gym.glimpse import anchor_boxes, boxes_to_pixels
@@ -101,7 +102,7 @@ def test_the_boxes_are_the_evaluation_centres(rarl_run, test_images):
     _, store = settings.source.open_split("test", progress=False)
     feats, labels = store.batch(INDICES)
     with torch.no_grad():
-        out = rollout(agent_from_checkpoint(ckpt), feats, labels, **settings.rollout_kwargs(), sample=False)
+        out = rollout(agent_from_checkpoint(ckpt), feats, labels, **settings.rollout_kwargs(), centers="peak", sample=False)
     want = boxes_to_pixels(anchor_boxes(out.centers[2], settings.scales, settings.ratios), 64, 64).numpy()
     got = Predictor.from_run(rarl_run, device="cpu").predict(test_images[2:3])[0].boxes[0]
     np.testing.assert_allclose(got, want, atol=1e-2)

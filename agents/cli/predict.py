@@ -60,9 +60,10 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="1 view or the ten-view test (RARL runs)")
     p.add_argument(
         "--centers",
-        default="learned",
+        default=None,
         choices=("learned", "peak", "grid", "random", "center"),
-        help="RARL runs: where the glimpses go (default: the agent's own policy; peak: the class-map peaks)",
+        help="RARL runs: where the glimpses go (default peak, the class-map peaks of the most likely classes, "
+        "where the run has the linear head; learned: the agent's own policy)",
     )
     p.add_argument("--format", default="table", choices=FORMATS, help="what the terminal shows (default table)")
     p.add_argument("--out", default=None, help="also write the predictions here: CSV if it ends in .csv, else JSON lines")

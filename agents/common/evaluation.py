@@ -16,6 +16,7 @@ taking a batch of observations ``{"glimpses": [B, K, C, s, s], "step": [B]}`` an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -179,6 +180,44 @@ def global_baseline(env_id: str, env_kwargs: dict, split: str, *, seed: int = 0)
     return metrics.evaluate(probs, store.labels, classes=store.classes), float(reward)
 
 
+class ComparisonTable:
+    """The rows of a comparison table on one split, the one home of its format: per row the
+    :meth:`rarl_gym.metrics.MetricReport.to_dict` metrics, ``reward`` and, given the split's boxes
+    (``objects``, :func:`rarl_gym.data.object_boxes`) and a row's label boxes, ``pointing`` and
+    ``corloc`` (:func:`rarl_gym.metrics.grounding`). Used by :func:`evaluate_run` (agents trained
+    through the env) and :func:`agents.rarl.evaluate.evaluate_agent` (the RARL agent on the cache).
+    """
+
+    def __init__(self, labels: np.ndarray, classes: Sequence[str], objects: Sequence[Any] | None = None):
+        self.labels, self.classes, self.objects = labels, tuple(classes), objects
+        self.policies: dict[str, dict] = {}
+        self.reports: dict[str, metrics.MetricReport] = {}
+        self.pairs: int | None = None
+
+    def add(self, name: str, probs: np.ndarray, *, reward: float | None = None, label_boxes: np.ndarray | None = None) -> None:
+        """Row ``name`` of probabilities ``[N, L]`` (``reward``: the episodes' mean; default the top-k
+        overlap of ``probs``), with ``label_boxes [N, L, 4]`` where the row has regions."""
+        self.reports[name] = metrics.evaluate(probs, self.labels, classes=self.classes)
+        if reward is None:
+            import torch
+
+            from rarl_gym.reward import topk_overlap
+
+            reward = float(topk_overlap(torch.from_numpy(probs), torch.from_numpy(self.labels).long()).mean())
+        self.policies[name] = {**self.reports[name].to_dict(), "reward": reward}
+        if self.objects is not None and label_boxes is not None:
+            found = metrics.grounding(label_boxes, self.labels, self.objects)
+            self.policies[name].update(pointing=found["pointing"], corloc=found["corloc"])
+            self.pairs = found["pairs"]
+
+    def results(self, split: str, views: int, **extra: Any) -> dict:
+        """JSON-ready ``split``, ``views``, ``extra``, ``grounding_pairs``, ``policies``, plus ``reports``."""
+        out = {"split": split, "views": views, **extra, "policies": self.policies, "reports": self.reports}
+        if self.pairs is not None:
+            out["grounding_pairs"] = self.pairs
+        return out
+
+
 def evaluate_run(
     policy: Any, env_id: str, env_kwargs: dict, split: str | None = None, *, seed: int = 0, baseline: bool = True
 ) -> dict:
@@ -192,15 +231,16 @@ def evaluate_run(
     """
     if split is None:
         split = EnvSettings.from_env_id(env_id, env_kwargs).source.eval_split
-    policies, reports = {}, {}
+    table: ComparisonTable | None = None
     for name in CENTER_POLICIES:
         pred = evaluate_policy_on_split(policy, env_id, env_kwargs, split, center_policy=name, seed=seed)
-        reports[name] = metrics.evaluate(pred.probs, pred.labels, classes=pred.classes)
-        policies[name] = {**reports[name].to_dict(), "reward": float(pred.rewards.mean())}
+        table = table or ComparisonTable(pred.labels, pred.classes)
+        table.add(name, pred.probs, reward=float(pred.rewards.mean()))
+    assert table is not None
     if baseline:
-        reports["global"], reward = global_baseline(env_id, env_kwargs, split, seed=seed)
-        policies["global"] = {**reports["global"].to_dict(), "reward": reward}
-    return {"split": split, "views": 1, "policies": policies, "reports": reports}
+        report, reward = global_baseline(env_id, env_kwargs, split, seed=seed)
+        table.reports["global"], table.policies["global"] = report, {**report.to_dict(), "reward": reward}
+    return table.results(split, 1)
 
 
 def log_eval(writer: Any, results: dict, step: int) -> None:
@@ -219,6 +259,7 @@ def check_views(views: int) -> None:
 
 
 __all__ = [
+    "ComparisonTable",
     "SplitPredictions",
     "check_views",
     "env_scores_to_probs",
@@ -228,4 +269,5 @@ __all__ = [
     "lockstep_envs",
     "log_eval",
     "make_env",
+    "play_episodes",
 ]

@@ -15,17 +15,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
+from agents.common.evaluation import ComparisonTable
 from agents.rarl.model import RARLAgent
 from agents.rarl.oracle import oracle
 from agents.rarl.rollout import rollout
-from rarl_gym import metrics
 from rarl_gym.csra import fit_csra, predict_csra
 from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import ConfigError
 from rarl_gym.features.backbones import TAILS, build_tail
 from rarl_gym.features.store import FeatureStore
 from rarl_gym.glimpse import crop, random_views, ten_views
-from rarl_gym.reward import topk_overlap
 from rarl_gym.scorer import (
     RegionScorer,
     fit_global_classifier,
@@ -193,21 +192,7 @@ def evaluate_agent(
     """
     samples = config.eval_samples if samples is None else samples
     views = config.eval_views
-    policies: dict[str, dict] = {}
-    reports: dict[str, metrics.MetricReport] = {}
-    pairs = None
-
-    def add_row(name: str, probs: np.ndarray, label_boxes: np.ndarray | None = None, reward: float | None = None) -> None:
-        nonlocal pairs
-        reports[name] = metrics.evaluate(probs, store.labels, classes=store.classes)
-        if reward is None:
-            reward = float(topk_overlap(torch.from_numpy(probs), torch.from_numpy(store.labels).long()).mean())
-        policies[name] = {**reports[name].to_dict(), "reward": reward}
-        if objects is not None and label_boxes is not None:
-            found = metrics.grounding(label_boxes, store.labels, objects)
-            policies[name].update(pointing=found["pointing"], corloc=found["corloc"])
-            pairs = found["pairs"]
-
+    table = ComparisonTable(store.labels, store.classes, objects)
     runs = [(c, 1) for c in rarl_rows(agent)] + ([(c, samples) for c in ENSEMBLE_ROWS] if samples > 1 else [])
     for centers, m in runs:
         pred = predict(
@@ -216,33 +201,24 @@ def evaluate_agent(
         boxes = pred.label_boxes
         if boxes is None and objects is not None:  # ten views: the grounding of the whole-image view
             boxes = predict(agent, store, settings, centers=centers, samples=m, device=device).label_boxes
-        add_row(centers if m == 1 else f"{centers} x{m}", pred.probs, boxes, float(pred.rewards.mean()))
+        table.add(centers if m == 1 else f"{centers} x{m}", pred.probs, reward=float(pred.rewards.mean()), label_boxes=boxes)
     if config.oracle_samples > 0:
-        add_row("oracle", oracle(agent, store, settings, samples=config.oracle_samples, device=device, seed=config.seed)[0])
+        table.add("oracle", oracle(agent, store, settings, samples=config.oracle_samples, device=device, seed=config.seed)[0])
     if train_store is not None:
         if agent.tail is not None:  # the same fine-tuning for the global classifier, so the rows stay comparable
-            assert agent.tail_name is not None  # the agent's tail is built from it
+            assert agent.tail_name is not None
             tail, scorer = finetune_global(train_store, config, agent.tail_name, device)
-            add_row("global", predict_global(scorer, store, views=views, crop=config.augment_crop, tail=tail))
+            table.add("global", predict_global(scorer, store, views=views, crop=config.augment_crop, tail=tail))
         else:
             scorer = fit_global_classifier(
                 pooled_features(train_store), torch.from_numpy(train_store.labels), seed=config.seed
             )
-            add_row("global", predict_global(scorer, store, views=views, crop=config.augment_crop))
-            add_row(
-                "csra",
-                predict_csra(fit_csra(train_store, seed=config.seed), store, views=views, crop_side=config.augment_crop),
-            )
+            table.add("global", predict_global(scorer, store, views=views, crop=config.augment_crop))
+            csra = fit_csra(train_store, seed=config.seed)
+            table.add("csra", predict_csra(csra, store, views=views, crop_side=config.augment_crop))
         windows = fit_windows_classifier(train_store, seed=config.seed, device=device)
-        add_row("windows", predict_windows(windows, store, views=views, crop=config.augment_crop))
-    return {
-        "split": store.meta["key"]["split"],
-        "views": views,
-        "samples": samples,
-        "grounding_pairs": pairs,
-        "policies": policies,
-        "reports": reports,
-    }
+        table.add("windows", predict_windows(windows, store, views=views, crop=config.augment_crop))
+    return table.results(store.meta["key"]["split"], views, samples=samples)
 
 
 __all__ = [
