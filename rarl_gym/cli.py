@@ -94,6 +94,18 @@ def env_overrides(env_kwargs: str, **options: Any) -> dict[str, Any]:
     return overrides
 
 
+def add_loader_options(p: argparse.ArgumentParser) -> None:
+    """``--batch-size`` (images per forward pass) and ``--workers`` (image decoding processes), as
+    extraction and predict take them."""
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=None,
+        help="image decoding processes (default: one per core beyond two, at least one; 0: decode here)",
+    )
+
+
 def comparison_table(policies: dict[str, dict]) -> str:
     """One line per row: mAP (area and VOC07), CF1, OF1, mean reward and, where the split has boxes,
     pointing and CorLoc (``-`` for a row without regions), in percent."""
@@ -126,6 +138,7 @@ def print_results(results: dict, json_path: Path | None = None) -> None:
 
 __all__ = [
     "add_dataset_options",
+    "add_loader_options",
     "comparison_table",
     "env_overrides",
     "non_negative_int",

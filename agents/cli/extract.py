@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from rarl_gym.cli import add_dataset_options, non_negative_int, positive_int, run_cli
+from rarl_gym.cli import add_dataset_options, add_loader_options, positive_int, run_cli
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
@@ -32,13 +32,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument(
         "--input-size", type=positive_int, default=None, help="backbone input side (default 256 for Shapes, 320 otherwise)"
     )
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
-    p.add_argument(
-        "--workers",
-        type=non_negative_int,
-        default=None,
-        help="image decoding processes (default: one per core beyond two, at least one; 0: decode here)",
-    )
+    add_loader_options(p)
     p.add_argument("--dataset-kwargs", default="{}", help="JSON, e.g. '{\"num_images\": 500}' for Shapes")
     p.add_argument("--cache-dir", default=None, help="default $RARL_CACHE or ~/.cache/rarl_gym")
     p.add_argument("--device", default="auto")

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rarl_gym.cli import non_negative_int, positive_int, run_cli
+from rarl_gym.cli import add_loader_options, positive_int, run_cli
 
 FORMATS = ("table", "jsonl", "csv")
 
@@ -72,13 +72,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument(
         "--threshold", type=probability, default=0.1, help="list labels with at least this probability (default 0.1)"
     )
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
-    p.add_argument(
-        "--workers",
-        type=non_negative_int,
-        default=None,
-        help="image decoding processes (default: one per core beyond two, at least one; 0: decode here)",
-    )
+    add_loader_options(p)
     p.add_argument("--recursive", action="store_true", help="also take the files in sub-folders")
     p.add_argument(
         "--data-root",

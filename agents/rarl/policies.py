@@ -138,6 +138,36 @@ def candidate_region_logits(ep: EpisodeBatch, positions: torch.Tensor) -> torch.
     return region.reshape(b, j, -1, n_heads, agent.num_classes)[torch.arange(b, device=head.device), :, :, head]
 
 
+class SeenScores:
+    """What a locator's head has seen so far in B episodes: the category-wise max of the region
+    scores of the fused steps under each episode's locator head, and the belief (plus the context)."""
+
+    def __init__(self, ep: EpisodeBatch):
+        self.ep = ep
+        self.head_index = ep.head_index()  # [B]
+        self.rows = torch.arange(ep.batch, device=ep.device)
+        self.scores: list[torch.Tensor] = []  # [B, K, L] per fused step
+
+    def update(
+        self, t: int, out: AgentOutput, context: torch.Tensor | None, empty: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add step ``t``'s region scores (if the step is fused); return ``(seen [B, L], belief [B, L])``.
+        Before anything is fused, ``seen`` is ``empty`` (default: the max of step ``t``'s regions)."""
+        rows, head = self.rows, self.head_index
+        heads = (
+            out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)
+        )  # [B,K,1+F,L]
+        now = heads[rows, :, head].detach()  # [B, K, L]
+        if t >= 1 or self.ep.fuse_whole_image:
+            self.scores.append(now)
+        if self.scores:
+            seen = fuse(torch.stack(self.scores, 1), dims=(1, 2))
+        else:
+            seen = now.amax(1) if empty is None else empty
+        belief = seen + context[rows, head].detach() if context is not None else seen  # the fused logits so far
+        return seen, belief
+
+
 def mixture_step(
     logits: torch.Tensor, positions: torch.Tensor, sigma: float, sample: bool, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,24 +191,13 @@ class MapLocator(CenterPolicy):
 
     def __init__(self, ep: EpisodeBatch):
         super().__init__(ep)
-        self.head_index = ep.head_index()  # [B]
         self.positions = candidate_centers(ep.agent.candidates, ep.device)  # [J, 2]
         self.best = candidate_region_logits(ep, self.positions).amax(2)  # [B, J, L]
-        self.seen_scores: list[torch.Tensor] = []  # [B, K, L] per step: the locator's head's region scores
-        self.rows = torch.arange(ep.batch, device=ep.device)
+        self.seen = SeenScores(ep)
 
     def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        ep, agent, rows, head = self.ep, self.ep.agent, self.rows, self.head_index
-        heads = (
-            out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)
-        )  # [B,K,1+F,L]
-        now = heads[rows, :, head].detach()  # [B, K, L]
-        if t >= 1 or ep.fuse_whole_image:
-            self.seen_scores.append(now)
-        seen = (
-            fuse(torch.stack(self.seen_scores, 1), dims=(1, 2)) if self.seen_scores else now.amax(1)
-        )  # step 0 stands in until something is fused
-        belief = seen + context[rows, head].detach() if context is not None else seen  # the fused logits so far
+        ep, agent = self.ep, self.ep.agent
+        seen, belief = self.seen.update(t, out, context)  # step 0 stands in until something is fused
         gains = torch.relu(self.best - seen[:, None, :])  # [B, J, L]
         logits = agent.candidate_logits(gains, belief, out.state[0], self.positions, t)  # [B, J]
         return mixture_step(logits, self.positions, agent.sigma, ep.sample, ep.generator)
@@ -248,25 +267,14 @@ class PeakLocator(CenterPolicy):
         if ep.logit_maps is None:
             raise ValueError("the peak locator reads the linear head's logit maps: the agent needs head='linear'")
         super().__init__(ep)
-        self.head_index = ep.head_index()  # [B]
         self.peaks, self.heights = class_peaks(ep, smooth=PEAK_SMOOTH)  # [B, L, 2], [B, L]
         self.visited = torch.zeros_like(self.heights)  # [B, L] in [0, 1]: how near a chosen centre each peak is
-        self.seen_scores: list[torch.Tensor] = []
+        self.seen = SeenScores(ep)
         self.rows = torch.arange(ep.batch, device=ep.device)
 
     def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        ep, agent, rows, head = self.ep, self.ep.agent, self.rows, self.head_index
-        heads = (
-            out.scores[:, :, None] if out.fold_scores is None else torch.cat([out.scores[:, :, None], out.fold_scores], 2)
-        )  # [B,K,1+F,L]
-        if t >= 1 or ep.fuse_whole_image:
-            self.seen_scores.append(heads[rows, :, head].detach())  # [B, K, L]
-        seen = (
-            fuse(torch.stack(self.seen_scores, 1), dims=(1, 2))
-            if self.seen_scores
-            else self.heights.new_full(self.heights.shape, -10.0)
-        )  # nothing looked at yet
-        belief = seen + context[rows, head].detach() if context is not None else seen
+        ep, agent, rows = self.ep, self.ep.agent, self.rows
+        _, belief = self.seen.update(t, out, context, empty=self.heights.new_full(self.heights.shape, -10.0))
         logits = agent.peak_logits(self.heights, belief, out.state[0]).masked_fill(self.visited > 0.5, -1e4)  # [B, L]
         if ep.sample:
             with torch.no_grad():
