@@ -33,6 +33,7 @@ from agents.rarl.loss import RETURNS, rarl_loss
 from agents.rarl.model import RARLAgent
 from agents.rarl.rollout import RolloutModule
 from agents.tb_logging import open_writer, rarl_figure2, rarl_final
+from rarl_gym import metrics
 from rarl_gym.cli import json_object
 from rarl_gym.data import object_boxes
 from rarl_gym.device import distributed, pick_device
@@ -672,9 +673,14 @@ def _train_step(
 
 
 def _log_epoch(run: _Run, means: dict[str, float]) -> None:
-    """TensorBoard: the epoch's means (``train/...``) and Figure 2 on fixed evaluation images; the progress bar."""
+    """TensorBoard: the epoch's means (``train/...``), the evaluation split's mAP of the learned
+    policy (one view, ``eval/mAP_area_learned``: the learning curve) and Figure 2 on fixed
+    evaluation images; the progress bar."""
     for key, value in means.items():
         run.writer.add_scalar(f"train/{key}", value, run.step)
+    probs = predict(run.agent, run.eval_store, run.settings, device=run.device).probs
+    run.writer.add_scalar("eval/mAP_area_learned", metrics.mean_average_precision(probs, run.eval_store.labels), run.step)
+    run.agent.train()
     rarl_figure2(run.writer, run.agent, run.eval_store, run.settings, run.step, run.device)
     run.bar.set_postfix(reward=f"{means['reward']:.3f}", cls=f"{means['cls']:.3f}")
     run.bar.update(1)
