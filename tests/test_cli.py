@@ -297,3 +297,20 @@ def test_the_meta_device_is_refused(name):
     with pytest.raises(ConfigError, match="not a compute device") as err:
         pick_device(name)
     assert "'cpu'" in err.value.fix
+
+
+def test_every_command_the_readme_shows_parses():
+    """Each ``rarl-gym ...`` line of README.md's code blocks is accepted by its subcommand's parser
+    (options and choices as the README spells them)."""
+    import importlib
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = [line.split("#")[0].split(">")[0].strip() for block in blocks for line in block.splitlines()]
+    commands = [shlex.split(line)[1:] for line in lines if line.startswith("rarl-gym ")]
+    assert len(commands) >= 10
+    for argv in commands:
+        module = importlib.import_module(f"agents.cli.{argv[0]}")
+        module.parse_args(argv[1:])  # argparse exits (status 2) on an option or choice the command lacks
