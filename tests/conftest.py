@@ -8,8 +8,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import rarl_gym  # noqa: F401  (registers the env ids)
 from rarl_gym.env_settings import settings_kwargs
@@ -99,3 +101,24 @@ def train_small_sb3(small_kwargs) -> Callable[..., dict]:
         )
 
     return train
+
+
+def coco_layout(root: Path, splits: tuple[str, ...] = ("train2017", "val2017"), n: int = 4) -> Path:
+    """A tiny COCO layout under ``root``: ``n`` random 48 x 40 images per split, 3 categories, one box each."""
+    (root / "annotations").mkdir(parents=True)
+    cats = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]
+    rng = np.random.default_rng(0)
+    for s, split in enumerate(splits):
+        (root / split).mkdir()
+        images, anns = [], []
+        for i in range(n):
+            image_id = 100 * s + i + 1
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / split / f"{image_id:012d}.jpg")
+            images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": 48, "height": 40})
+            anns.append(
+                {"id": image_id, "image_id": image_id, "category_id": cats[i % 3]["id"], "bbox": [1, 1, 9, 9], "iscrowd": 0}
+            )
+        (root / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats})
+        )
+    return root

@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import coco_layout
 from PIL import Image
 
 from rarl_gym import io as rio
@@ -147,28 +148,8 @@ def test_a_full_disk_while_recording_progress_is_named_and_resumable(tmp_path, m
 
 
 # -- 2. COCO 2017 only ---------------------------------------------------------------------------
-def _coco_layout(root: Path, splits=("train2017", "val2017"), n=4) -> Path:
-    (root / "annotations").mkdir(parents=True)
-    cats = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]
-    rng = np.random.default_rng(0)
-    for s, split in enumerate(splits):
-        (root / split).mkdir()
-        images, anns = [], []
-        for i in range(n):
-            image_id = 100 * s + i + 1
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / split / f"{image_id:012d}.jpg")
-            images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": 48, "height": 40})
-            anns.append(
-                {"id": image_id, "image_id": image_id, "category_id": cats[i % 3]["id"], "bbox": [1, 1, 9, 9], "iscrowd": 0}
-            )
-        (root / "annotations" / f"instances_{split}.json").write_text(
-            json.dumps({"images": images, "annotations": anns, "categories": cats})
-        )
-    return root
-
-
 def test_coco_2017_alone_works_in_locate_mode(tmp_path):
-    root = _coco_layout(tmp_path / "coco")
+    root = coco_layout(tmp_path / "coco")
     kwargs = {"root": str(root), "backbone": "tiny", "input_size": 64, "cache_dir": str(tmp_path / "cache"), "progress": False}
     source = FeatureSource(dataset="coco", root=str(root), backbone="tiny", input_size=64)
     assert (source.train_split, source.eval_split) == ("train2017", "val2017")
@@ -300,7 +281,7 @@ def test_a_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch):
     ],
 )
 def test_coco_annotation_defects_are_named_before_any_extraction(tmp_path, edit, message):
-    root = _coco_layout(tmp_path / "coco", splits=("train2017",))
+    root = coco_layout(tmp_path / "coco", splits=("train2017",))
     path = root / "annotations" / "instances_train2017.json"
     data = json.loads(path.read_text())
     edit(data)
@@ -321,7 +302,7 @@ def test_coco_annotation_defects_are_named_before_any_extraction(tmp_path, edit,
 
 # -- 7. the cache key notices changed images -----------------------------------------------------
 def test_a_changed_image_of_the_same_size_gets_new_features(tmp_path):
-    root = _coco_layout(tmp_path / "coco", splits=("train2017",))
+    root = coco_layout(tmp_path / "coco", splits=("train2017",))
     image = root / "train2017" / "000000000001.jpg"
     Image.new("RGB", (48, 40), (255, 0, 0)).save(image, format="BMP")  # BMP: the size depends on the dimensions only
     cache = tmp_path / "cache"
@@ -336,7 +317,7 @@ def test_a_changed_image_of_the_same_size_gets_new_features(tmp_path):
 
 
 def test_an_entry_under_the_old_key_is_reused_while_no_image_changed(tmp_path):
-    root = _coco_layout(tmp_path / "coco", splits=("train2017",))
+    root = coco_layout(tmp_path / "coco", splits=("train2017",))
     cache = tmp_path / "cache"
     for image in (root / "train2017").iterdir():  # images older than the extraction
         os.utime(image, ns=(time.time_ns() - 10**10,) * 2)

@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import coco_layout
 from PIL import Image
 
 from rarl_gym import io as rio
@@ -292,23 +293,6 @@ def test_a_scorer_without_checksum_is_refitted_silently(tmp_path):
 
 
 # -- 8. and 15: COCO annotation files --------------------------------------------------------------
-def _coco_layout(root: Path, splits=("train2017", "val2017"), n=4) -> Path:
-    (root / "annotations").mkdir(parents=True)
-    cats = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}]
-    rng = np.random.default_rng(0)
-    for s, split in enumerate(splits):
-        (root / split).mkdir()
-        images, anns = [], []
-        for i in range(n):
-            image_id = 100 * s + i + 1
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / split / f"{image_id:012d}.jpg")
-            images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": 48, "height": 40})
-            anns.append({"id": image_id, "image_id": image_id, "category_id": cats[i % 2]["id"], "bbox": [1, 1, 9, 9]})
-        data = {"images": images, "annotations": anns, "categories": cats}
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
-    return root
-
-
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -316,13 +300,13 @@ def _coco_layout(root: Path, splits=("train2017", "val2017"), n=4) -> Path:
         (lambda d: d["images"].append(dict(d["images"][0])), r"images\[0\] and images\[4\] have the same id 1"),
         (
             lambda d: d["categories"].append({"id": 3, "name": "bus"}),
-            r"categories\[1\] and categories\[2\] have the same id 3",
+            r"categories\[1\] and categories\[3\] have the same id 3",
         ),
         (lambda d: d["annotations"][0].update(image_id=999), "refers to image id 999, which is not in its 'images'"),
     ],
 )
 def test_coco_files_that_would_label_wrongly_are_refused(tmp_path, edit, message):
-    root = _coco_layout(tmp_path / "coco", splits=("train2017",))
+    root = coco_layout(tmp_path / "coco", splits=("train2017",))
     path = root / "annotations" / "instances_train2017.json"
     data = json.loads(path.read_text())
     edit(data)
@@ -333,7 +317,7 @@ def test_coco_files_that_would_label_wrongly_are_refused(tmp_path, edit, message
 
 
 def test_locate_mode_with_only_val2017_names_train2017(tmp_path):
-    root = _coco_layout(tmp_path / "coco", splits=("val2017",))
+    root = coco_layout(tmp_path / "coco", splits=("val2017",))
     kwargs = {"root": str(root), "backbone": "tiny", "input_size": 64, "cache_dir": str(tmp_path / "c"), "progress": False}
     with pytest.raises(DatasetNotFoundError, match="instances_train2017.json") as err:
         gym.make("RARL-COCO2014-v0", split="val2017", **kwargs)
@@ -400,7 +384,7 @@ def test_a_vector_env_of_zero_envs_is_a_config_error(small_kwargs):
 def test_superseded_cache_entries_are_listed_and_pruned(tmp_path, capsys):
     from rarl_gym import cache as cache_cli
 
-    root = _coco_layout(tmp_path / "coco", splits=("train2017",))
+    root = coco_layout(tmp_path / "coco", splits=("train2017",))
     cache = tmp_path / "cache"
     first = extract(COCODataset(root, "train2017"), cache).path
     shapes = extract(ShapesDataset("train", num_images=3, image_size=64), cache).path
@@ -448,7 +432,7 @@ def test_resume_after_the_dataset_changed_is_refused_unless_asked(tmp_path, monk
     monkeypatch.setattr(
         trainer, "evaluate_agent", lambda *a, **k: {"split": "val2017", "views": 1, "policies": {}, "reports": {}}
     )
-    root = _coco_layout(tmp_path / "coco")
+    root = coco_layout(tmp_path / "coco")
     env_kwargs = {"root": str(root), "backbone": "tiny", "input_size": 64, "cache_dir": str(tmp_path / "cache")}
     config = TrainConfig(
         env_id="RARL-COCO2014-v0", env_kwargs=env_kwargs, run_dir=str(tmp_path / "run"), epochs=1, batch_size=4, progress=False
