@@ -152,14 +152,60 @@ def temp_path(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold back ``SIGINT`` and ``SIGTERM`` inside the block (main thread); a signal that came
+    meanwhile is handed to the handler that was in place when the block ends.
+
+    For short critical sections (a save, the compiled crop's workers): a ``KeyboardInterrupt`` raised
+    in the middle of a library's writer or lock can turn into an unrelated error (torch's zip writer:
+    "unexpected pos"; a condition variable: "cannot release un-acquired lock") instead of the clean
+    Ctrl-C path. The hold is at the Python level (the handlers are swapped), so it holds whichever
+    thread the operating system delivers the signal to.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum in dict.fromkeys(pending):  # each signal once, in the order they came
+            handler = previous[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds, ``fsync`` it and rename it over ``path``.
 
     Use it for writers that want a file name (``model.save(tmp)``). On any exception inside the block
     or while committing, the temporary file is removed and ``path`` is left as it was; a full disk
     raises :class:`DiskFullError`, a read-only folder :class:`NotWritableError`, anything else
-    propagates unchanged. ``what`` names the file in messages (``"checkpoint"``).
+    propagates unchanged. ``what`` names the file in messages (``"checkpoint"``). Ctrl-C and SIGTERM
+    are held back until the file is in place (:func:`signals_held`).
     """
+    with signals_held():
+        with _atomic_path(path, what) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str | os.PathLike, what: str) -> Iterator[Path]:
     path = Path(path)
     tmp = temp_path(path)
     try:
@@ -214,9 +260,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, what: str = "file") -> 
     """
     import torch
 
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getbuffer(), what)
+    with signals_held():
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        atomic_write_bytes(path, buffer.getbuffer(), what)
 
 
 def reserve_space(path: str | os.PathLike, nbytes: int, what: str = "file") -> None:
@@ -431,6 +478,7 @@ __all__ = [
     "is_file_too_large",
     "reserve_space",
     "run_lock",
+    "signals_held",
     "sigterm_as_interrupt",
     "temp_path",
     "writable",

@@ -32,13 +32,13 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy.typing as npt
 import torch
 
-from rarl_gym.io import atomic_path, atomic_write_bytes
+from rarl_gym.io import atomic_path, atomic_write_bytes, signals_held
 from rarl_gym.paths import default_cache_dir
 
 SOURCE = Path(__file__).with_name("csrc") / "glimpse_crop.c"
@@ -310,10 +310,19 @@ def _parallel(call: Callable[[int, int], int], n: int) -> list[int]:
     bounds = [n * i // threads for i in range(threads + 1)]
     if threads == 1:
         return [call(0, n)]
-    if _pool is None or _pool._max_workers < threads or _pool_pid != os.getpid():
-        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rarl-native")
-        _pool_pid = os.getpid()
-    futures = [_pool.submit(call, bounds[i], bounds[i + 1]) for i in range(threads)]
+    # Ctrl-C / SIGTERM are held back while the workers run (milliseconds): a KeyboardInterrupt raised
+    # inside the wait can leave the futures' lock half-released ("cannot release un-acquired lock").
+    # The workers are started inside the blocked region, so they never receive the signals either.
+    with signals_held():  # a held-back signal is handled when the workers are done
+        if _pool is None or _pool._max_workers < threads or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rarl-native")
+            _pool_pid = os.getpid()
+        futures = [_pool.submit(call, bounds[i], bounds[i + 1]) for i in range(threads)]
+        return _results(futures)
+
+
+def _results(futures: list[Future[int]]) -> list[int]:
+    """The workers' return codes, waiting for every one of them even on an exception."""
     try:
         return [f.result() for f in futures]
     except BaseException:

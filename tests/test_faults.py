@@ -606,3 +606,19 @@ def test_agent_options_that_do_not_fit_together_are_a_config_error(options, mess
     with pytest.raises(ConfigError, match=message) as info:
         build_agent(EnvSettings.from_env_id("RARL-Shapes-v0", {}), 4, 8, TrainConfig(**options))
     assert "--hyperparams" in info.value.fix
+
+
+def test_signals_are_held_back_through_a_critical_section():
+    """Ctrl-C (or SIGTERM) inside a save is handled when the save is done, not in the middle of it."""
+    import os
+    import signal
+
+    from rarl_gym.io import signals_held
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the critical section finished")
+    assert done == ["the critical section finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
