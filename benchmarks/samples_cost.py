@@ -23,8 +23,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from agents.rarl.evaluate import predict
-    from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint, split_objects
+    from agents.rarl.evaluate import predict, split_objects
+    from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint
     from rarl_gym import metrics
     from rarl_gym.env_settings import EnvSettings
 

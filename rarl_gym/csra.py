@@ -108,11 +108,19 @@ def fit_csra(
             scores = []
             for f in range(2):
                 model = _fit(cells, halves[1 - f], lam, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-                probs = predict_csra(model, store, index=halves[f])
-                scores.append(mean_average_precision(probs, store.labels[halves[f]]))
+                scores.append(mean_average_precision(_predict_cells(model, cells, halves[f]), store.labels[halves[f]]))
             if float(np.mean(scores)) > best_map:
                 best, best_map = lam, float(np.mean(scores))
     return _fit(cells, index, best, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+
+
+@torch.no_grad()
+def _predict_cells(model: CSRAHead, cells: _Cells, index: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Probabilities ``[len(index), L]`` of training images (one view), from the cells :func:`fit_csra` holds."""
+    parts = [
+        torch.sigmoid(model.from_cells(cells.batch(index[lo : lo + batch_size])[0])) for lo in range(0, len(index), batch_size)
+    ]
+    return torch.cat(parts).numpy()
 
 
 @torch.no_grad()
@@ -121,14 +129,14 @@ def predict_csra(
     store: FeatureStore,
     *,
     views: int = 1,
-    crop_side: float = 0.875,
+    view_crop: float = 0.875,
     index: np.ndarray | None = None,
     batch_size: int = 128,
 ) -> np.ndarray:
     """Probabilities ``[N, L]`` (sigmoid) of the images ``index`` (default all) of ``store``, mean
     over 1 or 10 views (each view's map resampled at the map's resolution)."""
     index = np.arange(len(store)) if index is None else index
-    windows, flips = (whole_image_boxes(1, 1)[0], torch.zeros(1, dtype=torch.bool)) if views == 1 else ten_views(crop_side)
+    windows, flips = (whole_image_boxes(1, 1)[0], torch.zeros(1, dtype=torch.bool)) if views == 1 else ten_views(view_crop)
     probs = []
     for lo in range(0, len(index), batch_size):
         feats, _ = store.batch(index[lo : lo + batch_size])

@@ -122,3 +122,13 @@ def coco_layout(root: Path, splits: tuple[str, ...] = ("train2017", "val2017"), 
             json.dumps({"images": images, "annotations": anns, "categories": cats})
         )
     return root
+
+
+def edited_coco(root: Path, edit: Callable[[dict], object], split: str = "train2017") -> Path:
+    """A :func:`coco_layout` of one split whose annotation JSON went through ``edit(data)`` (in place)."""
+    coco_layout(root, splits=(split,))
+    path = root / "annotations" / f"instances_{split}.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return root

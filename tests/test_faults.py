@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import coco_layout
+from conftest import coco_layout, edited_coco
 from PIL import Image
 
 from rarl_gym import io as rio
@@ -281,11 +281,7 @@ def test_a_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch):
     ],
 )
 def test_coco_annotation_defects_are_named_before_any_extraction(tmp_path, edit, message):
-    root = coco_layout(tmp_path / "coco", splits=("train2017",))
-    path = root / "annotations" / "instances_train2017.json"
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
+    root = edited_coco(tmp_path / "coco", edit)
     with pytest.raises(CorruptFileError, match=message) as err:
         gym.make(
             "RARL-COCO2014-v0",

@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import coco_layout
+from conftest import coco_layout, edited_coco
 from PIL import Image
 
 from rarl_gym import io as rio
@@ -306,11 +306,7 @@ def test_a_scorer_without_checksum_is_refitted_silently(tmp_path):
     ],
 )
 def test_coco_files_that_would_label_wrongly_are_refused(tmp_path, edit, message):
-    root = coco_layout(tmp_path / "coco", splits=("train2017",))
-    path = root / "annotations" / "instances_train2017.json"
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
+    root = edited_coco(tmp_path / "coco", edit)
     with pytest.raises(CorruptFileError, match=message) as err:
         COCODataset(root, "train2017")
     assert "instances_train2017.json" in str(err.value) and "Fix:" in str(err.value)

@@ -166,8 +166,7 @@ def _grounding(
 ) -> dict | None:
     """Pointing and CorLoc of the label-giving regions where the split has boxes (one view: with
     ``--views 10`` the whole-image view's regions), else ``None``."""
-    from agents.rarl.evaluate import predict
-    from agents.rarl.trainer import split_objects
+    from agents.rarl.evaluate import predict, split_objects
     from rarl_gym import metrics
 
     objects = split_objects(settings, split)
@@ -190,7 +189,8 @@ def _compare(
     split: str,
 ) -> None:
     """Every row of the trainer's final table (all centre policies and the global classifier)."""
-    from agents.rarl.trainer import TrainConfig, config_from_dict, evaluate_agent, split_objects
+    from agents.rarl.evaluate import split_objects
+    from agents.rarl.trainer import TrainConfig, config_from_dict, evaluate_agent
     from rarl_gym.cli import print_results
 
     config = TrainConfig(**{**config_from_dict(ckpt["config"]), "eval_views": args.views, "eval_samples": args.samples})

@@ -20,6 +20,7 @@ from agents.rarl.model import RARLAgent
 from agents.rarl.oracle import oracle
 from agents.rarl.rollout import rollout
 from rarl_gym.csra import fit_csra, predict_csra
+from rarl_gym.data import object_boxes
 from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import ConfigError
 from rarl_gym.features.backbones import TAILS, build_tail
@@ -160,6 +161,12 @@ def finetune_global(
     return tail.requires_grad_(False), scorer.eval().requires_grad_(False)
 
 
+def split_objects(settings: EnvSettings, split: str) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The ground-truth boxes of ``split`` for the grounding columns (:func:`rarl_gym.data.object_boxes`;
+    ``None`` where the dataset has none)."""
+    return object_boxes(settings.source.make_dataset(split))
+
+
 def rarl_rows(agent: RARLAgent) -> tuple[str, ...]:
     """The centre policies of :data:`RARL_ROWS` this agent can be evaluated with."""
     return tuple(r for r in RARL_ROWS if r != "peak" or agent.head == "linear")
@@ -215,7 +222,7 @@ def evaluate_agent(
             )
             table.add("global", predict_global(scorer, store, views=views, crop=config.augment_crop))
             csra = fit_csra(train_store, seed=config.seed)
-            table.add("csra", predict_csra(csra, store, views=views, crop_side=config.augment_crop))
+            table.add("csra", predict_csra(csra, store, views=views, view_crop=config.augment_crop))
         windows = fit_windows_classifier(train_store, seed=config.seed, device=device)
         table.add("windows", predict_windows(windows, store, views=views, crop=config.augment_crop))
     return table.results(store.meta["key"]["split"], views, samples=samples)
@@ -230,5 +237,6 @@ __all__ = [
     "finetune_global",
     "predict",
     "rarl_rows",
+    "split_objects",
     "view_batch",
 ]

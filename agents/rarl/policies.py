@@ -171,15 +171,18 @@ class SeenScores:
 def mixture_step(
     logits: torch.Tensor, positions: torch.Tensor, sigma: float, sample: bool, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A centre from the mixture of Gaussians (std ``sigma``) at ``positions [J, 2]`` weighted by
-    ``softmax(logits [B, J])``, and its log-probability ``[B]`` (the mode and 0 if not ``sample``)."""
+    """A centre from the mixture of Gaussians (std ``sigma``) at ``positions`` (``[J, 2]`` shared, or
+    ``[B, J, 2]`` per episode) weighted by ``softmax(logits [B, J])``, and its log-probability ``[B]``
+    (the mode and 0 if not ``sample``)."""
     b = logits.shape[0]
+    at = positions.expand(b, *positions.shape[-2:])  # [B, J, 2]
+    rows = torch.arange(b, device=logits.device)
     if not sample:
-        return positions[logits.argmax(1)], logits.new_zeros(b)
+        return at[rows, logits.argmax(1)], logits.new_zeros(b)
     with torch.no_grad():
         pick = torch.multinomial(torch.softmax(logits, 1), 1, generator=generator)[:, 0]
         noise = torch.randn(b, 2, generator=generator, device=logits.device)
-        loc = positions[pick] + sigma * noise
+        loc = at[rows, pick] + sigma * noise
     component = torch.distributions.Normal(positions, sigma).log_prob(loc[:, None, :]).sum(-1)  # [B, J]
     return loc, torch.logsumexp(torch.log_softmax(logits, 1) + component, dim=1)
 
@@ -270,21 +273,12 @@ class PeakLocator(CenterPolicy):
         self.peaks, self.heights = class_peaks(ep, smooth=PEAK_SMOOTH)  # [B, L, 2], [B, L]
         self.visited = torch.zeros_like(self.heights)  # [B, L] in [0, 1]: how near a chosen centre each peak is
         self.seen = SeenScores(ep)
-        self.rows = torch.arange(ep.batch, device=ep.device)
 
     def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        ep, agent, rows = self.ep, self.ep.agent, self.rows
+        ep, agent = self.ep, self.ep.agent
         _, belief = self.seen.update(t, out, context, empty=self.heights.new_full(self.heights.shape, -10.0))
         logits = agent.peak_logits(self.heights, belief, out.state[0]).masked_fill(self.visited > 0.5, -1e4)  # [B, L]
-        if ep.sample:
-            with torch.no_grad():
-                pick = torch.multinomial(torch.softmax(logits, 1), 1, generator=ep.generator)[:, 0]
-                noise = torch.randn(ep.batch, 2, generator=ep.generator, device=ep.device)
-                loc = self.peaks[rows, pick] + agent.sigma * noise
-            component = torch.distributions.Normal(self.peaks, agent.sigma).log_prob(loc[:, None, :]).sum(-1)  # [B, L]
-            log_prob = torch.logsumexp(torch.log_softmax(logits, 1) + component, dim=1)
-        else:
-            loc, log_prob = self.peaks[rows, logits.argmax(1)], ep.zeros()
+        loc, log_prob = mixture_step(logits, self.peaks, agent.sigma, ep.sample, ep.generator)
         near = torch.exp(-((self.peaks - loc[:, None, :].clamp(-1, 1)) ** 2).sum(-1) / (2 * INHIBITION**2))  # [B, L]
         self.visited = torch.maximum(self.visited, near.detach())
         return loc, log_prob

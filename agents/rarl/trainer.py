@@ -28,14 +28,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from agents.rarl.evaluate import evaluate_agent, feature_batches, predict
+from agents.rarl.evaluate import evaluate_agent, feature_batches, predict, split_objects
 from agents.rarl.loss import RETURNS, rarl_loss
 from agents.rarl.model import RARLAgent
 from agents.rarl.rollout import RolloutModule
 from agents.tb_logging import open_writer, rarl_figure2, rarl_final
 from rarl_gym import metrics
 from rarl_gym.cli import json_object
-from rarl_gym.data import object_boxes
 from rarl_gym.device import distributed, pick_device
 from rarl_gym.env_settings import EnvSettings
 from rarl_gym.errors import CheckpointError, ConfigError, RunExistsError, check_names
@@ -267,12 +266,6 @@ def parameter_groups(agent: RARLAgent, config: TrainConfig) -> list[dict]:
     return groups
 
 
-def split_objects(settings: EnvSettings, split: str) -> list[tuple[np.ndarray, np.ndarray]] | None:
-    """The ground-truth boxes of ``split`` for the grounding columns (:func:`rarl_gym.data.object_boxes`;
-    ``None`` where the dataset has none)."""
-    return object_boxes(settings.source.make_dataset(split))
-
-
 # -- checkpoints -------------------------------------------------------------------------------
 #: What every checkpoint holds (:func:`load_checkpoint` checks it) and what a resume needs besides.
 CHECKPOINT_KEYS = ("model", "config", "settings", "agent_config", "epoch")
@@ -340,7 +333,7 @@ def _check_resume(ckpt: dict, config: TrainConfig, settings: EnvSettings) -> Non
     now = dataclasses.asdict(config)
     ignore = {"epochs", "progress", "device", "run_dir"}
     diff = {k: (saved.get(k), now[k]) for k in now if k not in ignore and saved.get(k) != now[k]}
-    saved_settings = {**EnvSettings().to_dict(), "split": settings.split, **ckpt["settings"]}  # fields added since: defaults
+    saved_settings = {**EnvSettings().to_dict(), **ckpt["settings"]}  # fields added since the checkpoint: their defaults
     if saved_settings != settings.to_dict():
         diff["env settings"] = (ckpt["settings"], settings.to_dict())
     if diff:
