@@ -240,6 +240,8 @@ class Predictor:
         self.kind, self.settings, self.policy, self.crop, self.run = kind, settings, policy, crop, run
         self.centers = _check_centers(centers, kind, policy)
         self.device = pick_device(str(device))
+        if kind == "rarl":  # once here, not per batch (moving a module costs about half a millisecond)
+            policy.to(self.device).eval()
         self.input_size = settings.source.size
         if backbone is not None and backbone != settings.backbone:
             raise ConfigError(
@@ -378,37 +380,48 @@ class Predictor:
 
     @torch.no_grad()
     def predict_maps(
-        self, maps: torch.Tensor, sizes: Sequence[tuple[int, int]], *, views: int = 1
+        self, maps: torch.Tensor, sizes: Sequence[tuple[int, int]], *, views: int = 1, samples: int = 1
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The agent's part: probabilities ``[B, L]``, pixel boxes ``[B, V, T, K, 4]`` and, for RARL
         runs, per class the pixel box of the region that gave its score ``[B, L, 4]`` (``None`` for
-        agents trained through the env) of feature maps ``[B, C, H, W]`` of pictures of ``sizes``."""
+        agents trained through the env) of feature maps ``[B, C, H, W]`` of pictures of ``sizes``.
+        ``samples``: see :meth:`predict`."""
         if views not in (1, 10):
             raise ConfigError(f"views must be 1 or 10, got {views}", "use views=1 or views=10")
+        _check_positive("samples", samples)
         label_boxes = None
         if self.kind == "rarl":
-            probs, boxes, label_boxes = self._rarl(maps, views)
+            probs, boxes, label_boxes = self._rarl(maps, views, samples)
         else:
-            if views != 1:
-                raise ConfigError(f"views={views}: agents trained through the env see the whole image only", "use views=1")
+            if views != 1 or samples != 1:
+                raise ConfigError(
+                    f"views={views}, samples={samples}: an agent trained through the env looks once, at the whole image",
+                    "use views=1, samples=1",
+                )
             probs, boxes = self._env_agent(maps)
         wh = torch.as_tensor(np.asarray(sizes, dtype=np.float32)).repeat(1, 2)  # [B, 4]
         pixels = (boxes + 1.0) * wh[:, None, None, None, :] / 2.0  # [B, V, T, K, 4]
         label_pixels = None if label_boxes is None else ((label_boxes + 1.0) * wh[:, None, :] / 2.0).numpy()
         return probs, pixels.numpy(), label_pixels
 
-    def _rarl(self, maps: torch.Tensor, views: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """One test-time rollout of the B (x 10 views) episodes, as :func:`agents.rarl.evaluate.predict`
-        runs it (the same views, probabilities averaged over the views), keeping the centres and, per
-        class, the region that gave its score in the view where it scored highest (image coordinates)."""
-        from agents.rarl.evaluate import view_batch
+    def _rarl(self, maps: torch.Tensor, views: int, samples: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """One test-time rollout of the B x V views x M sequences, as :func:`agents.rarl.evaluate.predict`
+        runs it (the same views, probabilities averaged over views and sequences), keeping the
+        centres (of each view's first sequence) and, per class, the region that gave its score in
+        the sequence where it scored highest (image coordinates)."""
+        from agents.rarl.evaluate import ENSEMBLE_ROWS, view_batch
         from agents.rarl.rollout import rollout
 
-        agent = self.policy.to(self.device).eval()
-        b = maps.shape[0]
+        if samples > 1 and self.centers not in ENSEMBLE_ROWS:
+            raise ConfigError(
+                f"samples={samples}: the {self.centers!r} centres are the same every time",
+                f"predict M sequences with centers in {ENSEMBLE_ROWS} (Predictor.from_run(..., centers='learned'))",
+            )
+        agent = self.policy
+        b, reps = maps.shape[0], views * samples
         feats = maps.to(self.device, torch.float32)
-        labels = torch.zeros(b * views, self.num_classes, dtype=torch.int8, device=self.device)
-        view = view_batch(b, views, self.crop, self.device)
+        labels = torch.zeros(b * reps, self.num_classes, dtype=torch.int8, device=self.device)
+        view = view_batch(b, views, self.crop, self.device, repeat=samples)
         generator = torch.Generator(device=self.device).manual_seed(0)
         out = rollout(
             agent,
@@ -416,27 +429,28 @@ class Predictor:
             labels,
             **self.settings.rollout_kwargs(),
             centers=self.centers,
-            sample=False,
+            sample=samples > 1,
             generator=generator,
             view=view,
-            repeat=views,
+            repeat=reps,
         )
-        p = agent.probabilities(out.fused).reshape(b, views, -1)  # [B, V, L]
+        p = agent.probabilities(out.fused).reshape(b, reps, -1)  # [B, V*M, L]
         t = out.centers.shape[1]
         boxes = anchor_boxes(out.centers.reshape(-1, 2), self.settings.scales, self.settings.ratios).reshape(
-            b * views, t, -1, 4
+            b * reps, t, -1, 4
         )
-        regions = out.regions  # [B*V, R, 4] image coordinates (of the mirrored image for a mirrored view)
+        regions = out.regions  # [B*V*M, R, 4] image coordinates (of the mirrored image for a mirrored view)
         if view is not None:  # view coordinates -> image coordinates
             k = boxes.shape[2]  # K anchors per centre
-            boxes = view_to_image(boxes.reshape(b * views, t * k, 4), view[0], view[1]).reshape(b * views, t, k, 4)
+            boxes = view_to_image(boxes.reshape(b * reps, t * k, 4), view[0], view[1]).reshape(b * reps, t, k, 4)
             mirrored = torch.stack([-regions[..., 2], regions[..., 1], -regions[..., 0], regions[..., 3]], -1)
             regions = torch.where(view[1][:, None, None], mirrored, regions)
-        best = p.argmax(1)  # [B, L] the view where each class scored highest
+        best = p.argmax(1)  # [B, L] the sequence where each class scored highest
         rows, classes = torch.arange(b, device=p.device)[:, None], torch.arange(p.shape[-1], device=p.device)
-        giver = out.giver.reshape(b, views, -1)[rows, best, classes]  # [B, L]
-        label_boxes = regions.reshape(b, views, -1, 4)[rows, best, giver]  # [B, L, 4]
-        return p.mean(1).cpu().numpy(), boxes.reshape(b, views, t, -1, 4).cpu(), label_boxes.cpu()
+        giver = out.giver.reshape(b, reps, -1)[rows, best, classes]  # [B, L]
+        label_boxes = regions.reshape(b, reps, -1, 4)[rows, best, giver]  # [B, L, 4]
+        boxes = boxes.reshape(b, views, samples, t, -1, 4)[:, :, 0]  # [B, V, T, K, 4] each view's first sequence
+        return p.mean(1).cpu().numpy(), boxes.cpu(), label_boxes.cpu()
 
     def _env_agent(self, maps: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         from agents.common.evaluation import env_scores_to_probs
@@ -469,11 +483,17 @@ class Predictor:
         return [self.classes[j] for j in order if threshold is None or probs[j] >= threshold]
 
     def __call__(
-        self, images: Any, *, top_k: int | None = TOP_K, threshold: float | None = THRESHOLD, views: int = 1
+        self,
+        images: Any,
+        *,
+        top_k: int | None = TOP_K,
+        threshold: float | None = THRESHOLD,
+        views: int = 1,
+        samples: int = 1,
     ) -> list[list[dict[str, Any]]]:
         """As a Hugging Face image-classification pipeline: per image, its labels as
         ``[{"label", "score"}]`` sorted by score (:attr:`Prediction.scores`); see :meth:`predict`."""
-        return [p.scores for p in self.predict(images, views=views, threshold=threshold, top_k=top_k)]
+        return [p.scores for p in self.predict(images, views=views, samples=samples, threshold=threshold, top_k=top_k)]
 
     def predict(
         self,
@@ -483,19 +503,24 @@ class Predictor:
         threshold: float | None = THRESHOLD,
         top_k: int | None = TOP_K,
         batch_size: int = 16,
+        samples: int = 1,
     ) -> list[Prediction]:
         """Predictions for ``images``: paths, PIL images, or an RGB tensor ``[B, 3, H, W]`` (uint8 or
         float in ``[0, 1]``). A bad file raises :class:`~rarl_gym.errors.CorruptFileError`.
 
         ``views``: 1 (the whole image) or 10 (4 corner crops, the centre crop and their mirrors,
-        cut from one feature map; RARL runs). ``labels`` lists the classes among the ``top_k`` most
-        probable whose probability is at least ``threshold`` (``None`` turns either off; default:
+        cut from one feature map; RARL runs). ``samples``: M > 1 averages M sequences sampled from
+        the policy per view (test-time Monte-Carlo sampling; RARL runs whose ``centers`` are
+        ``"learned"`` or ``"random"``; BENCHMARKS.md gives its cost and accuracy). ``labels``
+        lists the classes among the ``top_k`` most probable whose probability is at least
+        ``threshold`` (``None`` turns either off; default:
         the top 5 with a probability of at least 0.1); ``top_k`` must be a positive int,
         ``threshold`` a probability in [0, 1], ``batch_size`` a positive int (a
         :class:`~rarl_gym.errors.ConfigError` otherwise).
         """
         check_label_rule(top_k, threshold)
         _check_positive("batch_size", batch_size)
+        _check_positive("samples", samples)
         items = as_images(images)
         out: list[Prediction] = []
         for lo in range(0, len(items), batch_size):
@@ -503,7 +528,7 @@ class Predictor:
             loaded = [open_image(x) if isinstance(x, (str, Path)) else x for x in chunk]
             pixels = Backbone.pixels(loaded, self.input_size)
             names = [str(x) if isinstance(x, (str, Path)) else f"<image {lo + i}>" for i, x in enumerate(chunk)]
-            out += self._predictions(pixels, [im.size for im in loaded], names, views, threshold, top_k)
+            out += self._predictions(pixels, [im.size for im in loaded], names, views, threshold, top_k, samples)
         return out
 
     def _predictions(
@@ -514,8 +539,9 @@ class Predictor:
         views: int,
         threshold: float | None,
         top_k: int | None,
+        samples: int = 1,
     ) -> list[Prediction]:
-        probs, boxes, label_boxes = self.predict_maps(self.features(pixels), sizes, views=views)
+        probs, boxes, label_boxes = self.predict_maps(self.features(pixels), sizes, views=views, samples=samples)
         out = []
         for i, (name, size, p, bx) in enumerate(zip(names, sizes, probs, boxes)):
             labels = self._labels(p, threshold, top_k)
@@ -532,12 +558,14 @@ class Predictor:
         top_k: int | None = TOP_K,
         batch_size: int = 16,
         workers: int | None = None,
+        samples: int = 1,
     ) -> Iterator[Prediction | CorruptFileError]:
         """Like :meth:`predict` for many files, in order, with loader workers decoding ahead; a file
         that cannot be read yields its :class:`CorruptFileError` instead of a prediction (the
         others go on). ``workers`` is ``None`` (one per core beyond two) or an int >= 0."""
         check_label_rule(top_k, threshold)
         _check_positive("batch_size", batch_size)
+        _check_positive("samples", samples)
         if workers is not None and not (_is_int(workers) and workers >= 0):
             raise ConfigError(f"workers must be None or an int >= 0, got {workers!r}", "use workers=0 (decode here) or more")
         paths = [str(p) for p in paths]
@@ -555,6 +583,7 @@ class Predictor:
                     views,
                     threshold,
                     top_k,
+                    samples,
                 )
                 results.update({i: p for (i, _, _), p in zip(good, preds)})
             for i, err, size in items:

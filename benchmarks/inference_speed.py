@@ -32,7 +32,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--proposal-images", type=int, default=2, help="images timed for row (d)")
     p.add_argument("--accuracy-images", type=int, default=48, help="evaluation images of the accuracy rows (0: skip)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
+    p.add_argument("--single-images", type=int, default=8, help="images of the one-image-at-a-time rows")
+    p.add_argument("--samples", type=int, nargs="*", default=[4, 16], help="M of the M-sequence ensemble rows (none: no rows)")
+    p.add_argument("--repeat", type=int, default=5, help="timed rounds, rows alternated in each (the median is reported)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument(
         "--formats", action="store_true", help="also time the forward in NCHW / channels-last, batch 1-32, 1-2 threads"
@@ -134,8 +136,9 @@ def benchmark(args: argparse.Namespace) -> dict:
         m,
         f"{len(windows)} crops + resizes + forwards, classifier, max",
     )
-    ratios = speed_ratios(bench.rows, len(windows))
+    ratios = speed_ratios(bench.rows, len(windows), args.samples)
     accuracy = accuracy_rows(bench, scorer, proposals, len(windows)) if args.accuracy_images else {}
+    ensembles = ensemble_rows(bench, ratios, accuracy=bool(args.accuracy_images))
     formats = format_rows(bench) if args.formats and bench.predictor.device.type == "cpu" else {}
     settings = bench.predictor.settings
     results = {
@@ -149,6 +152,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         "rows": bench.rows,
         "ratios": ratios,
         "accuracy": accuracy,
+        "ensembles": ensembles,
         "formats": formats,
     }
     if args.out:
@@ -194,57 +198,68 @@ def load_bench(args: argparse.Namespace) -> Bench:
     )
 
 
+def alternated(fns: dict[str, Callable[[], Any]], rounds: int, sync: Callable[[], Any]) -> dict[str, float]:
+    """Median seconds of each of ``fns`` over ``rounds`` rounds, the functions run in turn within a
+    round (after one warm-up round), so that a slow spell of the machine hits every row alike."""
+    for fn in fns.values():
+        fn()
+        sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def time_rows(bench: Bench) -> None:
-    """The decoding row and rows (a)-(c): the backbone's forward, the agent alone, RARL with 1 and 10 views."""
+    """The decoding row, then rows (a)-(c) and (e) batched and one image at a time, alternated: the
+    backbone's forward, RARL with 1 and 10 views (the predictor's default centres) and the
+    M-sequence ensembles (M sampled sequences of the learned policy, one view), then the agent
+    parts alone on the maps (alternated too)."""
     import torch
 
+    from agents.predict import Predictor
     from rarl_gym.features.backbones import Backbone
     from rarl_gym.features.inference import forward
 
-    args, predictor, n, size, bs = bench.args, bench.predictor, bench.n, bench.predictor.input_size, bench.args.batch_size
+    args, predictor, n, size = bench.args, bench.predictor, bench.n, bench.predictor.input_size
     device, pixels, sizes = predictor.device, bench.pixels, bench.sizes
     bench.row(
         "decode + resize (PIL, main process)",
         timed(lambda: Backbone.pixels([bench.dataset.load_image(i) for i in range(n)], size), args.repeat),
         n,
     )
-    bench.row(
-        "(a) backbone forward",
-        timed(bench.batches(lambda lo, hi: forward(predictor.backbone, pixels[lo:hi], device)), args.repeat, bench.sync),
-        n,
-    )
-    bench.row(
-        "(a) backbone forward, batch 1",
-        timed(
-            lambda: [forward(predictor.backbone, pixels[i : i + 1], device) for i in range(min(n, 8))], args.repeat, bench.sync
-        ),
-        min(n, 8),
-    )
-    maps = torch.cat([forward(predictor.backbone, pixels[lo : lo + bs], device) for lo in range(0, n, bs)])
-    for views in (1, 10):
-        label = "single view" if views == 1 else "ten views"
-        bench.row(
-            f"    agent part alone, {label}",
-            timed(
-                bench.batches(lambda lo, hi, v=views: predictor.predict_maps(maps[lo:hi], sizes[lo:hi], views=v)),
-                args.repeat,
-                bench.sync,
-            ),
-            n,
-            "probabilities + pixel boxes",
-        )
-        bench.row(
-            f"({'b' if views == 1 else 'c'}) RARL, {label}",
-            timed(
-                bench.batches(
-                    lambda lo, hi, v=views: predictor.predict_maps(predictor.features(pixels[lo:hi]), sizes[lo:hi], views=v)
-                ),
-                args.repeat,
-                bench.sync,
-            ),
-            n,
-            "forward + agent",
-        )
+    ensemble = Predictor.from_run(args.run, device=args.device, data_root=args.data_root, centers="learned")
+    agents: dict[str, Callable[[torch.Tensor, list], Any]] = {
+        "(b) RARL, single view": lambda maps, at: predictor.predict_maps(maps, at, views=1),
+        "(c) RARL, ten views": lambda maps, at: predictor.predict_maps(maps, at, views=10),
+        **{
+            f"(e) RARL, M={m} sequences": (lambda maps, at, m=m: ensemble.predict_maps(maps, at, samples=m))
+            for m in args.samples
+        },
+    }
+    for suffix, bs, count in (("", args.batch_size, n), (", batch 1", 1, min(n, args.single_images))):
+
+        def over(fn: Callable[[int, int], Any], bs: int = bs, count: int = count) -> Callable[[], None]:
+            return lambda: [fn(lo, min(count, lo + bs)) for lo in range(0, count, bs)]
+
+        fns = {"(a) backbone forward": over(lambda lo, hi: forward(predictor.backbone, pixels[lo:hi], device))}
+        for name, agent in agents.items():
+            fns[name] = over(lambda lo, hi, agent=agent: agent(predictor.features(pixels[lo:hi]), sizes[lo:hi]))
+        for name, seconds in alternated(fns, args.repeat, bench.sync).items():
+            bench.row(name + suffix, seconds, count, "forward alone" if name.startswith("(a)") else "forward + agent")
+        maps = torch.cat([forward(predictor.backbone, pixels[lo : lo + bs], device) for lo in range(0, count, bs)])
+        alone = {
+            f"    agent part alone, {name.split(', ', 1)[1]}": over(
+                lambda lo, hi, agent=agent, maps=maps: agent(maps[lo:hi], sizes[lo:hi])
+            )
+            for name, agent in agents.items()
+        }
+        for name, seconds in alternated(alone, args.repeat, bench.sync).items():
+            bench.row(name + suffix, seconds, count, "probabilities + pixel boxes")
 
 
 def proposal_pipeline(bench: Bench) -> tuple[Callable[[Any], Any], Any, list]:
@@ -297,25 +312,28 @@ class _InMemoryMaps:
         return self.maps[torch.as_tensor(index)].to(device=device, dtype=torch.float32), None
 
 
-def speed_ratios(rows: dict[str, dict], num_windows: int) -> dict[str, float]:
-    """Rows (b)-(d) relative to each other and to the backbone's forward (printed)."""
-    a, b, c, d = (
-        rows[k]["ms_per_image"]
-        for k in (
-            "(a) backbone forward",
-            "(b) RARL, single view",
-            "(c) RARL, ten views",
-            f"(d) proposals ({num_windows} windows)",
-        )
-    )
+def speed_ratios(rows: dict[str, dict], num_windows: int, samples: Sequence[int]) -> dict[str, float]:
+    """Rows (b)-(e) relative to each other and to the backbone's forward, batched and one image at
+    a time (printed)."""
+    ms = {name: row["ms_per_image"] for name, row in rows.items()}
+    a, b, c = ms["(a) backbone forward"], ms["(b) RARL, single view"], ms["(c) RARL, ten views"]
+    d = ms[f"(d) proposals ({num_windows} windows)"]
     ratios = {
         "ten-view RARL / backbone forward": round(c / a, 3),
         "single-view RARL / backbone forward": round(b / a, 3),
         "proposals / single-view RARL": round(d / b, 1),
         "proposals / ten-view RARL": round(d / c, 1),
     }
+    one = ms["(a) backbone forward, batch 1"]
+    ratios["ten-view RARL, batch 1 / backbone forward, batch 1"] = round(ms["(c) RARL, ten views, batch 1"] / one, 3)
+    ratios["single-view RARL, batch 1 / backbone forward, batch 1"] = round(ms["(b) RARL, single view, batch 1"] / one, 3)
+    for m in samples:
+        ratios[f"M={m} sequences RARL / backbone forward"] = round(ms[f"(e) RARL, M={m} sequences"] / a, 3)
+        ratios[f"M={m} sequences RARL, batch 1 / backbone forward, batch 1"] = round(
+            ms[f"(e) RARL, M={m} sequences, batch 1"] / one, 3
+        )
     for k, v in ratios.items():
-        print(f"{k:<44} {v}")
+        print(f"{k:<56} {v}")
     return ratios
 
 
@@ -351,6 +369,45 @@ def accuracy_rows(bench: Bench, scorer, proposals: Callable[[Any], Any], num_win
     accuracy[name] = round(100 * metrics.evaluate(probs, sub.labels, classes=store.classes).map_area, 1)
     print(f"  {name:<34} {accuracy[name]:5.1f}   ({time.perf_counter() - start:.0f} s)", flush=True)
     return accuracy
+
+
+def ensemble_rows(bench: Bench, ratios: dict[str, float], accuracy: bool) -> dict[str, dict]:
+    """Per M (1: the predictor's default centres, one sequence), its cost (ms / image and the ratio
+    to the forward, batched and one image at a time) next to its mAP area (%) on the whole
+    evaluation split from the cache (``accuracy``; the learned policy's M sampled sequences)."""
+    from agents.rarl.evaluate import predict
+    from rarl_gym import metrics
+
+    predictor, args = bench.predictor, bench.args
+    settings = predictor.settings
+    store = settings.source.open_split(bench.split, progress=False)[1] if accuracy else None
+    rows: dict[str, dict] = {}
+    if accuracy:
+        print(f"\nM-sequence ensembles, {bench.split} ({len(store)} images, one view, mAP area %):", flush=True)
+    for m in (1, *args.samples):
+        name, key = (
+            ("(b) RARL, single view", "single-view RARL")
+            if m == 1
+            else (f"(e) RARL, M={m} sequences", f"M={m} sequences RARL")
+        )
+        centers = predictor.centers if m == 1 else "learned"
+        row = {
+            "centers": centers,
+            "ms_per_image": bench.rows[name]["ms_per_image"],
+            "ms_per_image_batch_1": bench.rows[name + ", batch 1"]["ms_per_image"],
+            "ratio": ratios[f"{key} / backbone forward"],
+            "ratio_batch_1": ratios[f"{key}, batch 1 / backbone forward, batch 1"],
+        }
+        if store is not None:
+            probs = predict(predictor.policy, store, settings, centers=centers, samples=m, view_crop=predictor.crop).probs
+            row["map_area"] = round(100 * metrics.evaluate(probs, store.labels, classes=store.classes).map_area, 1)
+        rows[f"M={m}"] = row
+        print(
+            f"  M={m:<3} {centers:<8} {row['ms_per_image']:7.1f} ms/image ({row['ratio']}x)  "
+            f"batch 1 {row['ms_per_image_batch_1']:7.1f} ms ({row['ratio_batch_1']}x)  mAP {row.get('map_area', '-')}",
+            flush=True,
+        )
+    return rows
 
 
 def format_rows(bench: Bench) -> dict[str, dict]:

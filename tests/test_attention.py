@@ -94,7 +94,7 @@ def test_cross_fitted_heads_learn_only_out_of_fold_and_give_the_reward():
     agent = _agent(folds=2)
     feats, labels = torch.randn(4, 6, 6, 6), torch.tensor([[1, 0, 0, 1]] * 4)
     folds = torch.tensor([0, 1, 0, 1])
-    out = rollout(agent, feats, labels, glimpse_size=3, generator=torch.Generator().manual_seed(0))
+    out = rollout(agent, feats, labels, glimpse_size=3, generator=torch.Generator().manual_seed(0), fold_of=folds)
     assert out.fold_fused.shape == (4, 2, 4)
     losses = rarl_loss(out, labels, output="sigmoid", rl_return="likelihood", fold_of=folds)
     oof = out.fold_fused[torch.arange(4), folds].detach()
@@ -111,7 +111,7 @@ def test_fold_head_gradient_ignores_its_own_fold():
 
     def head1_grad(index):
         agent.zero_grad()
-        out = rollout(agent, feats[index], labels[index], glimpse_size=3, centers="grid")
+        out = rollout(agent, feats[index], labels[index], glimpse_size=3, centers="grid", fold_of=folds[index])
         rarl_loss(out, labels[index], output="sigmoid", rl_return="likelihood", fold_of=folds[index])["cls"].backward()
         return agent.region_head.weight.grad[8:12].clone() * len(
             index
@@ -200,11 +200,11 @@ def test_windows_baseline_finds_a_small_object_the_whole_image_dilutes():
 
 def test_context_head_adds_the_whole_image_to_the_regions_max():
     agent = _agent(folds=2, context=True).eval()
-    feats, labels = torch.randn(2, 6, 6, 6), torch.tensor([[1, 0, 0, 1]] * 2)
-    out = rollout(agent, feats, labels, glimpse_size=3, centers="grid")
+    feats, labels, folds = torch.randn(2, 6, 6, 6), torch.tensor([[1, 0, 0, 1]] * 2), torch.tensor([0, 1])
+    out = rollout(agent, feats, labels, glimpse_size=3, centers="grid", fold_of=folds)
     plain = _agent(folds=2).eval()
     plain.load_state_dict({k: v for k, v in agent.state_dict().items() if not k.startswith("context_head")})
-    regions = rollout(plain, feats, labels, glimpse_size=3, centers="grid")
+    regions = rollout(plain, feats, labels, glimpse_size=3, centers="grid", fold_of=folds)
     whole = agent.context_head(crop(feats, whole_image_boxes(2, 1), 3).mean(dim=(-2, -1))[:, 0, :, None, None]).flatten(
         1
     )  # [B, 3L]
@@ -282,3 +282,46 @@ def test_oracle_keeps_the_most_likely_sequence():
     for other in ("grid", "learned"):  # both are among the candidates: the kept one is at least as likely
         alt = rollout(agent, feats, labels, centers=other, **kw)
         assert (own >= label_log_likelihood(alt.fused, labels, "sigmoid") - 1e-5).all()
+
+
+@pytest.mark.parametrize("centers", ["random", "center", "grid", "peak", "given"])
+@pytest.mark.parametrize(
+    ("views", "fuse_whole_image", "train_folds"), [(1, False, False), (10, True, False), (1, False, True)]
+)
+def test_open_loop_policies_plan_every_step_at_once_with_the_step_loops_numbers(
+    monkeypatch, centers, views, fuse_whole_image, train_folds
+):
+    """With the linear head an open-loop policy's rollout crops all steps in one call, without the
+    LSTM: the same fused scores, reward, centres, regions and givers as the step loop (forced by
+    declaring the policy closed-loop), with the fold heads' scores when ``fold_of`` is given."""
+    from agents.rarl.evaluate import view_batch
+    from agents.rarl.policies import POLICIES
+
+    agent = _agent(folds=2, context=True, locator="peak").eval()
+    feats = torch.randn(3, 6, 8, 8)
+    reps = 2 * views
+    labels = torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 0, 1]]).repeat_interleave(reps, 0)
+    kwargs = {
+        "glimpse_size": 3,
+        "centers": centers,
+        "view": view_batch(3, views, 0.875, "cpu", repeat=2),
+        "repeat": reps,
+        "fuse_whole_image": fuse_whole_image,
+        "given_centers": torch.rand(3 * reps, 5, 2) * 2 - 1,
+        "fold_of": torch.arange(3 * reps) % 2 if train_folds else None,
+    }
+
+    def run():
+        with torch.no_grad():
+            return rollout(agent, feats, labels, generator=torch.Generator().manual_seed(0), **kwargs)
+
+    planned = run()
+    monkeypatch.setattr(POLICIES[centers], "open_loop", False)
+    looped = run()
+    for name in ("fused", "reward", "centers", "regions", "fold_fused"):
+        a, b = getattr(planned, name), getattr(looped, name)
+        assert (a is None) == (b is None) == (name == "fold_fused" and not train_folds)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-5), name
+    assert torch.equal(planned.giver, looped.giver)
+    assert planned.fused.shape == (3 * reps, 4) and planned.regions.shape == (3 * reps, (5 + fuse_whole_image) * 9, 4)

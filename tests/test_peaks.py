@@ -71,7 +71,20 @@ def test_peak_locator_log_prob_is_the_mixture_density_over_the_unvisited_peaks()
     from agents.rarl.policies import EpisodeBatch, class_peaks
 
     ep = EpisodeBatch(
-        agent, agent.logit_maps(feats), None, None, 1, (0.1,), (1.0,), False, False, None, None, 2, torch.device("cpu")
+        agent,
+        agent.logit_maps(feats),
+        1 + agent.folds,
+        None,
+        None,
+        1,
+        (0.1,),
+        (1.0,),
+        False,
+        False,
+        None,
+        None,
+        2,
+        torch.device("cpu"),
     )
     peaks, heights = class_peaks(ep, smooth=3)
     weights = torch.softmax(4.0 * heights, 1)  # untrained logits: 4 x the height

@@ -91,6 +91,30 @@ def test_predict_equals_the_evaluation_on_the_cache(rarl_run, test_images, views
     assert predictor.predict(tensor[:2], views=views)[1].source == "<image 1>"
 
 
+def test_predict_averages_m_sampled_sequences_as_the_evaluation_does(rarl_run):
+    """``samples=M`` averages M sequences sampled from the learned policy, as ``evaluate --samples M``
+    does (the same maps, seed and draws); deterministic centres refuse it."""
+    from agents.rarl.evaluate import predict
+    from agents.rarl.trainer import agent_from_checkpoint, load_checkpoint
+    from rarl_gym.features.store import FeatureStore
+
+    ckpt = load_checkpoint(rarl_run)
+    settings = EnvSettings.from_kwargs(**ckpt["settings"])
+    _, store = settings.source.open_split("test", progress=False)
+    sub = FeatureStore(path=store.path, features=np.asarray(store.features[:5]), labels=store.labels[:5], meta=store.meta)
+    maps, sizes = torch.from_numpy(np.array(sub.features)), [(64, 64)] * 5  # the split's first 5 images
+    predictor = Predictor.from_run(rarl_run, device="cpu", centers="learned")
+    probs, boxes, _ = predictor.predict_maps(maps, sizes, samples=4)
+    want = predict(agent_from_checkpoint(ckpt), sub, settings, samples=4, view_crop=ckpt["config"]["augment_crop"]).probs
+    np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(probs, predictor.predict_maps(maps, sizes)[0], atol=1e-4)  # four sequences, not one
+    assert boxes.shape == (5, 1, settings.num_steps, settings.num_regions, 4)
+    with pytest.raises(ConfigError, match="the same every time"):
+        Predictor.from_run(rarl_run, device="cpu").predict_maps(maps, sizes, samples=4)  # the default: peak
+    with pytest.raises(ConfigError, match="samples must be a positive int"):
+        predictor.predict(maps[:1].new_zeros(1, 3, 64, 64, dtype=torch.uint8), samples=0)
+
+
 def test_the_boxes_are_the_evaluation_centres(rarl_run, test_images):
     """Single view: the pixel boxes are the anchors around the centres the rollout takes on the cache (peak: the default)."""
     from agents.rarl.rollout import rollout

@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     )
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="1 view or the ten-view test (RARL runs)")
     p.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="M > 1: average M sequences sampled per view (RARL runs with --centers learned or random)",
+    )
+    p.add_argument(
         "--centers",
         default=None,
         choices=("learned", "peak", "grid", "random", "center"),
@@ -222,7 +228,13 @@ def _label(args: argparse.Namespace, files: list[Path], out_file: Any, draw: Pat
     skipped: list[tuple[Path, CorruptFileError]] = []
     done = 0
     results = predictor.predict_files(
-        files, views=args.views, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers
+        files,
+        views=args.views,
+        samples=args.samples,
+        threshold=args.threshold,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        workers=args.workers,
     )
     with tqdm(total=len(files), desc="predict", unit="img", disable=args.no_progress or len(files) < 2) as bar:
         for i, (path, result) in enumerate(zip(files, results)):

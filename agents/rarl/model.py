@@ -235,37 +235,36 @@ class RARLAgent(nn.Module):
             return feature_maps
         return self.tail(feature_maps.contiguous(memory_format=torch.channels_last)).contiguous()
 
-    @property
-    def logit_channels(self) -> int:
-        """Channels of :meth:`logit_maps`: ``(1 + folds) * L`` for the linear head (twice that with
-        ``context``), else 0."""
-        return (1 + self.folds) * self.num_classes * (2 if self.context else 1) if self.head == "linear" else 0
+    def logit_maps(self, feature_maps: torch.Tensor, heads: int | None = None) -> torch.Tensor:
+        """The linear head on every map cell, bias excluded: ``[B, C, H, W] -> [B, n*L (+ n*L), H, W]``.
 
-    def logit_maps(self, feature_maps: torch.Tensor) -> torch.Tensor:
-        """The linear head on every map cell, bias excluded: ``[B, C, H, W] -> [B, (1+F)*L, H, W]``.
-
-        Cropping these maps and averaging over the ``s x s`` cells gives every region's logits
-        (the head is linear and the crop's weights sum to one), at ``L / C`` of the cost of
-        cropping the features.
+        ``heads``: how many of the ``n = 1 + F`` heads (head 0 first; default all): an
+        evaluation reads head 0 only. With ``context`` the context heads' maps follow the
+        region heads'. Cropping these maps and averaging over the ``s x s`` cells gives every
+        region's logits (the head is linear and the crop's weights sum to one), at ``L / C`` of
+        the cost of cropping the features.
         """
-        weight = self.region_head.weight
-        if self.context:  # [2 * (1+F) * L, C, 1, 1]: region heads, then context heads
-            weight = torch.cat([weight, self.context_head.weight])
+        rows = (heads or 1 + self.folds) * self.num_classes
+        weight = self.region_head.weight[:rows]
+        if self.context:  # [2 * n * L, C, 1, 1]: region heads, then context heads
+            weight = torch.cat([weight, self.context_head.weight[:rows]])
         return nn.functional.conv2d(feature_maps, weight)
 
     def context_logits(self, cropped_context: torch.Tensor) -> torch.Tensor:
-        """``[B, (1+F)*L, s, s]`` the whole view cropped from the context part of
-        :meth:`logit_maps` -> ``[B, 1+F, L]`` context logits."""
+        """``[B, n*L, s, s]`` the whole view cropped from the context part of :meth:`logit_maps`
+        (its first n heads) -> ``[B, n, L]`` context logits."""
         assert self.context_head.bias is not None  # a Conv2d with bias
-        logits = cropped_context.mean(dim=(-2, -1)) + self.context_head.bias
-        return logits.unflatten(-1, (1 + self.folds, self.num_classes))
+        n = cropped_context.shape[-3]
+        logits = cropped_context.mean(dim=(-2, -1)) + self.context_head.bias[:n]
+        return logits.unflatten(-1, (n // self.num_classes, self.num_classes))
 
     def region_logits(self, cropped_logits: torch.Tensor) -> torch.Tensor:
-        """``[B, K, (1+F)*L, s, s]`` cropped logit maps -> ``[B, K, 1+F, L]`` region logits
-        (head 0 is the classifier, heads 1..F the cross-fitted reward heads)."""
+        """``[B, K, n*L, s, s]`` cropped logit maps of the first n heads -> ``[B, K, n, L]`` region
+        logits (head 0 is the classifier, heads 1..F the cross-fitted reward heads)."""
         assert self.region_head.bias is not None  # a Conv2d with bias
-        logits = cropped_logits.mean(dim=(-2, -1)) + self.region_head.bias
-        return logits.unflatten(-1, (1 + self.folds, self.num_classes))
+        n = cropped_logits.shape[-3]
+        logits = cropped_logits.mean(dim=(-2, -1)) + self.region_head.bias[:n]
+        return logits.unflatten(-1, (n // self.num_classes, self.num_classes))
 
     def probabilities(self, fused: torch.Tensor) -> torch.Tensor:
         """Label probabilities ``[B, L]`` of fused scores, as the agent was trained (softmax or sigmoid)."""
@@ -349,7 +348,7 @@ class RARLAgent(nn.Module):
             loc_mean=torch.tanh(self.locator(h_t)) if self.locator_kind == "linear" else h_t.new_zeros(b, 2),
             baseline=self.baseline(h_t.detach()).squeeze(-1),
             state=(h_t, c_t),
-            fold_scores=heads[:, :, 1:] if heads is not None and self.folds else None,
+            fold_scores=heads[:, :, 1:] if heads is not None and heads.shape[2] > 1 else None,
         )
 
     def config(self) -> dict:

@@ -30,7 +30,8 @@ class EpisodeBatch:
     """What a centre policy may read about the B episodes of one rollout."""
 
     agent: RARLAgent
-    logit_maps: torch.Tensor | None  # [B, (1+F)L (+ (1+F)L context), H, W] the linear heads' maps (head="linear")
+    logit_maps: torch.Tensor | None  # [B, nL (+ nL context), H, W] the first n linear heads' maps (head="linear")
+    heads: int  # n: the heads in logit_maps (1 + F in training, 1 in an evaluation: head 0)
     windows: torch.Tensor | None  # [B, 4] each episode's view of its image (None: the whole image)
     fold_of: torch.Tensor | None  # [B] the cross-fitted head that never saw each image (training), None: head 0
     glimpse_size: int
@@ -56,6 +57,9 @@ class EpisodeBatch:
 class CenterPolicy:
     """A source of glimpse centres for one batch of episodes (see the module docstring)."""
 
+    #: Whether the centres depend on nothing the episode sees (:class:`OpenLoopPolicy`).
+    open_loop = False
+
     def __init__(self, ep: EpisodeBatch):
         self.ep = ep
 
@@ -63,30 +67,43 @@ class CenterPolicy:
         raise NotImplementedError
 
 
-class RandomCenters(CenterPolicy):
+class OpenLoopPolicy(CenterPolicy):
+    """A policy whose centres do not depend on what the episode sees (``at(t)`` alone gives
+    step t + 1's centres ``[B, 2]``). With the linear head the rollout then plans every centre
+    first and crops every step's regions at once, without the LSTM (:func:`agents.rarl.rollout.rollout`)."""
+
+    open_loop = True
+
+    def at(self, t: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.at(t), self.ep.zeros()
+
+
+class RandomCenters(OpenLoopPolicy):
     """Uniform in ``[-1, 1]^2`` (seeded by the episode's generator)."""
 
-    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def at(self, t: int) -> torch.Tensor:
         ep = self.ep
-        return torch.rand(ep.batch, 2, generator=ep.generator, device=ep.device) * 2 - 1, ep.zeros()
+        return torch.rand(ep.batch, 2, generator=ep.generator, device=ep.device) * 2 - 1
 
 
-class MiddleCenters(CenterPolicy):
+class MiddleCenters(OpenLoopPolicy):
     """Always the view's middle."""
 
-    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.tensor((0.0, 0.0), device=self.ep.device).expand(self.ep.batch, 2), self.ep.zeros()
+    def at(self, t: int) -> torch.Tensor:
+        return torch.tensor((0.0, 0.0), device=self.ep.device).expand(self.ep.batch, 2)
 
 
-class GridCenters(CenterPolicy):
+class GridCenters(OpenLoopPolicy):
     """:data:`rarl_gym.glimpse.FIXED_GRID` (step t: ``FIXED_GRID[t % 5]``)."""
 
-    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        grid = torch.tensor(FIXED_GRID[t % len(FIXED_GRID)], device=self.ep.device)
-        return grid.expand(self.ep.batch, 2), self.ep.zeros()
+    def at(self, t: int) -> torch.Tensor:
+        return torch.tensor(FIXED_GRID[t % len(FIXED_GRID)], device=self.ep.device).expand(self.ep.batch, 2)
 
 
-class GivenCenters(CenterPolicy):
+class GivenCenters(OpenLoopPolicy):
     """The centres ``given_centers [B, T, 2]`` of the episode batch (the oracle's candidates)."""
 
     def __init__(self, ep: EpisodeBatch):
@@ -94,9 +111,9 @@ class GivenCenters(CenterPolicy):
             raise ValueError("centers='given' needs given_centers [B, T, 2]")
         super().__init__(ep)
 
-    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def at(self, t: int) -> torch.Tensor:
         assert self.ep.given_centers is not None
-        return self.ep.given_centers[:, t], self.ep.zeros()
+        return self.ep.given_centers[:, t]
 
 
 class LinearLocator(CenterPolicy):
@@ -130,10 +147,9 @@ def candidate_region_logits(ep: EpisodeBatch, positions: torch.Tensor) -> torch.
     boxes = anchor_boxes(positions.repeat(b, 1), ep.scales, ep.ratios).reshape(b, -1, 4)  # [B, J*K, 4]
     if ep.windows is not None:
         boxes = view_to_image(boxes, ep.windows)
-    n_heads = 1 + agent.folds
+    n_heads = ep.heads
     heads = maps[:, : n_heads * agent.num_classes].detach()
-    assert agent.region_head.bias is not None  # a Conv2d with bias
-    region = crop(heads, boxes, ep.glimpse_size).mean(dim=(-2, -1)) + agent.region_head.bias.detach()  # [B, J*K, (1+F)*L]
+    region = agent.region_logits(crop(heads, boxes, ep.glimpse_size)).detach().flatten(-2)  # [B, J*K, n*L]
     head = ep.head_index()
     return region.reshape(b, j, -1, n_heads, agent.num_classes)[torch.arange(b, device=head.device), :, :, head]
 
@@ -224,10 +240,8 @@ def class_peaks(ep: EpisodeBatch, smooth: int = 1) -> tuple[torch.Tensor, torch.
     boxes = torch.cat([positions - half, positions + half], -1).repeat(b, 1).reshape(b, j, 4)  # [B, J, 4]
     if ep.windows is not None:
         boxes = view_to_image(boxes, ep.windows)
-    n_heads = 1 + agent.folds
-    cells = crop(maps[:, : n_heads * agent.num_classes].detach(), boxes, 1)[..., 0, 0]  # [B, J, (1+F)L]
-    assert agent.region_head.bias is not None  # a Conv2d with bias
-    cells = cells + agent.region_head.bias.detach()
+    n_heads = ep.heads
+    cells = agent.region_logits(crop(maps[:, : n_heads * agent.num_classes].detach(), boxes, 1)).detach()  # [B, J, n, L]
     head = ep.head_index()
     cells = cells.reshape(b, j, n_heads, agent.num_classes)[torch.arange(b, device=ep.device), :, head]  # [B, J, L]
     if smooth > 1:
@@ -238,7 +252,7 @@ def class_peaks(ep: EpisodeBatch, smooth: int = 1) -> tuple[torch.Tensor, torch.
     return positions[at], heights
 
 
-class PeakCenters(CenterPolicy):
+class PeakCenters(OpenLoopPolicy):
     """Training-free and label-free: glimpse ``t`` looks at the peak of the class ranked ``t`` by
     its peak height (:func:`class_peaks`): the t-th most likely class's most telling cell."""
 
@@ -250,9 +264,8 @@ class PeakCenters(CenterPolicy):
         self.order = heights.argsort(1, descending=True)  # [B, L]
         self.rows = torch.arange(ep.batch, device=ep.device)
 
-    def __call__(self, t: int, out: AgentOutput, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        cls = self.order[:, t % self.order.shape[1]]
-        return self.positions[self.rows, cls], self.ep.zeros()
+    def at(self, t: int) -> torch.Tensor:
+        return self.positions[self.rows, self.order[:, t % self.order.shape[1]]]
 
 
 class PeakLocator(CenterPolicy):
@@ -342,6 +355,7 @@ __all__ = [
     "LinearLocator",
     "MapLocator",
     "MiddleCenters",
+    "OpenLoopPolicy",
     "PeakCenters",
     "PeakLocator",
     "RandomCenters",

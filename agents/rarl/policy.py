@@ -57,7 +57,7 @@ class RARLEnvPolicy:
         self.state = agent.initial_state(1)
         logit_maps = None
         if agent.head == "linear" and "overview" in obs:
-            logit_maps = agent.logit_maps(torch.as_tensor(obs["overview"], dtype=torch.float32)[None])  # [1, (1+F)L.., o, o]
+            logit_maps = agent.logit_maps(torch.as_tensor(obs["overview"], dtype=torch.float32)[None], 1)  # [1, L (+ L), o, o]
         elif agent.locator_kind in ("map", "peak"):
             raise ConfigError(
                 f"the RARL agent's {agent.locator_kind} locator reads the whole image's map, which this env does not show",
@@ -67,6 +67,7 @@ class RARLEnvPolicy:
         episode = EpisodeBatch(
             agent=agent,
             logit_maps=logit_maps,
+            heads=1,
             windows=None,
             fold_of=None,
             glimpse_size=glimpse_size,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from agents.rarl.model import RARLAgent
-from agents.rarl.policies import EpisodeBatch, make_policy
+from agents.rarl.policies import POLICIES, EpisodeBatch, OpenLoopPolicy, make_policy
 from rarl_gym.glimpse import (
     DEFAULT_RATIOS,
     DEFAULT_SCALES,
@@ -85,12 +85,19 @@ def rollout(
             map locator then reads the scores of the cross-fitted head that never saw the image
             (the classifier's head 0 has learnt the training images, so its scores there would
             point the policy at what it remembers, not at what it sees); ``None`` (evaluation):
-            head 0.
+            head 0, and only head 0 is computed (``fold_fused`` is then ``None``).
+
+    With the linear head and an open-loop centre policy (:class:`agents.rarl.policies.OpenLoopPolicy`:
+    ``random``, ``center``, ``grid``, ``peak``, ``given``) no score depends on the LSTM: every
+    centre is planned first and every step's regions are cropped in one call, from the logit maps
+    alone (the same scores, centres and regions as the step loop; ``baseline`` is then 0).
     """
     device = feature_maps.device
     k_regions = len(scales) * len(ratios)
     fuse_whole_image = fuse_whole_image or agent.fuse_whole_image
-    maps, p = _glimpse_maps(agent, feature_maps, repeat)  # [B, P (+ (1+F)L (+ context)), H, W]
+    heads = 1 if fold_of is None else 1 + agent.folds  # an evaluation reads head 0 only
+    planned = agent.head == "linear" and getattr(POLICIES.get(centers), "open_loop", False)
+    maps, p = _glimpse_maps(agent, feature_maps, repeat, heads, project=not planned)  # [B, P (+ nL (+ nL)), H, W]
     b = maps.shape[0]
     windows = None
     if view is not None:
@@ -98,6 +105,7 @@ def rollout(
     episodes = EpisodeBatch(
         agent=agent,
         logit_maps=maps[:, p:] if agent.head == "linear" else None,
+        heads=heads,
         windows=windows,
         fold_of=fold_of,
         glimpse_size=glimpse_size,
@@ -111,11 +119,15 @@ def rollout(
         device=device,
     )
     policy = make_policy(centers, episodes, explore)
+    if isinstance(policy, OpenLoopPolicy) and planned:
+        return _planned_rollout(
+            agent, policy, maps, windows, labels, num_steps, glimpse_size, scales, ratios, k, fuse_whole_image
+        )
     state = agent.initial_state(b, device)
     boxes = whole_image_boxes(b, k_regions, device=device)
     region_scores, fold_scores, regions, log_probs, baselines, chosen = [], [], [], [], [], []
     context = None  # [B, 1+F, L] the whole-image context logits (agent.context)
-    q = p + (1 + agent.folds) * agent.num_classes  # region-head channels end here; context channels follow
+    q = p + heads * agent.num_classes  # region-head channels end here; context channels follow
     for t in range(num_steps + 1):
         image_boxes = boxes if windows is None else view_to_image(boxes, windows)
         glimpses = crop(maps, image_boxes, glimpse_size)  # [B, K, P (+ (1+F)L), s, s]
@@ -156,18 +168,73 @@ def rollout(
     )
 
 
-def _glimpse_maps(agent: RARLAgent, feature_maps: torch.Tensor, repeat: int) -> tuple[torch.Tensor, int]:
-    """The maps an episode crops, ``[B * repeat, P (+ (1+F)L (+ (1+F)L)), H, W]``, and ``P``: the
-    agent's projection of the (tail-continued) maps, then, for the linear head, the region and
-    context heads' logit maps, so that one crop serves all of them (see ``RARLAgent.project``)."""
+def _glimpse_maps(
+    agent: RARLAgent, feature_maps: torch.Tensor, repeat: int, heads: int, project: bool = True
+) -> tuple[torch.Tensor, int]:
+    """The maps an episode crops, ``[B * repeat, P (+ nL (+ nL)), H, W]``, and ``P``: the agent's
+    projection of the (tail-continued) maps (``P = 0`` without ``project``: nothing reads the
+    LSTM), then, for the linear head, the first n = ``heads`` region and context heads' logit maps,
+    so that one crop serves all of them (see ``RARLAgent.project``)."""
     feature_maps = agent.maps(feature_maps)  # a fine-tuned tail, if the agent has one
+    if not project:
+        maps = agent.logit_maps(feature_maps, heads)
+        return (maps.repeat_interleave(repeat, 0) if repeat > 1 else maps), 0
     maps = agent.project(feature_maps)  # crop P channels instead of C
     p = maps.shape[1]
-    if agent.head == "linear":  # crop the P projected channels and the (1+F)*L logit channels in one pass
-        maps = torch.cat([maps, agent.logit_maps(feature_maps)], dim=1)
+    if agent.head == "linear":  # crop the P projected channels and the n*L logit channels in one pass
+        maps = torch.cat([maps, agent.logit_maps(feature_maps, heads)], dim=1)
     if repeat > 1:
         maps = maps.repeat_interleave(repeat, 0)
     return maps, p
+
+
+def _planned_rollout(
+    agent: RARLAgent,
+    policy: OpenLoopPolicy,
+    maps: torch.Tensor,
+    windows: torch.Tensor | None,
+    labels: torch.Tensor,
+    num_steps: int,
+    glimpse_size: int,
+    scales: Sequence[float],
+    ratios: Sequence[float],
+    k: int | str,
+    fuse_whole_image: bool,
+) -> Rollout:
+    """:func:`rollout` of an open-loop policy with the linear head, on the logit maps ``maps
+    [B, nL (+ nL context), H, W]``: the T centres planned first, the (T+1) x K regions of steps
+    0..T cropped in one call; the same scores, regions and reward as the step loop."""
+    b, n_cls = maps.shape[0], agent.num_classes
+    kr = len(scales) * len(ratios)
+    heads = maps.shape[1] // (n_cls * (2 if agent.context else 1))
+    centers = torch.stack([policy.at(t).clamp(-1.0, 1.0) for t in range(num_steps)], dim=1)  # [B, T, 2]
+    steps = anchor_boxes(centers.flatten(0, 1), scales, ratios).reshape(b, num_steps * kr, 4)
+    boxes = torch.cat([whole_image_boxes(b, kr, device=maps.device), steps], dim=1)  # [B, (T+1)K, 4], step 0 first
+    if windows is not None:
+        boxes = view_to_image(boxes, windows)
+    glimpses = crop(maps, boxes, glimpse_size)  # [B, (T+1)K, nL (+ nL), s, s]
+    q = heads * n_cls
+    region = agent.region_logits(glimpses[:, :, :q]).unflatten(1, (num_steps + 1, kr))  # [B, T+1, K, n, L]
+    first = 0 if fuse_whole_image else 1
+    scores = region[:, first:, :, 0]  # [B, T(+1), K, L]
+    fused = fuse(scores, dims=(1, 2))  # [B, L]
+    fold_fused = fuse(region[:, first:, :, 1:], dims=(1, 2)) if heads > 1 else None  # [B, F, L]
+    if agent.context:  # the whole view (step 0's first region) through the context heads
+        context = agent.context_logits(glimpses[:, 0, q:])  # [B, n, L]
+        fused = fused + context[:, 0]
+        if fold_fused is not None:
+            fold_fused = fold_fused + context[:, 1:]
+    zeros = maps.new_zeros(b, num_steps)
+    return Rollout(
+        fused=fused,
+        reward=topk_overlap(fused.detach(), labels, k),
+        log_prob=zeros,
+        baseline=zeros,
+        centers=centers,
+        regions=boxes.unflatten(1, (num_steps + 1, kr))[:, first:].flatten(1, 2),
+        giver=scores.detach().flatten(1, 2).argmax(1),
+        fold_fused=fold_fused,
+    )
 
 
 class RolloutModule(torch.nn.Module):
