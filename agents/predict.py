@@ -404,19 +404,27 @@ class Predictor:
         label_pixels = None if label_boxes is None else ((label_boxes + 1.0) * wh[:, None, :] / 2.0).numpy()
         return probs, pixels.numpy(), label_pixels
 
+    def check_samples(self, samples: Any) -> None:
+        """Refuse (:class:`ConfigError`) ``samples`` that is not a positive int, or M > 1 sequences
+        from centres that are the same every time (only ``"learned"`` and ``"random"`` sample)."""
+        from agents.rarl.evaluate import ENSEMBLE_ROWS
+
+        _check_positive("samples", samples)
+        if samples > 1 and (self.kind != "rarl" or self.centers not in ENSEMBLE_ROWS):
+            raise ConfigError(
+                f"samples={samples}: the {self.centers!r} centres of this {self.kind} run are the same every time",
+                f"sample M sequences from a RARL run with centers in {ENSEMBLE_ROWS} (--centers learned)",
+            )
+
     def _rarl(self, maps: torch.Tensor, views: int, samples: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         """One test-time rollout of the B x V views x M sequences, as :func:`agents.rarl.evaluate.predict`
         runs it (the same views, probabilities averaged over views and sequences), keeping the
         centres (of each view's first sequence) and, per class, the region that gave its score in
         the sequence where it scored highest (image coordinates)."""
-        from agents.rarl.evaluate import ENSEMBLE_ROWS, view_batch
+        from agents.rarl.evaluate import view_batch
         from agents.rarl.rollout import rollout
 
-        if samples > 1 and self.centers not in ENSEMBLE_ROWS:
-            raise ConfigError(
-                f"samples={samples}: the {self.centers!r} centres are the same every time",
-                f"predict M sequences with centers in {ENSEMBLE_ROWS} (Predictor.from_run(..., centers='learned'))",
-            )
+        self.check_samples(samples)
         agent = self.policy
         b, reps = maps.shape[0], views * samples
         feats = maps.to(self.device, torch.float32)

@@ -8,11 +8,21 @@ Rows (per image and images/s, ``--batch-size`` images per forward unless said ot
 * (b) RARL, single view: the forward, then the agent's T glimpses on the feature map
   (``agents.predict.Predictor``: probabilities and the pixel boxes);
 * (c) RARL, ten views: the same, the ten views cut from one feature map;
+* (e) RARL, M sequences (``--samples``, default 4 and 16): M sequences sampled from the learned
+  locator, one view (``Predictor(centers="learned").predict_maps(..., samples=M)``);
 * (d) a proposal pipeline: about 100 multi-scale windows cut from the image (``--proposals``:
   1 + 2x2 + 3x3 + 5x5 + 8x8 = 103 square windows of 100 / 80 / 60 / 45 / 30 % of the side),
   each resized to the source size and run through the backbone, scored by the global-image
   linear classifier (fitted on the training split's pooled features, as the trainer's ``global``
   row), fused by category-wise max (HCP, Wei et al. 2016).
+
+Rows (a)-(c) and (e) are timed batched and one image at a time (``--single-images``), the rows
+of each group alternated inside each of ``--repeat`` rounds (medians reported), so that a slow
+spell of the machine hits all of them alike; then the agent parts alone on the maps, the same
+way. ``ratios`` holds every RARL row over the forward (and the proposal pipeline over RARL),
+``ratios_from_parts`` the same from (forward + agent part alone) / forward, ``ensembles`` a row
+per M (1: the predictor's default centres) with its cost next to its mAP area on the whole
+evaluation split from the cache.
 
 Decoding and resizing the JPEG is the same for (a)-(c) and is timed as its own row. Accuracy
 (mAP area) of (b), (c), (d) and the global classifier on the first ``--accuracy-images`` images of
@@ -137,6 +147,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         f"{len(windows)} crops + resizes + forwards, classifier, max",
     )
     ratios = speed_ratios(bench.rows, len(windows), args.samples)
+    from_parts = part_ratios(bench.rows)
     accuracy = accuracy_rows(bench, scorer, proposals, len(windows)) if args.accuracy_images else {}
     ensembles = ensemble_rows(bench, ratios, accuracy=bool(args.accuracy_images))
     formats = format_rows(bench) if args.formats and bench.predictor.device.type == "cpu" else {}
@@ -151,6 +162,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         "device": str(bench.predictor.device),
         "rows": bench.rows,
         "ratios": ratios,
+        "ratios_from_parts": from_parts,
         "accuracy": accuracy,
         "ensembles": ensembles,
         "formats": formats,
@@ -332,6 +344,22 @@ def speed_ratios(rows: dict[str, dict], num_windows: int, samples: Sequence[int]
         ratios[f"M={m} sequences RARL, batch 1 / backbone forward, batch 1"] = round(
             ms[f"(e) RARL, M={m} sequences, batch 1"] / one, 3
         )
+    for k, v in ratios.items():
+        print(f"{k:<56} {v}")
+    return ratios
+
+
+def part_ratios(rows: dict[str, dict]) -> dict[str, float]:
+    """``(forward + agent part alone) / forward`` per RARL row, batched and one image at a time:
+    the same ratios from the two parts' medians, steadier than the direct ones where the agent
+    part is smaller than the forward's run-to-run noise (printed)."""
+    ms = {name: row["ms_per_image"] for name, row in rows.items()}
+    ratios = {}
+    for suffix in ("", ", batch 1"):
+        forward = ms["(a) backbone forward" + suffix]
+        for name in ms:
+            if name.startswith("    agent part alone") and name.endswith(suffix) and (suffix or "batch 1" not in name):
+                ratios[name.strip() + suffix.replace(", batch 1", "") + " (parts)"] = round((forward + ms[name]) / forward, 3)
     for k, v in ratios.items():
         print(f"{k:<56} {v}")
     return ratios

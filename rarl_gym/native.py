@@ -266,7 +266,7 @@ def crop_nhwc(
         out.data_ptr(),
         None if means is None else means.data_ptr(),
     ]
-    codes = _parallel(lambda lo, hi: lib.glimpse_crop_nhwc(*ptrs, lo, hi, c, h, w, s, sampling_ratio, half), n)
+    codes = _parallel(lambda lo, hi: lib.glimpse_crop_nhwc(*ptrs, lo, hi, c, h, w, s, sampling_ratio, half), n, n * c * s * s)
     if any(codes):
         raise MemoryError("crop_nhwc: the kernel could not allocate its work buffer")
     return out
@@ -303,10 +303,16 @@ def read_maps_nhwc(fd: int, index: npt.ArrayLike, out: torch.Tensor) -> torch.Te
     return out
 
 
-def _parallel(call: Callable[[int, int], int], n: int) -> list[int]:
-    """Run ``call(lo, hi)`` on ``torch.get_num_threads()`` slices of ``range(n)`` at once; their return codes."""
+#: Below this much work (output values) a kernel runs in the calling thread: handing a few
+#: microseconds of work to the pool costs more than it saves (one image's glimpses at test time).
+PARALLEL_MIN_WORK = 1 << 16
+
+
+def _parallel(call: Callable[[int, int], int], n: int, work: int | None = None) -> list[int]:
+    """Run ``call(lo, hi)`` on ``torch.get_num_threads()`` slices of ``range(n)`` at once (in the
+    calling thread alone when ``work`` is below :data:`PARALLEL_MIN_WORK`); their return codes."""
     global _pool, _pool_pid
-    threads = max(1, min(torch.get_num_threads(), n))
+    threads = 1 if work is not None and work < PARALLEL_MIN_WORK else max(1, min(torch.get_num_threads(), n))
     bounds = [n * i // threads for i in range(threads + 1)]
     if threads == 1:
         return [call(0, n)]

@@ -227,6 +227,11 @@ def test_the_script_refuses_what_it_cannot_do(rarl_run, tmp_path, capsys):
     (tmp_path / "junk.bin").write_bytes(b"\x00" * 10)
     assert predict_script.main([str(tmp_path / "junk.bin"), "--run", str(rarl_run), "--no-progress"]) == 2
     assert "no image could be read" in capsys.readouterr().err
+    image = tmp_path / "one.png"
+    Image.new("RGB", (64, 64)).save(image)
+    assert predict_script.main([str(image), "--run", str(rarl_run), "--no-progress", "--samples", "4"]) == 2
+    assert "the same every time" in capsys.readouterr().err  # the default centres (peak) never change
+    assert predict_script.main([str(image), "--run", str(rarl_run), "--centers", "learned", "--samples", "4"]) == 0
 
 
 # -- predict like the ecosystem: [{"label", "score"}] by score, top_k / threshold checked, formats --

@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="1 view or the ten-view test (RARL runs)")
     p.add_argument(
         "--samples",
-        type=int,
+        type=positive_int,
         default=1,
         help="M > 1: average M sequences sampled per view (RARL runs with --centers learned or random)",
     )
@@ -217,6 +217,7 @@ def _label(args: argparse.Namespace, files: list[Path], out_file: Any, draw: Pat
     predictor = Predictor.from_run(args.run, device=args.device, data_root=args.data_root, centers=args.centers)
     if args.views != 1 and predictor.kind != "rarl":
         raise ConfigError(f"--views {args.views}: a {predictor.kind} run sees the whole image only", "use --views 1")
+    predictor.check_samples(args.samples)
     pictures = picture_names(files) if draw is not None else []  # by position: a file named twice gets two
     width = min(60, max(len(str(f)) for f in files))
     # the table goes through tqdm (above the bar); machine formats go to stdout as they are
