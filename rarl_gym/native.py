@@ -305,7 +305,7 @@ def read_maps_nhwc(fd: int, index: npt.ArrayLike, out: torch.Tensor) -> torch.Te
 
 #: Below this much work (output values) a kernel runs in the calling thread: handing a few
 #: microseconds of work to the pool costs more than it saves (one image's glimpses at test time).
-PARALLEL_MIN_WORK = 1 << 16
+PARALLEL_MIN_WORK = 1 << 18
 
 
 def _parallel(call: Callable[[int, int], int], n: int, work: int | None = None) -> list[int]:
