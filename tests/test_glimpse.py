@@ -66,8 +66,16 @@ def test_crop_is_batched_and_differentiable():
     assert torch.allclose(out[2], crop(fmap[2:3].detach(), boxes[2:3], 3)[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("pool", [True, False])
 @pytest.mark.parametrize("size", [1, 3])
-def test_the_crop_methods_agree(size):
+def test_the_crop_methods_agree(size, pool, monkeypatch, request):
+    """Every backend gives roi_align's numbers; the compiled kernel on its thread pool and in the
+    calling thread alike (``native.PARALLEL_MIN_WORK`` decides which)."""
+    monkeypatch.setattr(native, "PARALLEL_MIN_WORK", 0 if pool else 1 << 40)
+    if pool:  # the kernel splits the regions between 2 workers
+        before = torch.get_num_threads()
+        torch.set_num_threads(2)
+        request.addfinalizer(lambda: torch.set_num_threads(before))
     fmap = torch.randn(4, 300, 6, 5, requires_grad=True)
     boxes = torch.cat([anchor_boxes(torch.rand(4, 2) * 2 - 1), whole_image_boxes(4, 1)], dim=1)
     a = crop(fmap, boxes, size, method="roi_align")
