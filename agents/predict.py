@@ -388,16 +388,13 @@ class Predictor:
         ``samples``: see :meth:`predict`."""
         if views not in (1, 10):
             raise ConfigError(f"views must be 1 or 10, got {views}", "use views=1 or views=10")
-        _check_positive("samples", samples)
+        self.check_samples(samples)
         label_boxes = None
         if self.kind == "rarl":
             probs, boxes, label_boxes = self._rarl(maps, views, samples)
         else:
-            if views != 1 or samples != 1:
-                raise ConfigError(
-                    f"views={views}, samples={samples}: an agent trained through the env looks once, at the whole image",
-                    "use views=1, samples=1",
-                )
+            if views != 1:
+                raise ConfigError(f"views={views}: agents trained through the env see the whole image only", "use views=1")
             probs, boxes = self._env_agent(maps)
         wh = torch.as_tensor(np.asarray(sizes, dtype=np.float32)).repeat(1, 2)  # [B, 4]
         pixels = (boxes + 1.0) * wh[:, None, None, None, :] / 2.0  # [B, V, T, K, 4]
@@ -410,10 +407,14 @@ class Predictor:
         from agents.rarl.evaluate import ENSEMBLE_ROWS
 
         _check_positive("samples", samples)
-        if samples > 1 and (self.kind != "rarl" or self.centers not in ENSEMBLE_ROWS):
+        if samples > 1 and self.kind != "rarl":
             raise ConfigError(
-                f"samples={samples}: the {self.centers!r} centres of this {self.kind} run are the same every time",
-                f"sample M sequences from a RARL run with centers in {ENSEMBLE_ROWS} (--centers learned)",
+                f"samples={samples}: an agent trained through the env looks once, at the whole image", "use samples=1"
+            )
+        if samples > 1 and self.centers not in ENSEMBLE_ROWS:
+            raise ConfigError(
+                f"samples={samples}: the {self.centers!r} centres are the same every time",
+                f"sample M sequences with centers in {ENSEMBLE_ROWS} (--centers learned)",
             )
 
     def _rarl(self, maps: torch.Tensor, views: int, samples: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
@@ -424,7 +425,6 @@ class Predictor:
         from agents.rarl.evaluate import view_batch
         from agents.rarl.rollout import rollout
 
-        self.check_samples(samples)
         agent = self.policy
         b, reps = maps.shape[0], views * samples
         feats = maps.to(self.device, torch.float32)
@@ -528,7 +528,7 @@ class Predictor:
         """
         check_label_rule(top_k, threshold)
         _check_positive("batch_size", batch_size)
-        _check_positive("samples", samples)
+        self.check_samples(samples)
         items = as_images(images)
         out: list[Prediction] = []
         for lo in range(0, len(items), batch_size):
@@ -573,7 +573,7 @@ class Predictor:
         others go on). ``workers`` is ``None`` (one per core beyond two) or an int >= 0."""
         check_label_rule(top_k, threshold)
         _check_positive("batch_size", batch_size)
-        _check_positive("samples", samples)
+        self.check_samples(samples)
         if workers is not None and not (_is_int(workers) and workers >= 0):
             raise ConfigError(f"workers must be None or an int >= 0, got {workers!r}", "use workers=0 (decode here) or more")
         paths = [str(p) for p in paths]

@@ -355,11 +355,10 @@ def part_ratios(rows: dict[str, dict]) -> dict[str, float]:
     part is smaller than the forward's run-to-run noise (printed)."""
     ms = {name: row["ms_per_image"] for name, row in rows.items()}
     ratios = {}
-    for suffix in ("", ", batch 1"):
-        forward = ms["(a) backbone forward" + suffix]
-        for name in ms:
-            if name.startswith("    agent part alone") and name.endswith(suffix) and (suffix or "batch 1" not in name):
-                ratios[name.strip() + suffix.replace(", batch 1", "") + " (parts)"] = round((forward + ms[name]) / forward, 3)
+    for name, agent_ms in ms.items():
+        if name.startswith("    agent part alone"):
+            forward = ms["(a) backbone forward" + (", batch 1" if name.endswith(", batch 1") else "")]
+            ratios[f"{name.strip()} (parts)"] = round((forward + agent_ms) / forward, 3)
     for k, v in ratios.items():
         print(f"{k:<56} {v}")
     return ratios

@@ -119,9 +119,10 @@ def rollout(
         device=device,
     )
     policy = make_policy(centers, episodes, explore)
-    if isinstance(policy, OpenLoopPolicy) and planned:
+    if planned:
+        assert isinstance(policy, OpenLoopPolicy)  # planned: POLICIES[centers] is open-loop
         return _planned_rollout(
-            agent, policy, maps, windows, labels, num_steps, glimpse_size, scales, ratios, k, fuse_whole_image
+            agent, policy, maps, heads, windows, labels, num_steps, glimpse_size, scales, ratios, k, fuse_whole_image
         )
     state = agent.initial_state(b, device)
     boxes = whole_image_boxes(b, k_regions, device=device)
@@ -192,6 +193,7 @@ def _planned_rollout(
     agent: RARLAgent,
     policy: OpenLoopPolicy,
     maps: torch.Tensor,
+    heads: int,
     windows: torch.Tensor | None,
     labels: torch.Tensor,
     num_steps: int,
@@ -202,11 +204,11 @@ def _planned_rollout(
     fuse_whole_image: bool,
 ) -> Rollout:
     """:func:`rollout` of an open-loop policy with the linear head, on the logit maps ``maps
-    [B, nL (+ nL context), H, W]``: the T centres planned first, the (T+1) x K regions of steps
-    0..T cropped in one call; the same scores, regions and reward as the step loop."""
+    [B, nL (+ nL context), H, W]`` of the first n = ``heads`` heads: the T centres planned first,
+    the (T+1) x K regions of steps 0..T cropped in one call; the same scores, regions and reward
+    as the step loop."""
     b, n_cls = maps.shape[0], agent.num_classes
     kr = len(scales) * len(ratios)
-    heads = maps.shape[1] // (n_cls * (2 if agent.context else 1))
     centers = torch.stack([policy.at(t).clamp(-1.0, 1.0) for t in range(num_steps)], dim=1)  # [B, T, 2]
     steps = anchor_boxes(centers.flatten(0, 1), scales, ratios).reshape(b, num_steps * kr, 4)
     boxes = torch.cat([whole_image_boxes(b, kr, device=maps.device), steps], dim=1)  # [B, (T+1)K, 4], step 0 first
